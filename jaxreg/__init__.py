@@ -1,0 +1,40 @@
+"""jaxreg: functional regularization for JAX.
+
+Every technique is a pure function of explicit inputs (a PRNG key first, then the
+array or parameter pytree, then the rate or strength), safe under ``jit``, ``vmap``,
+``grad``, ``scan`` and sharding. The same maths is exposed as optax gradient
+transformations (:mod:`jaxreg.transforms`) and as Flax modules (:mod:`jaxreg.linen`,
+:mod:`jaxreg.nnx`; imported on demand, ``import jaxreg`` does not import Flax).
+"""
+
+# The mask sampler.
+from jaxreg._sampler import keep_mask, keep_probability
+
+# The dropout family on activations.
+from jaxreg.stochastic import (
+    alpha_dropout,
+    drop_path,
+    dropblock,
+    dropout,
+    gaussian_dropout,
+    gaussian_noise,
+    spatial_dropout,
+    zoneout,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # _sampler
+    "keep_mask",
+    "keep_probability",
+    # stochastic
+    "alpha_dropout",
+    "drop_path",
+    "dropblock",
+    "dropout",
+    "gaussian_dropout",
+    "gaussian_noise",
+    "spatial_dropout",
+    "zoneout",
+]

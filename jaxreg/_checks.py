@@ -1,0 +1,169 @@
+"""Argument checks shared by the whole library.
+
+Python numbers are validated eagerly, before tracing, and every error names the
+argument and the value it got. Traced values (schedules under ``jit``,
+``optax.inject_hyperparams``) cannot be inspected in Python and pass through; the
+public docstrings say so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "check_axis",
+    "check_broadcast_dims",
+    "check_float_array",
+    "check_nonnegative",
+    "check_positive",
+    "check_rate",
+    "is_static",
+    "static_value",
+]
+
+
+def is_static(value) -> bool:
+    """True if ``value`` is a concrete Python/NumPy number (not a tracer)."""
+    if isinstance(value, (bool, int, float, np.number)):
+        return True
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return True
+    if isinstance(value, jax.Array) and value.ndim == 0:
+        try:
+            float(value)
+        except (jax.errors.ConcretizationTypeError, TypeError):
+            return False
+        return True
+    return False
+
+
+def static_value(value) -> float | None:
+    """``float(value)`` if ``value`` is concrete, else None."""
+    return float(value) if is_static(value) else None
+
+
+def _check_scalar(value, name: str):
+    if isinstance(value, bool) or not (
+        isinstance(value, (int, float, np.number, np.ndarray, jax.Array))
+    ):
+        raise TypeError(
+            f"`{name}` must be a real scalar (a Python float or a 0-d array); "
+            f"got {type(value).__name__} {value!r}."
+        )
+    shape = np.shape(value)
+    if shape != ():
+        raise ValueError(f"`{name}` must be a scalar; got an array of shape {shape}.")
+    dtype = np.result_type(value)
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+        raise TypeError(f"`{name}` must be a real number; got dtype {dtype}.")
+
+
+def check_rate(rate, name: str = "rate", *, allow_one: bool = True):
+    """Check a drop probability.
+
+    A concrete rate must lie in ``[0, 1]`` (``[0, 1)`` if ``allow_one`` is False) and
+    is returned as a Python float. A traced rate is returned unchanged (it cannot be
+    checked in Python).
+
+    Raises:
+      TypeError: if ``rate`` is not a real scalar.
+      ValueError: if a concrete ``rate`` is NaN or outside the allowed interval.
+    """
+    _check_scalar(rate, name)
+    value = static_value(rate)
+    if value is None:
+        return rate
+    upper_ok = value <= 1.0 if allow_one else value < 1.0
+    if math.isnan(value) or value < 0.0 or not upper_ok:
+        interval = "[0, 1]" if allow_one else "[0, 1)"
+        raise ValueError(
+            f"`{name}` is the probability of dropping a unit and must lie in "
+            f"{interval}; got {name}={value!r}. Note: the rate is not the keep rate!"
+        )
+    return value
+
+
+def check_nonnegative(value, name: str):
+    """Check a scalar that must be >= 0 (a concrete one is returned as float)."""
+    _check_scalar(value, name)
+    v = static_value(value)
+    if v is None:
+        return value
+    if math.isnan(v) or v < 0:
+        raise ValueError(f"`{name}` must be >= 0; got {name}={v!r}.")
+    return v
+
+
+def check_positive(value, name: str):
+    """Check a scalar that must be > 0 (a concrete one is returned as float)."""
+    _check_scalar(value, name)
+    v = static_value(value)
+    if v is None:
+        return value
+    if math.isnan(v) or v <= 0:
+        raise ValueError(f"`{name}` must be > 0; got {name}={v!r}.")
+    return v
+
+
+def check_float_array(x, name: str = "x") -> jax.Array:
+    """Return ``x`` as a JAX array, requiring a floating dtype.
+
+    Raises:
+      TypeError: for integer, boolean or complex input, or non-array objects.
+    """
+    try:
+        dtype = x.dtype if hasattr(x, "dtype") else np.result_type(x)
+    except TypeError as err:
+        raise TypeError(
+            f"`{name}` must be an array of floating dtype; got {type(x).__name__}."
+        ) from err
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"`{name}` must have a floating dtype (float32, bfloat16, float16, ...); "
+            f"got dtype {dtype}. Cast it first, e.g. `{name}.astype(jnp.float32)`."
+        )
+    return jnp.asarray(x)
+
+
+def check_axis(axis, ndim: int, name: str = "axis") -> int:
+    """Normalize one axis index for an array of rank ``ndim``."""
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an int; got {type(axis).__name__} {axis!r}.")
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"`{name}`={axis} is out of range for an array of rank {ndim} "
+            f"(valid: {-ndim}..{ndim - 1})."
+        )
+    return int(axis) % ndim
+
+
+def check_broadcast_dims(
+    broadcast_dims: Sequence[int] | int, ndim: int, name: str = "broadcast_dims"
+) -> tuple[int, ...]:
+    """Normalize ``broadcast_dims`` to sorted non-negative axes, each checked."""
+    if isinstance(broadcast_dims, (int, np.integer)) and not isinstance(
+        broadcast_dims, bool
+    ):
+        broadcast_dims = (broadcast_dims,)
+    try:
+        dims = tuple(broadcast_dims)
+    except TypeError as err:
+        raise TypeError(
+            f"`{name}` must be a sequence of ints; got {broadcast_dims!r}."
+        ) from err
+    out = set()
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
+            raise TypeError(f"`{name}` must contain ints; got {d!r} in {dims!r}.")
+        if not -ndim <= d < ndim:
+            raise ValueError(
+                f"`{name}`={dims!r} has axis {d}, out of range for an input of rank "
+                f"{ndim} (valid: {-ndim}..{ndim - 1})."
+            )
+        out.add(int(d) % ndim)
+    return tuple(sorted(out))

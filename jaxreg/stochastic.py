@@ -1,0 +1,538 @@
+"""The dropout family on activations, as pure functions.
+
+Every function takes the PRNG key first, the array next, the rate (a drop
+probability: the rate is not the keep rate!) third, and options keyword-only. Masks
+come from :func:`jaxreg.keep_mask`; scale factors use the keep probability that the
+sampler realises (:func:`jaxreg.keep_probability`), so expectations are exact.
+
+``deterministic=True`` selects the inference path, which needs no key. Output dtype
+equals input dtype (float32, bfloat16, float16, ...); low-precision inputs are scaled
+in float32 and rounded once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxreg._checks import (
+    check_axis,
+    check_broadcast_dims,
+    check_float_array,
+    check_nonnegative,
+    check_rate,
+    static_value,
+)
+from jaxreg._keys import as_key
+from jaxreg._sampler import keep_mask, keep_probability
+
+__all__ = [
+    "alpha_dropout",
+    "drop_path",
+    "dropblock",
+    "dropout",
+    "gaussian_dropout",
+    "gaussian_noise",
+    "spatial_dropout",
+    "zoneout",
+]
+
+# SELU constants (Klambauer et al. 2017, eq. 14).
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+_ALPHA_PRIME = -_SELU_SCALE * _SELU_ALPHA
+
+
+def _check_deterministic(deterministic) -> bool:
+    if not isinstance(deterministic, bool):
+        raise TypeError(
+            "`deterministic` must be a Python bool (it selects the code path at "
+            f"trace time); got {type(deterministic).__name__} {deterministic!r}."
+        )
+    return deterministic
+
+
+def _compute_dtype(x: jax.Array):
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _safe_inverse(keep):
+    """1 / keep, with 0 where keep == 0 (no inf, no NaN in values or gradients)."""
+    if isinstance(keep, float):
+        return 1.0 / keep if keep > 0 else 0.0
+    positive = keep > 0
+    return jnp.where(positive, 1.0 / jnp.where(positive, keep, 1.0), 0.0)
+
+
+def _masked_scale(mask: jax.Array, x: jax.Array, scale) -> jax.Array:
+    """``where(mask, x * scale, 0)`` computed once in (at least) float32."""
+    y = x.astype(_compute_dtype(x)) * scale
+    return jnp.where(mask, y, jnp.zeros((), y.dtype)).astype(x.dtype)
+
+
+def _scaled(x: jax.Array, scale) -> jax.Array:
+    return (x.astype(_compute_dtype(x)) * scale).astype(x.dtype)
+
+
+def dropout(
+    key,
+    x: jax.typing.ArrayLike,
+    rate,
+    *,
+    broadcast_dims: Sequence[int] = (),
+    deterministic: bool = False,
+    inverted: bool = True,
+) -> jax.Array:
+    """Dropout: zero each element with probability ``rate``.
+
+    With ``inverted=True`` (the default, as in Flax, Keras and PyTorch) training
+    returns ``x * mask / p`` and inference returns ``x``; with ``inverted=False``
+    (classic dropout of Srivastava et al. 2014) training returns ``x * mask`` and
+    inference returns ``x * p``. Here ``p = keep_probability(rate)``, the keep
+    probability the sampler realises (``1 - rate`` up to ``2**-33``), so in both
+    modes ``E[train output] == inference output`` exactly.
+
+    Args:
+      key: PRNG key; may be None when ``deterministic=True`` or ``rate`` is 0 or 1.
+      x: floating array.
+      rate: drop probability in ``[0, 1]``; a Python float, or a traced scalar for
+        schedules under ``jit`` (a traced value cannot be validated).
+      broadcast_dims: axes along which one mask value is shared (e.g. the time
+        axis for variational RNN dropout).
+      deterministic: if True, return the inference output and ignore ``key``.
+      inverted: inverted (scale at training) or classic (scale at inference).
+
+    Returns:
+      An array with the shape and dtype of ``x``.
+
+    Raises:
+      ValueError: ``rate`` outside ``[0, 1]`` or NaN; ``broadcast_dims`` out of
+        range; a missing or batched ``key`` on the stochastic path.
+      TypeError: non-float ``x``; ``key`` not a PRNG key.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxreg
+      >>> y = jaxreg.dropout(jax.random.key(0), jnp.ones((2, 4)), 0.5)
+      >>> sorted(set(y.ravel().tolist())) in ([0.0, 2.0], [2.0], [0.0])
+      True
+      >>> jaxreg.dropout(None, jnp.ones(3), 0.5, deterministic=True)
+      Array([1., 1., 1.], dtype=float32)
+      >>> jaxreg.dropout(None, jnp.ones(3), 0.5, deterministic=True, inverted=False)
+      Array([0.5, 0.5, 0.5], dtype=float32)
+
+    References:
+      Srivastava, Hinton, Krizhevsky, Sutskever, Salakhutdinov. "Dropout: A Simple
+      Way to Prevent Neural Networks from Overfitting." JMLR 15, 2014.
+      https://jmlr.org/papers/v15/srivastava14a.html
+    """
+    x = check_float_array(x)
+    rate = check_rate(rate)
+    dims = check_broadcast_dims(broadcast_dims, x.ndim)
+    _check_deterministic(deterministic)
+    keep = keep_probability(rate)
+    if deterministic:
+        return x if inverted else _scaled(x, keep)
+    value = static_value(rate)
+    if value == 0.0:
+        return x
+    if value == 1.0:
+        return jnp.zeros_like(x)
+    mask = keep_mask(key, x.shape, rate, broadcast_dims=dims)
+    return _masked_scale(mask, x, _safe_inverse(keep) if inverted else 1.0)
+
+
+def spatial_dropout(
+    key,
+    x: jax.typing.ArrayLike,
+    rate,
+    *,
+    channel_axis: int = -1,
+    deterministic: bool = False,
+) -> jax.Array:
+    """Spatial (channel-wise) dropout for 1-D, 2-D and 3-D feature maps.
+
+    Drops whole channels: one keep decision per (example, channel), shared over all
+    spatial positions, scaled like inverted :func:`dropout`. Axis 0 is the batch.
+
+    Args:
+      key: PRNG key (may be None when ``deterministic=True``).
+      x: floating array of rank 3, 4 or 5, e.g. ``(N, L, C)``, ``(N, H, W, C)``,
+        ``(N, D, H, W, C)`` for ``channel_axis=-1`` (use ``channel_axis=1`` for
+        channels-first layouts).
+      rate: drop probability in ``[0, 1]``.
+      channel_axis: the channel axis (not 0, the batch axis).
+      deterministic: return ``x`` unchanged.
+
+    Returns:
+      An array with the shape and dtype of ``x``.
+
+    Raises:
+      ValueError: rank not in {3, 4, 5}, ``channel_axis`` out of range or equal to
+        the batch axis, bad ``rate``, missing key.
+      TypeError: non-float ``x``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxreg
+      >>> y = jaxreg.spatial_dropout(jax.random.key(1), jnp.ones((2, 5, 3)), 0.5)
+      >>> bool(jnp.all(y == y[:, :1, :]))  # constant along the spatial axis
+      True
+
+    References:
+      Tompson, Goroshin, Jain, LeCun, Bregler. "Efficient Object Localization Using
+      Convolutional Networks." CVPR 2015. https://arxiv.org/abs/1411.4280
+    """
+    x = check_float_array(x)
+    if x.ndim not in (3, 4, 5):
+        raise ValueError(
+            "`x` must be a batch of 1-D, 2-D or 3-D feature maps (rank 3, 4 or 5); "
+            f"got shape {x.shape}."
+        )
+    ch = check_axis(channel_axis, x.ndim, "channel_axis")
+    if ch == 0:
+        raise ValueError(
+            "`channel_axis`=0 is the batch axis; spatial dropout needs the batch on "
+            "axis 0 and channels elsewhere (e.g. channel_axis=-1 or 1)."
+        )
+    spatial = tuple(i for i in range(1, x.ndim) if i != ch)
+    return dropout(key, x, rate, broadcast_dims=spatial, deterministic=deterministic)
+
+
+def gaussian_dropout(
+    key, x: jax.typing.ArrayLike, rate, *, deterministic: bool = False
+) -> jax.Array:
+    """Multiplicative Gaussian noise with mean 1 and variance ``rate / (1 - rate)``.
+
+    Training returns ``x * (1 + sqrt(rate / (1 - rate)) * eps)`` with
+    ``eps ~ N(0, 1)``, matching the first two moments of inverted dropout with the
+    same rate; inference returns ``x``.
+
+    Args:
+      key: PRNG key (may be None when ``deterministic=True`` or ``rate == 0``).
+      x: floating array.
+      rate: drop-equivalent rate in ``[0, 1)`` (``1`` would mean infinite noise).
+      deterministic: return ``x`` unchanged.
+
+    Returns:
+      An array with the shape and dtype of ``x``.
+
+    Raises:
+      ValueError: ``rate`` outside ``[0, 1)``, missing key.
+      TypeError: non-float ``x``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxreg
+      >>> jaxreg.gaussian_dropout(jax.random.key(0), jnp.ones(3), 0.2).shape
+      (3,)
+
+    References:
+      Srivastava et al. 2014 (section 10, "Multiplicative Gaussian Noise").
+      https://jmlr.org/papers/v15/srivastava14a.html
+    """
+    x = check_float_array(x)
+    rate = check_rate(rate, allow_one=False)
+    if _check_deterministic(deterministic) or static_value(rate) == 0.0:
+        return x
+    key = as_key(key)
+    ct = _compute_dtype(x)
+    std = jnp.sqrt(jnp.asarray(rate, ct) / (1.0 - jnp.asarray(rate, ct)))
+    eps = jax.random.normal(key, x.shape, ct)
+    return (x.astype(ct) * (1.0 + std * eps)).astype(x.dtype)
+
+
+def gaussian_noise(
+    key, x: jax.typing.ArrayLike, stddev, *, deterministic: bool = False
+) -> jax.Array:
+    """Additive zero-mean Gaussian noise: ``x + stddev * eps``, ``eps ~ N(0, 1)``.
+
+    Args:
+      key: PRNG key (may be None when ``deterministic=True`` or ``stddev == 0``).
+      x: floating array.
+      stddev: noise standard deviation, ``>= 0``.
+      deterministic: return ``x`` unchanged.
+
+    Returns:
+      An array with the shape and dtype of ``x``.
+
+    Raises:
+      ValueError: negative or NaN ``stddev``, missing key.
+      TypeError: non-float ``x``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxreg
+      >>> jaxreg.gaussian_noise(None, jnp.ones(2), 0.1, deterministic=True)
+      Array([1., 1.], dtype=float32)
+
+    References:
+      Bishop. "Training with Noise is Equivalent to Tikhonov Regularization."
+      Neural Computation 7(1), 1995. https://doi.org/10.1162/neco.1995.7.1.108
+    """
+    x = check_float_array(x)
+    stddev = check_nonnegative(stddev, "stddev")
+    if _check_deterministic(deterministic) or static_value(stddev) == 0.0:
+        return x
+    key = as_key(key)
+    ct = _compute_dtype(x)
+    eps = jax.random.normal(key, x.shape, ct)
+    return (x.astype(ct) + jnp.asarray(stddev, ct) * eps).astype(x.dtype)
+
+
+def alpha_dropout(
+    key, x: jax.typing.ArrayLike, rate, *, deterministic: bool = False
+) -> jax.Array:
+    """Alpha dropout for self-normalizing (SELU) networks.
+
+    Dropped units are set to ``alpha' = -scale * alpha`` (the SELU's negative
+    saturation value), then the affine map ``a * y + b`` restores zero mean and
+    unit variance for standard-normal input, with keep probability ``q``::
+
+        a = (q + alpha'^2 q (1 - q)) ** -0.5,    b = -a * alpha' * (1 - q).
+
+    Inference returns ``x``. At ``rate == 1`` the output is the limit ``0``.
+
+    Args:
+      key: PRNG key (may be None when ``deterministic=True`` or rate is 0 or 1).
+      x: floating array.
+      rate: drop probability in ``[0, 1]``.
+      deterministic: return ``x`` unchanged.
+
+    Returns:
+      An array with the shape and dtype of ``x``.
+
+    Raises:
+      ValueError: bad ``rate``, missing key.
+      TypeError: non-float ``x``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxreg
+      >>> x = jax.random.normal(jax.random.key(0), (100_000,))
+      >>> y = jaxreg.alpha_dropout(jax.random.key(1), x, 0.2)
+      >>> bool(abs(y.mean()) < 0.02 and abs(y.var() - 1) < 0.02)
+      True
+
+    References:
+      Klambauer, Unterthiner, Mayr, Hochreiter. "Self-Normalizing Neural
+      Networks." NeurIPS 2017, section "New Dropout Technique".
+      https://arxiv.org/abs/1706.02515
+    """
+    x = check_float_array(x)
+    rate = check_rate(rate)
+    if _check_deterministic(deterministic):
+        return x
+    value = static_value(rate)
+    if value == 0.0:
+        return x
+    if value == 1.0:
+        return jnp.zeros_like(x)
+    q = keep_probability(rate)
+    mask = keep_mask(key, x.shape, rate)
+    ct = _compute_dtype(x)
+    q = jnp.asarray(q, ct)
+    safe_q = jnp.where(q > 0, q, 1.0)
+    a = jnp.where(q > 0, (safe_q + _ALPHA_PRIME**2 * safe_q * (1 - safe_q)) ** -0.5, 0)
+    b = -a * _ALPHA_PRIME * (1 - q)
+    y = jnp.where(mask, x.astype(ct), jnp.asarray(_ALPHA_PRIME, ct))
+    return (a * y + jnp.where(q > 0, b, 0.0)).astype(x.dtype)
+
+
+def drop_path(
+    key,
+    x: jax.typing.ArrayLike,
+    rate,
+    *,
+    mode: str = "row",
+    deterministic: bool = False,
+) -> jax.Array:
+    """Stochastic depth: drop a whole residual branch.
+
+    Apply to the output of a residual branch before adding the shortcut:
+    ``y = shortcut + drop_path(key, branch(x), rate)``. Kept branches are scaled by
+    ``1 / p`` (inverted), so inference returns ``x``.
+
+    Args:
+      key: PRNG key (may be None when ``deterministic=True`` or rate is 0 or 1).
+      x: floating array with the batch on axis 0 (for ``mode="row"``).
+      rate: drop probability in ``[0, 1]``.
+      mode: ``"row"`` drops each example's branch independently (as in timm and
+        torchvision); ``"batch"`` drops the branch for the whole batch at once (as
+        in Huang et al. 2016).
+      deterministic: return ``x`` unchanged.
+
+    Returns:
+      An array with the shape and dtype of ``x``.
+
+    Raises:
+      ValueError: unknown ``mode``, scalar ``x`` with ``mode="row"``, bad
+        ``rate``, missing key.
+      TypeError: non-float ``x``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxreg
+      >>> y = jaxreg.drop_path(jax.random.key(0), jnp.ones((4, 3)), 0.5)
+      >>> bool(jnp.all((y == 0).all(1) | (y == 2).all(1)))  # whole rows
+      True
+
+    References:
+      Huang, Sun, Liu, Sedra, Weinberger. "Deep Networks with Stochastic Depth."
+      ECCV 2016. https://arxiv.org/abs/1603.09382
+    """
+    x = check_float_array(x)
+    if mode == "row":
+        if x.ndim == 0:
+            raise ValueError(
+                "`x` must have a batch axis for mode='row'; got a scalar. Use "
+                "mode='batch' to drop the whole input."
+            )
+        dims = tuple(range(1, x.ndim))
+    elif mode == "batch":
+        dims = tuple(range(x.ndim))
+    else:
+        raise ValueError(f"`mode` must be 'row' or 'batch'; got mode={mode!r}.")
+    return dropout(key, x, rate, broadcast_dims=dims, deterministic=deterministic)
+
+
+def _dropblock_center_rate(rate, block_size: int):
+    """Per-position seed rate ``gamma`` with ``1 - (1 - gamma)**(b*b) == rate``."""
+    n = block_size * block_size
+    value = static_value(rate)
+    if value is not None:
+        return 1.0 - (1.0 - value) ** (1.0 / n)
+    r = jnp.clip(jnp.asarray(rate, jnp.float32), 0.0, 1.0)
+    return 1.0 - (1.0 - r) ** (1.0 / n)
+
+
+def dropblock(
+    key,
+    x: jax.typing.ArrayLike,
+    rate,
+    *,
+    block_size: int = 7,
+    deterministic: bool = False,
+) -> jax.Array:
+    """DropBlock: drop contiguous ``block_size x block_size`` regions (NHWC).
+
+    Block centres are seeded independently per example and channel on a grid
+    padded by ``block_size - 1``, so every position is covered by exactly
+    ``block_size**2`` possible blocks; with the seed rate
+    ``gamma = 1 - (1 - rate) ** (1 / block_size**2)`` each position is then dropped
+    with probability exactly ``rate`` (up to the sampler's ``2**-33``), edges
+    included. Blocks near the border are clipped by it (Ghiasi et al. instead keep
+    centres inside the map, which drops edges less often). Kept units are scaled by
+    ``1 / (1 - rate_realised)``, so ``E[output] == x``; inference returns ``x``.
+
+    Args:
+      key: PRNG key (may be None when ``deterministic=True`` or rate is 0 or 1).
+      x: floating array of shape ``(N, H, W, C)``.
+      rate: drop probability of each position, in ``[0, 1]``.
+      block_size: side of the square blocks, ``>= 1`` (1 is plain dropout).
+      deterministic: return ``x`` unchanged.
+
+    Returns:
+      An array with the shape and dtype of ``x``.
+
+    Raises:
+      ValueError: ``x`` not rank 4, ``block_size < 1``, bad ``rate``, missing key.
+      TypeError: non-float ``x``, non-int ``block_size``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxreg
+      >>> y = jaxreg.dropblock(jax.random.key(0), jnp.ones((1, 8, 8, 1)), 0.2,
+      ...                      block_size=3)
+      >>> y.shape
+      (1, 8, 8, 1)
+
+    References:
+      Ghiasi, Lin, Le. "DropBlock: A regularization method for convolutional
+      networks." NeurIPS 2018. https://arxiv.org/abs/1810.12890
+    """
+    x = check_float_array(x)
+    if x.ndim != 4:
+        raise ValueError(
+            f"`x` must be an NHWC batch of feature maps (rank 4); got shape {x.shape}."
+        )
+    if isinstance(block_size, bool) or not isinstance(block_size, int):
+        raise TypeError(
+            f"`block_size` must be an int; got {type(block_size).__name__} "
+            f"{block_size!r}."
+        )
+    if block_size < 1:
+        raise ValueError(f"`block_size` must be >= 1; got block_size={block_size}.")
+    rate = check_rate(rate)
+    if _check_deterministic(deterministic):
+        return x
+    value = static_value(rate)
+    if value == 0.0:
+        return x
+    if value == 1.0:
+        return jnp.zeros_like(x)
+    n, h, w, c = x.shape
+    pad = block_size - 1
+    gamma = _dropblock_center_rate(rate, block_size)
+    seed_keep = keep_mask(key, (n, h + pad, w + pad, c), gamma)
+    kept = lax.reduce_window(
+        seed_keep.astype(jnp.uint8),
+        jnp.uint8(1),
+        lax.min,
+        (1, block_size, block_size, 1),
+        (1, 1, 1, 1),
+        "VALID",
+    ).astype(bool)
+    keep = keep_probability(gamma) ** (block_size * block_size)
+    return _masked_scale(kept, x, _safe_inverse(keep))
+
+
+def zoneout(
+    key,
+    h_prev: jax.typing.ArrayLike,
+    h_new: jax.typing.ArrayLike,
+    rate,
+    *,
+    deterministic: bool = False,
+) -> jax.Array:
+    """Zoneout: each unit keeps its previous value with probability ``rate``.
+
+    Training returns ``where(m, h_new, h_prev)`` with ``m ~ Bernoulli(p)``,
+    ``p = keep_probability(rate)`` (the probability of updating); inference returns
+    the expectation ``p * h_new + (1 - p) * h_prev``.
+
+    Args:
+      key: PRNG key (may be None when ``deterministic=True`` or rate is 0 or 1).
+      h_prev: previous hidden state (floating).
+      h_new: candidate new hidden state, same shape as ``h_prev``.
+      rate: probability of keeping the previous value ("zoning out").
+      deterministic: return the expectation instead of a sample.
+
+    Returns:
+      The next hidden state, shape and dtype of ``h_new``.
+
+    Raises:
+      ValueError: shape mismatch, bad ``rate``, missing key.
+      TypeError: non-float states.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> jaxreg.zoneout(None, jnp.zeros(2), jnp.ones(2), 0.25, deterministic=True)
+      Array([0.75, 0.75], dtype=float32)
+
+    References:
+      Krueger et al. "Zoneout: Regularizing RNNs by Randomly Preserving Hidden
+      Activations." ICLR 2017. https://arxiv.org/abs/1606.01305
+    """
+    h_prev = check_float_array(h_prev, "h_prev")
+    h_new = check_float_array(h_new, "h_new")
+    if h_prev.shape != h_new.shape:
+        raise ValueError(
+            "`h_prev` and `h_new` must have the same shape; got "
+            f"h_prev.shape={h_prev.shape} and h_new.shape={h_new.shape}."
+        )
+    rate = check_rate(rate)
+    dtype = h_new.dtype
+    if _check_deterministic(deterministic):
+        p = keep_probability(rate)
+        ct = jnp.promote_types(_compute_dtype(h_new), h_prev.dtype)
+        out = p * h_new.astype(ct) + (1.0 - p) * h_prev.astype(ct)
+        return out.astype(dtype)
+    mask = keep_mask(key, h_new.shape, rate)
+    return jnp.where(mask, h_new, h_prev.astype(dtype))
