@@ -10,6 +10,17 @@ transformations (:mod:`jaxreg.transforms`) and as Flax modules (:mod:`jaxreg.lin
 # The mask sampler.
 from jaxreg._sampler import keep_mask, keep_probability
 
+# Learned-rate and Bayesian dropout (concrete dropout, sparse variational dropout).
+from jaxreg.bayesian import (
+    concrete_dropout,
+    concrete_dropout_regularizer,
+    sparse_vd_dense,
+    sparse_vd_kl,
+    sparse_vd_log_alpha,
+    sparse_vd_prune,
+    sparse_vd_pruned_fraction,
+)
+
 # The dropout family on activations.
 from jaxreg.stochastic import (
     alpha_dropout,
@@ -37,4 +48,12 @@ __all__ = [
     "gaussian_noise",
     "spatial_dropout",
     "zoneout",
+    # bayesian
+    "concrete_dropout",
+    "concrete_dropout_regularizer",
+    "sparse_vd_dense",
+    "sparse_vd_kl",
+    "sparse_vd_log_alpha",
+    "sparse_vd_prune",
+    "sparse_vd_pruned_fraction",
 ]
