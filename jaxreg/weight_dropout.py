@@ -1,0 +1,577 @@
+"""DropConnect: dropout on weights, as pure functions.
+
+DropConnect (Wan et al. 2013) drops individual *connections* of a layer instead of
+its output units. For a dense layer with input ``v``, weights ``W`` and a Bernoulli
+weight mask ``M`` (each entry kept with probability ``p``), the pre-activation is
+
+.. math::
+
+   u = (M \\odot W)\\, v \\quad\\text{(classic)}, \\qquad
+   u = \\tfrac{1}{p} (M \\odot W)\\, v \\quad\\text{(inverted, the default)}.
+
+This module provides
+
+* :func:`dropconnect`: one mask applied to one weight array (the "weight drop" of
+  AWD-LSTM, Merity et al. 2018, when applied to recurrent weights);
+* :func:`dropconnect_dense`: a dense layer under DropConnect, with one mask shared
+  across the batch or, as in the paper, an independent mask per example (computed
+  in chunks of the batch, so memory stays bounded);
+* :func:`dropconnect_moments` and :func:`dropconnect_inference`: the paper's
+  inference rule, a Gaussian moment-matched approximation of the pre-activation
+  that is sampled, pushed through the activation and averaged;
+* :func:`dropconnect_params`: DropConnect over a whole parameter pytree, so any
+  model function (Flax, Equinox, plain JAX) can be trained with it by calling
+  ``loss(dropconnect_params(key, params, rate), batch)``.
+
+As everywhere in jaxreg, ``rate`` is the probability of *dropping* a weight (the
+rate is not the keep rate!), masks come from :func:`jaxreg.keep_mask`, and scale
+factors use ``p = keep_probability(rate)``, the keep probability the sampler
+actually realises (``1 - rate`` up to ``2**-33``), so expectations are exact.
+
+References:
+  Wan, Zeiler, Zhang, LeCun, Fergus. "Regularization of Neural Networks using
+  DropConnect." ICML 2013. https://proceedings.mlr.press/v28/wan13.html
+
+  Merity, Keskar, Socher. "Regularizing and Optimizing LSTM Language Models."
+  ICLR 2018. https://arxiv.org/abs/1708.02182
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxreg._checks import check_float_array, check_rate, static_value
+from jaxreg._keys import as_key
+from jaxreg._sampler import keep_probability
+from jaxreg.stochastic import dropout
+from jaxreg.uncertainty import _check_count, mc_dropout_predict
+
+__all__ = [
+    "dropconnect",
+    "dropconnect_dense",
+    "dropconnect_inference",
+    "dropconnect_moments",
+    "dropconnect_params",
+]
+
+# Default live-memory budget of per-example masks, in mask elements per chunk:
+# chunk * in * out <= 2**23 (32 MiB of float32 masked weights per chunk).
+_PER_EXAMPLE_BUDGET = 2**23
+
+
+def _check_bool(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"`{name}` must be a Python bool (it selects the code path at trace "
+            f"time); got {type(value).__name__} {value!r}."
+        )
+    return value
+
+
+def _check_dense_args(x, w, bias):
+    """Validate the operands of a dense layer ``x @ w + bias``."""
+    x = check_float_array(x, "x")
+    w = check_float_array(w, "w")
+    if w.ndim != 2:
+        raise ValueError(
+            "`w` must be a kernel of shape (in_features, out_features); got "
+            f"w.shape={w.shape}."
+        )
+    if x.ndim == 0 or x.shape[-1] != w.shape[0]:
+        raise ValueError(
+            "`x` must have shape (..., in_features) with in_features == w.shape[0]; "
+            f"got x.shape={x.shape} and w.shape={w.shape}."
+        )
+    if bias is not None:
+        bias = check_float_array(bias, "bias")
+        if bias.shape != (w.shape[1],):
+            raise ValueError(
+                "`bias` must have shape (out_features,) == (w.shape[1],); got "
+                f"bias.shape={bias.shape} and w.shape={w.shape}."
+            )
+    return x, w, bias
+
+
+def _add_bias(y: jax.Array, bias) -> jax.Array:
+    return y if bias is None else y + bias
+
+
+def dropconnect(
+    key,
+    w: jax.typing.ArrayLike,
+    rate,
+    *,
+    inverted: bool = True,
+    deterministic: bool = False,
+) -> jax.Array:
+    """DropConnect on one weight array: zero each weight with probability ``rate``.
+
+    With the mask ``M ~ Bernoulli(p)`` elementwise, ``p = keep_probability(rate)``:
+
+    * ``inverted=True`` (default): training returns ``M * w / p``, inference
+      returns ``w``;
+    * ``inverted=False`` (the paper's form): training returns ``M * w``, inference
+      returns ``p * w``.
+
+    In both modes ``E_M[train output] == inference output`` exactly. One mask is
+    drawn per call; applied to the recurrent kernel of an RNN once per sequence
+    (outside the time loop) this is AWD-LSTM's weight drop.
+
+    Args:
+      key: PRNG key; may be None when ``deterministic=True`` or ``rate`` is 0 or 1.
+      w: floating weight array of any shape.
+      rate: probability of dropping a weight, in ``[0, 1]``; a Python float
+        (validated now) or a traced scalar (schedules under ``jit``; not
+        validated, values outside ``[0, 1]`` act as the nearest end point). At
+        ``rate == 1`` the output is zeros.
+      inverted: scale kept weights by ``1 / p`` at training (True) or scale by
+        ``p`` at inference (False).
+      deterministic: return the inference output; ``key`` is ignored.
+
+    Returns:
+      An array with the shape and dtype of ``w``.
+
+    Raises:
+      ValueError: ``rate`` outside ``[0, 1]`` or NaN; missing or batched ``key``.
+      TypeError: non-float ``w``; ``key`` not a PRNG key; non-bool flags.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxreg
+      >>> w = jaxreg.dropconnect(jax.random.key(0), jnp.ones((3, 4)), 0.5)
+      >>> bool(jnp.all((w == 0) | (w == 2)))
+      True
+      >>> jaxreg.dropconnect(None, jnp.ones(2), 0.25, inverted=False,
+      ...                    deterministic=True)
+      Array([0.75, 0.75], dtype=float32)
+
+    References:
+      Wan, Zeiler, Zhang, LeCun, Fergus. "Regularization of Neural Networks using
+      DropConnect." ICML 2013. https://proceedings.mlr.press/v28/wan13.html
+
+      Merity, Keskar, Socher. "Regularizing and Optimizing LSTM Language
+      Models." ICLR 2018 (weight drop). https://arxiv.org/abs/1708.02182
+    """
+    w = check_float_array(w, "w")
+    _check_bool(inverted, "inverted")
+    _check_bool(deterministic, "deterministic")
+    return dropout(key, w, rate, deterministic=deterministic, inverted=inverted)
+
+
+def _default_chunk(num_examples: int, in_features: int, out_features: int) -> int:
+    per_example = max(1, in_features * out_features)
+    return max(1, min(num_examples, _PER_EXAMPLE_BUDGET // per_example))
+
+
+def dropconnect_dense(
+    key,
+    x: jax.typing.ArrayLike,
+    w: jax.typing.ArrayLike,
+    rate,
+    *,
+    bias: jax.typing.ArrayLike | None = None,
+    per_example: bool = False,
+    chunk_size: int | None = None,
+    inverted: bool = True,
+    deterministic: bool = False,
+) -> jax.Array:
+    """A dense layer ``x @ w + bias`` under DropConnect.
+
+    * ``per_example=False``: one weight mask for the whole batch; the output is
+      exactly ``x @ dropconnect(key, w, rate, inverted=inverted) + bias``. Cost:
+      one ``in x out`` mask, plus the matmul.
+    * ``per_example=True``: an independent weight mask for every example, as in
+      Wan et al. 2013. Flattening the batch dimensions of ``x`` row-major into
+      examples ``n = 0, 1, ...``, row ``n`` of the output is exactly
+
+      ``x[n] @ dropconnect(jax.random.fold_in(key, n), w, rate) + bias``,
+
+      so the result does not depend on ``chunk_size``. Cost: the masks grow as
+      ``batch x in x out`` (one random 32-bit word per weight per example) and
+      every example needs its own masked kernel, so compute is a few times that
+      of the matmul. Live memory is bounded by processing the batch in chunks of
+      ``chunk_size`` examples (``lax.map``): at most ``chunk_size x in x out``
+      mask elements exist at once, in the forward *and* the backward pass (each
+      chunk is rematerialised with :func:`jax.checkpoint`, so masks are
+      regenerated from the key rather than stored for the gradient).
+
+    ``deterministic=True`` returns the inference output
+    ``x @ dropconnect(None, w, rate, inverted=inverted, deterministic=True) + bias``
+    (for both values of ``per_example``), i.e. the mean-field ("mean inference")
+    approximation; see :func:`dropconnect_inference` for the paper's rule.
+
+    Args:
+      key: PRNG key; may be None when ``deterministic=True`` or ``rate`` is 0 or 1.
+      x: floating input of shape ``(..., in_features)``.
+      w: floating kernel of shape ``(in_features, out_features)``.
+      rate: probability of dropping a weight, in ``[0, 1]``; a Python float or a
+        traced scalar (not validated).
+      bias: optional bias of shape ``(out_features,)`` (never dropped).
+      per_example: independent mask per example (True) or one shared mask.
+      chunk_size: examples per chunk when ``per_example=True`` (ignored
+        otherwise); ``None`` picks the largest chunk with
+        ``chunk_size * in * out <= 2**23``. The last chunk is zero-padded.
+      inverted: inverted (scale ``1/p`` at training) or classic scaling.
+      deterministic: return the inference output; ``key`` is ignored.
+
+    Returns:
+      An array of shape ``x.shape[:-1] + (out_features,)`` and dtype
+      ``result_type(x, w, bias)``.
+
+    Raises:
+      ValueError: shape mismatch between ``x``, ``w`` and ``bias`` (the message
+        shows both shapes); bad ``rate``; ``chunk_size < 1``; missing key.
+      TypeError: non-float operands; non-int ``chunk_size``; non-bool flags.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxreg
+      >>> key, x, w = jax.random.key(0), jnp.ones((4, 3)), jnp.ones((3, 2))
+      >>> y = jaxreg.dropconnect_dense(key, x, w, 0.5)
+      >>> bool(jnp.all(y == x @ jaxreg.dropconnect(key, w, 0.5)))
+      True
+      >>> y = jaxreg.dropconnect_dense(key, x, w, 0.5, per_example=True,
+      ...                              chunk_size=3)
+      >>> n = 2
+      >>> wn = jaxreg.dropconnect(jax.random.fold_in(key, n), w, 0.5)
+      >>> bool(jnp.allclose(y[n], x[n] @ wn))
+      True
+
+    References:
+      Wan, Zeiler, Zhang, LeCun, Fergus. "Regularization of Neural Networks using
+      DropConnect." ICML 2013, section 2 (training, one mask per example).
+      https://proceedings.mlr.press/v28/wan13.html
+    """
+    x, w, bias = _check_dense_args(x, w, bias)
+    rate = check_rate(rate)
+    _check_bool(per_example, "per_example")
+    _check_bool(inverted, "inverted")
+    _check_bool(deterministic, "deterministic")
+    chunk_size = _check_count(chunk_size, "chunk_size", allow_none=True)
+    value = static_value(rate)
+    if deterministic or not per_example or value in (0.0, 1.0):
+        kernel = dropconnect(
+            key, w, rate, inverted=inverted, deterministic=deterministic
+        )
+        return _add_bias(x @ kernel, bias)
+    key = as_key(key)
+    batch_shape = x.shape[:-1]
+    in_features, out_features = w.shape
+    rows = x.reshape(-1, in_features)
+    n = rows.shape[0]
+    if n == 0:
+        return _add_bias(x @ w, bias)
+    chunk = chunk_size or _default_chunk(n, in_features, out_features)
+    chunk = min(chunk, n)
+    num_chunks = -(-n // chunk)
+    padded = num_chunks * chunk
+    if padded != n:
+        rows = jnp.concatenate([rows, jnp.zeros((padded - n, in_features), x.dtype)])
+    index = jnp.arange(padded, dtype=jnp.uint32)
+
+    @jax.checkpoint
+    def run_chunk(key, w, xs, idx):
+        def one(xi, i):
+            wi = dropconnect(jax.random.fold_in(key, i), w, rate, inverted=inverted)
+            return xi @ wi
+
+        return jax.vmap(one)(xs, idx)
+
+    if num_chunks == 1:
+        y = run_chunk(key, w, rows, index)
+    else:
+        xs = rows.reshape(num_chunks, chunk, in_features)
+        idx = index.reshape(num_chunks, chunk)
+        y = lax.map(lambda a: run_chunk(key, w, a[0], a[1]), (xs, idx))
+        y = y.reshape(padded, out_features)
+    y = y[:n].reshape(batch_shape + (out_features,))
+    return _add_bias(y, bias)
+
+
+def _moment_scales(rate, inverted: bool):
+    """``(mean_scale, var_scale)`` with ``mean = mean_scale * x@w`` etc.
+
+    With keep probability ``p`` and the kept-weight factor ``s`` (``1/p``
+    inverted, ``1`` classic), one masked weight ``s * m * w`` has mean ``p s w``
+    and variance ``p (1 - p) s**2 w**2``. At ``p == 0`` the inverted factor is 0
+    (the layer outputs the bias), so no division by zero occurs.
+    """
+    p = keep_probability(rate)
+    if isinstance(p, float):
+        s = (1.0 / p if p > 0 else 0.0) if inverted else 1.0
+        return p * s, p * (1.0 - p) * s * s
+    positive = p > 0
+    s = jnp.where(positive, 1.0 / jnp.where(positive, p, 1.0), 0.0) if inverted else 1.0
+    return p * s, p * (1.0 - p) * s * s
+
+
+def dropconnect_moments(
+    x: jax.typing.ArrayLike,
+    w: jax.typing.ArrayLike,
+    rate,
+    *,
+    bias: jax.typing.ArrayLike | None = None,
+    inverted: bool = True,
+) -> tuple[jax.Array, jax.Array]:
+    """Mean and variance of the DropConnect pre-activation (Wan et al. 2013).
+
+    For ``u = x @ (s * M * w) + bias`` with ``M ~ Bernoulli(p)`` elementwise,
+    ``p = keep_probability(rate)``, the entries of ``u`` are sums of independent
+    terms, and the paper approximates each by a Gaussian with the exact moments
+
+    * inverted (``s = 1/p``, the default):
+      ``mean = x @ w + bias``, ``var = (1 - p) / p * (x**2) @ (w**2)``
+      (``= rate / (1 - rate) * (x**2) @ (w**2)`` up to ``2**-33``);
+    * classic (``s = 1``, the paper's form):
+      ``mean = p * (x @ w) + bias``, ``var = p * (1 - p) * (x**2) @ (w**2)``.
+
+    These are the exact mean and variance over masks of
+    ``dropconnect_dense(key, x, w, rate, bias=bias, inverted=inverted)`` for every
+    ``rate`` (at ``rate == 1`` with inverted scaling the layer outputs ``bias``, and
+    so do the moments).
+
+    Args:
+      x: floating input of shape ``(..., in_features)``.
+      w: floating kernel of shape ``(in_features, out_features)``.
+      rate: probability of dropping a weight, in ``[0, 1]`` (Python float or a
+        traced scalar, not validated).
+      bias: optional bias of shape ``(out_features,)``.
+      inverted: inverted or classic scaling (as in :func:`dropconnect`).
+
+    Returns:
+      ``(mean, variance)``, each of shape ``x.shape[:-1] + (out_features,)`` and
+      dtype ``result_type(x, w, bias)`` (computed in at least float32).
+
+    Raises:
+      ValueError: shape mismatch (the message shows both shapes); bad ``rate``.
+      TypeError: non-float operands; non-bool ``inverted``.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> mean, var = jaxreg.dropconnect_moments(jnp.ones((1, 2)), jnp.ones((2, 1)),
+      ...                                        0.5)
+      >>> mean, var
+      (Array([[2.]], dtype=float32), Array([[2.]], dtype=float32))
+      >>> jaxreg.dropconnect_moments(jnp.ones((1, 2)), jnp.ones((2, 1)), 0.5,
+      ...                            inverted=False)[1]
+      Array([[0.5]], dtype=float32)
+
+    References:
+      Wan, Zeiler, Zhang, LeCun, Fergus. "Regularization of Neural Networks using
+      DropConnect." ICML 2013, section 3 (inference, Algorithm 2).
+      https://proceedings.mlr.press/v28/wan13.html
+    """
+    x, w, bias = _check_dense_args(x, w, bias)
+    rate = check_rate(rate)
+    _check_bool(inverted, "inverted")
+    out_dtype = jnp.result_type(x, w) if bias is None else jnp.result_type(x, w, bias)
+    ct = jnp.promote_types(out_dtype, jnp.float32)
+    xc, wc = x.astype(ct), w.astype(ct)
+    mean_scale, var_scale = _moment_scales(rate, inverted)
+    mean = _add_bias(mean_scale * (xc @ wc), None if bias is None else bias.astype(ct))
+    var = var_scale * ((xc * xc) @ (wc * wc))
+    return mean.astype(out_dtype), var.astype(out_dtype)
+
+
+def _safe_sqrt(v: jax.Array) -> jax.Array:
+    """sqrt with a finite (zero) gradient at 0."""
+    positive = v > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, v, 1.0)), 0.0)
+
+
+def dropconnect_inference(
+    key,
+    x: jax.typing.ArrayLike,
+    w: jax.typing.ArrayLike,
+    rate,
+    activation: Callable[[jax.Array], jax.Array],
+    *,
+    bias: jax.typing.ArrayLike | None = None,
+    num_samples: int = 1000,
+    chunk_size: int | None = 100,
+    inverted: bool = True,
+) -> jax.Array:
+    """The paper's inference rule: ``E[activation(u)]`` under the Gaussian approximation.
+
+    Rather than ``activation(E[u])`` (the "mean inference" of dropout), Wan et al.
+    2013 approximate each pre-activation by ``u ~ N(mean, var)`` with the moments
+    of :func:`dropconnect_moments`, draw ``Z = num_samples`` samples, push them
+    through the activation and average:
+
+    .. math::
+
+       r \\approx \\frac{1}{Z} \\sum_{z=1}^{Z} a(u_z), \\qquad
+       u_z \\sim \\mathcal{N}(\\mu, \\sigma^2).
+
+    Samples are evaluated ``chunk_size`` at a time (memory
+    ``chunk_size x batch x out``) and averaged in float32 with
+    :func:`jaxreg.mc_dropout_predict`.
+
+    Args:
+      key: PRNG key for the Gaussian samples.
+      x: floating input of shape ``(..., in_features)``.
+      w: floating kernel of shape ``(in_features, out_features)``.
+      rate: probability of dropping a weight, in ``[0, 1]``.
+      activation: elementwise activation, e.g. ``jax.nn.relu``.
+      bias: optional bias of shape ``(out_features,)``.
+      num_samples: number of Gaussian samples ``Z``, ``>= 1``.
+      chunk_size: samples evaluated at once (None: all).
+      inverted: inverted or classic scaling (as in :func:`dropconnect`).
+
+    Returns:
+      The averaged activations, shape ``x.shape[:-1] + (out_features,)``, dtype of
+      the pre-activation moments.
+
+    Raises:
+      ValueError: shape mismatch, bad ``rate``, ``num_samples < 1``, bad
+        ``chunk_size``, missing key.
+      TypeError: ``activation`` not callable; non-float operands.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxreg
+      >>> x, w = jnp.array([[1.0, -1.0]]), jnp.array([[1.0], [1.0]])
+      >>> r = jaxreg.dropconnect_inference(jax.random.key(0), x, w, 0.5, jax.nn.relu)
+      >>> float(r[0, 0]) > 0.0  # E[relu(u)] > relu(E[u]) = 0
+      True
+
+    References:
+      Wan, Zeiler, Zhang, LeCun, Fergus. "Regularization of Neural Networks using
+      DropConnect." ICML 2013, section 3 (Algorithm 2).
+      https://proceedings.mlr.press/v28/wan13.html
+    """
+    if not callable(activation):
+        raise TypeError(
+            "`activation` must be a callable such as `jax.nn.relu`; got "
+            f"{type(activation).__name__} {activation!r}."
+        )
+    mean, var = dropconnect_moments(x, w, rate, bias=bias, inverted=inverted)
+    num_samples = _check_count(num_samples, "num_samples")
+    chunk_size = _check_count(chunk_size, "chunk_size", allow_none=True)
+    key = as_key(key)
+    ct = jnp.promote_types(mean.dtype, jnp.float32)
+    mu, sigma = mean.astype(ct), _safe_sqrt(var.astype(ct))
+
+    def sample(k):
+        return activation(mu + sigma * jax.random.normal(k, mu.shape, ct))
+
+    avg, _ = mc_dropout_predict(
+        sample, key, num_samples=num_samples, chunk_size=chunk_size
+    )
+    return avg.astype(mean.dtype)
+
+
+def _describe_tree(tree) -> str:
+    text = str(jax.tree_util.tree_structure(tree))
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def dropconnect_params(
+    key,
+    params,
+    rate,
+    *,
+    mask=None,
+    inverted: bool = True,
+    deterministic: bool = False,
+):
+    """DropConnect over a whole parameter pytree.
+
+    Every selected leaf gets its own independent mask (leaf ``i`` in
+    ``jax.tree_util`` flattening order uses ``jax.random.fold_in(key, i)``) and is
+    transformed exactly as by :func:`dropconnect`; unselected leaves are returned
+    unchanged. Any model function can then be trained with DropConnect::
+
+        loss(dropconnect_params(key, params, rate, mask=mask_by_ndim(params)), batch)
+
+    which, applied to the recurrent kernels of an RNN, is AWD-LSTM's weight drop
+    (one mask per forward pass, shared by all time steps). Gradients flow to the
+    original parameters through the masks.
+
+    Args:
+      key: PRNG key; may be None when ``deterministic=True`` or ``rate`` is 0 or 1.
+      params: a pytree of floating arrays.
+      rate: probability of dropping a weight, in ``[0, 1]``.
+      mask: None (every leaf), a pytree of Python bools with the structure of
+        ``params`` (e.g. from ``jaxreg.mask_by_ndim``), or a callable
+        ``params -> such a pytree`` (as in ``optax.masked``).
+      inverted: inverted or classic scaling (as in :func:`dropconnect`).
+      deterministic: return the inference weights; ``key`` is ignored.
+
+    Returns:
+      A pytree with the structure, shapes and dtypes of ``params``.
+
+    Raises:
+      ValueError: ``mask`` has another tree structure than ``params`` (both are
+        shown); bad ``rate``; missing key.
+      TypeError: a ``mask`` leaf that is not a bool; a selected leaf that is not
+        a floating array (its path is shown).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxreg
+      >>> params = {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)}
+      >>> out = jaxreg.dropconnect_params(jax.random.key(0), params, 0.5,
+      ...                                 mask={"kernel": True, "bias": False})
+      >>> bool(jnp.all(out["bias"] == 1)), bool(jnp.all((out["kernel"] == 0)
+      ...                                                | (out["kernel"] == 2)))
+      (True, True)
+
+    References:
+      Wan, Zeiler, Zhang, LeCun, Fergus. "Regularization of Neural Networks using
+      DropConnect." ICML 2013. https://proceedings.mlr.press/v28/wan13.html
+
+      Merity, Keskar, Socher. "Regularizing and Optimizing LSTM Language
+      Models." ICLR 2018 (weight-dropped LSTM). https://arxiv.org/abs/1708.02182
+    """
+    rate = check_rate(rate)
+    _check_bool(inverted, "inverted")
+    _check_bool(deterministic, "deterministic")
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    if mask is None:
+        selected = [True] * len(paths_leaves)
+    else:
+        if callable(mask):
+            mask = mask(params)
+        mask_leaves, mask_def = jax.tree_util.tree_flatten(mask)
+        if mask_def != treedef:
+            raise ValueError(
+                "`mask` must have the same tree structure as `params` (one bool per "
+                "parameter leaf); got\n  mask:   "
+                f"{_describe_tree(mask)}\n  params: {_describe_tree(params)}\n"
+                "Build it with e.g. `jaxreg.mask_by_ndim(params)` or "
+                "`jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)`."
+            )
+        selected = []
+        for (path, _), m in zip(paths_leaves, mask_leaves, strict=True):
+            if not isinstance(m, (bool, np.bool_)):
+                raise TypeError(
+                    "`mask` leaves must be Python bools; got "
+                    f"{type(m).__name__} {m!r} at {jax.tree_util.keystr(path)}."
+                )
+            selected.append(bool(m))
+    need_key = (
+        not deterministic and static_value(rate) not in (0.0, 1.0) and any(selected)
+    )
+    if need_key:
+        key = as_key(key, why="dropconnect_params is stochastic")
+    out = []
+    for i, ((path, leaf), sel) in enumerate(zip(paths_leaves, selected, strict=True)):
+        if not sel:
+            out.append(leaf)
+            continue
+        try:
+            leaf = check_float_array(leaf, "params")
+        except TypeError as err:
+            raise TypeError(
+                f"`params` leaf at {jax.tree_util.keystr(path)} must be a floating "
+                f"array to be dropped; got {err}. Exclude it with `mask`."
+            ) from err
+        leaf_key = jax.random.fold_in(key, i) if need_key else None
+        out.append(
+            dropconnect(
+                leaf_key, leaf, rate, inverted=inverted, deterministic=deterministic
+            )
+        )
+    return jax.tree_util.tree_unflatten(treedef, out)
