@@ -33,6 +33,16 @@ from jaxreg.stochastic import (
     zoneout,
 )
 
+# DropConnect (weight_dropout) and MC-dropout uncertainty.
+from jaxreg.uncertainty import mc_dropout_predict
+from jaxreg.weight_dropout import (
+    dropconnect,
+    dropconnect_dense,
+    dropconnect_inference,
+    dropconnect_moments,
+    dropconnect_params,
+)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -56,4 +66,12 @@ __all__ = [
     "sparse_vd_log_alpha",
     "sparse_vd_prune",
     "sparse_vd_pruned_fraction",
+    # weight_dropout
+    "dropconnect",
+    "dropconnect_dense",
+    "dropconnect_inference",
+    "dropconnect_moments",
+    "dropconnect_params",
+    # uncertainty
+    "mc_dropout_predict",
 ]
