@@ -116,12 +116,19 @@ def check_float_array(x, name: str = "x") -> jax.Array:
     Raises:
       TypeError: for integer, boolean or complex input, or non-array objects.
     """
-    try:
-        dtype = x.dtype if hasattr(x, "dtype") else np.result_type(x)
-    except TypeError as err:
+    if hasattr(x, "dtype") and hasattr(x, "shape"):
+        dtype = x.dtype
+    elif isinstance(x, (int, float, np.number)) and not isinstance(x, bool):
+        dtype = np.result_type(x)
+    else:
+        text = repr(x)
+        if len(text) > 60:
+            text = text[:57] + "..."
         raise TypeError(
-            f"`{name}` must be an array of floating dtype; got {type(x).__name__}."
-        ) from err
+            f"`{name}` must be an array of floating dtype (a jax.Array, numpy array "
+            f"or Python float); got {type(x).__name__} {text}. Convert it first, "
+            f"e.g. `{name}=jnp.asarray({name}, jnp.float32)`."
+        )
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
             f"`{name}` must have a floating dtype (float32, bfloat16, float16, ...); "

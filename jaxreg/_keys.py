@@ -26,7 +26,7 @@ def _describe(value) -> str:
     shape = getattr(value, "shape", None)
     dtype = getattr(value, "dtype", None)
     if shape is not None and dtype is not None:
-        return f"{type(value).__name__} of shape {tuple(shape)} and dtype {dtype}"
+        return f"an array of shape {tuple(shape)} and dtype {dtype}"
     text = repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
