@@ -1,0 +1,632 @@
+r"""Regularization as optax gradient transformations.
+
+Three kinds, each an :class:`optax.GradientTransformation` with a ``NamedTuple``
+state, composable with :func:`optax.chain`, :func:`optax.masked`,
+:func:`optax.inject_hyperparams`, :class:`optax.MultiSteps` and
+:func:`optax.apply_if_finite`, and safe under ``jax.jit``:
+
+* **Penalties** (:func:`add_penalty`, :func:`add_l1`, :func:`add_l2`) add
+  ``strength * grad(penalty)(params)`` to the incoming gradients. Put them
+  *before* the optimizer (coupled regularization: the penalty gradient is
+  rescaled by Adam & co. like the loss gradient).
+* **Projections** (:func:`project`, :func:`max_norm_constraint`,
+  :func:`unit_norm_constraint`, :func:`min_max_norm_constraint`,
+  :func:`non_neg_constraint`) rewrite the final updates so that
+  ``optax.apply_updates(params, updates)`` lands on the projection of the
+  unconstrained step. Put them *last*.
+* **Proximal steps** (:func:`l1_prox`, :func:`group_lasso_prox`,
+  :func:`elastic_net_prox`) apply the proximal operator of
+  :math:`\eta\lambda\,\Omega` to the result of the step, where :math:`\eta` is the
+  optimizer's learning rate (pass it again) and :math:`\lambda` the strength: with
+  :func:`optax.sgd` this is proximal gradient descent (ISTA), which produces exact
+  zeros. Put them *last*, like projections.
+
+``strength`` and ``learning_rate`` are Python floats (validated eagerly), traced
+scalars (e.g. under :func:`optax.inject_hyperparams`; not validated) or optax
+schedules ``count -> value`` evaluated at the transform's own step count.
+
+``mask`` selects the leaves a transform acts on (the others pass through
+unchanged): a pytree of bools with the structure of the parameters (or a
+prefix), or a callable ``params -> mask`` such as :func:`jaxreg.mask_by_ndim`.
+It is implemented with :func:`optax.masked` (so the state is an
+``optax.MaskedState`` around the transform's own state), after checking the
+structure.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxreg import constraints as _constraints
+from jaxreg import penalties as _penalties
+from jaxreg._checks import check_nonnegative
+
+__all__ = [
+    "PenaltyState",
+    "ProxState",
+    "add_l1",
+    "add_l2",
+    "add_penalty",
+    "elastic_net_prox",
+    "group_lasso_prox",
+    "l1_prox",
+    "max_norm_constraint",
+    "min_max_norm_constraint",
+    "non_neg_constraint",
+    "project",
+    "unit_norm_constraint",
+]
+
+PyTree = Any
+Schedule = Callable[[jax.Array], jax.Array]
+
+
+class PenaltyState(NamedTuple):
+    """State of :func:`add_penalty`: the number of updates so far (for schedules)."""
+
+    count: jax.Array
+
+
+class ProxState(NamedTuple):
+    """State of the proximal transforms: the number of updates so far."""
+
+    count: jax.Array
+
+
+def _check_hparam(value, name: str):
+    """A schedule passes through; a number must be >= 0 (traced: unchecked)."""
+    if callable(value):
+        return value
+    return check_nonnegative(value, name)
+
+
+def _at(value, count):
+    return value(count) if callable(value) else value
+
+
+def _require_params(params, name: str) -> None:
+    if params is None:
+        raise ValueError(
+            f"`{name}` needs the current parameters, but `update` got params=None. "
+            "Call `tx.update(updates, opt_state, params)`."
+        )
+
+
+def _with_mask(tx: optax.GradientTransformation, mask) -> optax.GradientTransformation:
+    if mask is None:
+        return tx
+    if not callable(mask):
+        # Check the leaves now (a bad leaf type is a user error at build time).
+        _penalties.resolve_mask(mask, mask)
+    return optax.masked(tx, functools.partial(_penalties.resolve_mask, mask))
+
+
+def _count_init(state_cls):
+    def init_fn(params):
+        del params
+        return state_cls(count=jnp.zeros([], jnp.int32))
+
+    return init_fn
+
+
+def add_penalty(
+    penalty_fn: Callable[[PyTree], jax.Array], strength, *, mask=None
+) -> optax.GradientTransformation:
+    r"""Add the gradient of ``strength * penalty_fn(params)`` to the updates.
+
+    .. math::
+
+       g \leftarrow g + \lambda_t \nabla \Omega(w),
+
+    with :math:`\Omega` = ``penalty_fn`` and :math:`\lambda_t` = ``strength`` at
+    step :math:`t`. This is coupled regularization: place it before the optimizer
+    in an :func:`optax.chain`, so the optimizer sees the gradient of
+    ``loss + strength * penalty``.
+
+    Args:
+      penalty_fn: a scalar function of the parameter pytree (e.g.
+        :func:`jaxreg.l1`, :func:`jaxreg.group_lasso`, or a ``functools.partial``
+        of one). With a ``mask`` it sees the parameters with the excluded leaves
+        replaced by ``optax.MaskedNode``.
+      strength: :math:`\lambda \ge 0`: a float, a traced scalar, or a schedule.
+      mask: optional bool pytree (or callable ``params -> mask``) of the leaves to
+        regularize.
+
+    Returns:
+      An :class:`optax.GradientTransformation` whose state is a
+      :class:`PenaltyState` (inside ``optax.MaskedState`` when masked).
+
+    Raises:
+      TypeError: ``penalty_fn`` not callable; ``strength`` not a number/schedule.
+      ValueError: negative ``strength``; ``update`` called with ``params=None``;
+        a mask with another structure than the parameters.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, jaxreg
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> tx = optax.chain(jaxreg.add_penalty(jaxreg.l1, 0.1), optax.sgd(1.0))
+      >>> updates, _ = tx.update({"w": jnp.zeros(2)}, tx.init(params), params)
+      >>> updates["w"]
+      Array([-0.1,  0.1], dtype=float32)
+      >>> # With inject_hyperparams, mark penalty_fn static (it is not a schedule):
+      >>> tx = optax.inject_hyperparams(jaxreg.add_penalty, static_args="penalty_fn")(
+      ...     penalty_fn=jaxreg.l2, strength=0.5)
+      >>> tx.update({"w": jnp.zeros(2)}, tx.init(params), params)[0]["w"]
+      Array([ 0.5, -1. ], dtype=float32)
+    """
+    if not callable(penalty_fn):
+        raise TypeError(
+            "`penalty_fn` must be a function params -> scalar (e.g. jaxreg.l1); got "
+            f"{type(penalty_fn).__name__} {penalty_fn!r}."
+        )
+    strength = _check_hparam(strength, "strength")
+
+    def update_fn(updates, state, params=None):
+        _require_params(params, "add_penalty")
+        grads = jax.grad(penalty_fn)(params)
+        new = optax.tree_utils.tree_add_scale(
+            updates, _at(strength, state.count), grads
+        )
+        new = optax.tree_utils.tree_cast_like(new, updates)
+        return new, PenaltyState(count=optax.safe_int32_increment(state.count))
+
+    return _with_mask(
+        optax.GradientTransformation(_count_init(PenaltyState), update_fn), mask
+    )
+
+
+def add_l1(strength, *, mask=None) -> optax.GradientTransformation:
+    r"""Add :math:`\lambda_t \operatorname{sign}(w)`, the gradient of :math:`\lambda\|w\|_1`.
+
+    The subgradient step makes weights oscillate around zero rather than reach it;
+    use :func:`l1_prox` for exact zeros.
+
+    Args:
+      strength: :math:`\lambda \ge 0`: a float, a traced scalar, or a schedule.
+      mask: optional bool pytree (or callable) of the leaves to regularize.
+
+    Returns:
+      :func:`add_penalty` of :func:`jaxreg.l1`.
+
+    Raises:
+      ValueError: negative ``strength``; ``params=None`` in ``update``.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> tx = jaxreg.add_l1(0.1)
+      >>> w = jnp.array([2.0, 0.0, -3.0])
+      >>> tx.update(jnp.zeros(3), tx.init(w), w)[0]
+      Array([ 0.1,  0. , -0.1], dtype=float32)
+
+    References:
+      Tibshirani. "Regression Shrinkage and Selection via the Lasso." JRSS B 58(1),
+      1996. https://doi.org/10.1111/j.2517-6161.1996.tb02080.x
+    """
+    return add_penalty(_penalties.l1, strength, mask=mask)
+
+
+def add_l2(strength, *, mask=None) -> optax.GradientTransformation:
+    r"""Add :math:`\lambda_t w`, the gradient of :math:`\tfrac{\lambda}{2}\|w\|_2^2`.
+
+    Before an adaptive optimizer this is L2 regularization (coupled: the decay is
+    rescaled by the preconditioner). Placed after ``optax.scale_by_adam()`` and
+    before the learning-rate scaling it is decoupled weight decay (AdamW,
+    Loshchilov & Hutter), the same step as :func:`optax.add_decayed_weights`.
+
+    Args:
+      strength: :math:`\lambda \ge 0`: a float, a traced scalar, or a schedule.
+      mask: optional bool pytree (or callable) of the leaves to regularize.
+
+    Returns:
+      :func:`add_penalty` of :func:`jaxreg.l2`.
+
+    Raises:
+      ValueError: negative ``strength``; ``params=None`` in ``update``.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> tx = jaxreg.add_l2(0.5)
+      >>> w = jnp.array([2.0, -4.0])
+      >>> tx.update(jnp.zeros(2), tx.init(w), w)[0]
+      Array([ 1., -2.], dtype=float32)
+
+    References:
+      Loshchilov, Hutter. "Decoupled Weight Decay Regularization." ICLR 2019.
+      https://arxiv.org/abs/1711.05101
+    """
+    return add_penalty(_penalties.l2, strength, mask=mask)
+
+
+def project(
+    projection_fn: Callable[[jax.Array], jax.Array], *, mask=None
+) -> optax.GradientTransformation:
+    r"""Rewrite the updates so that the step lands on ``projection_fn``'s output.
+
+    For each selected leaf, with :math:`w' = ` ``optax.apply_updates(w, u)`` the
+    unconstrained result of the step,
+
+    .. math::
+
+       u \leftarrow P(w') - w ,
+
+    so that ``optax.apply_updates(w, u)`` gives :math:`P(w')` up to one rounding of
+    the addition (exactly, where :math:`P(w')` is 0). This is projected gradient
+    descent; put the transform last in the chain, after the learning rate.
+
+    Args:
+      projection_fn: a function mapping one parameter array to its projection
+        (e.g. ``functools.partial(jaxreg.max_norm, max_value=3.0)``); applied to
+        every selected leaf.
+      mask: optional bool pytree (or callable) of the leaves to constrain; use
+        ``mask=jaxreg.mask_by_ndim`` to leave biases and norm scales alone.
+
+    Returns:
+      An :class:`optax.GradientTransformation` with state ``optax.EmptyState``
+      (inside ``optax.MaskedState`` when masked).
+
+    Raises:
+      TypeError: ``projection_fn`` not callable.
+      ValueError: ``params=None`` in ``update``; a mask with another structure.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, jaxreg
+      >>> w = jnp.array([1.0, 2.0])
+      >>> tx = optax.chain(optax.sgd(1.0), jaxreg.project(jaxreg.non_neg))
+      >>> u, _ = tx.update(jnp.array([3.0, 1.0]), tx.init(w), w)
+      >>> optax.apply_updates(w, u)
+      Array([0., 1.], dtype=float32)
+    """
+    if not callable(projection_fn):
+        raise TypeError(
+            "`projection_fn` must be a function array -> array (e.g. jaxreg.non_neg);"
+            f" got {type(projection_fn).__name__} {projection_fn!r}."
+        )
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        _require_params(params, "project")
+        stepped = optax.apply_updates(params, updates)
+        target = jax.tree_util.tree_map(projection_fn, stepped)
+        new = optax.tree_utils.tree_sub(target, params)
+        return optax.tree_utils.tree_cast_like(new, updates), state
+
+    return _with_mask(optax.GradientTransformation(init_fn, update_fn), mask)
+
+
+def max_norm_constraint(
+    max_value, *, axis=0, mask=None
+) -> optax.GradientTransformation:
+    r"""Project onto per-slice norm :math:`\le` ``max_value`` after each step.
+
+    :func:`project` of :func:`jaxreg.max_norm` (Srivastava et al. 2014 use it with
+    dropout: ``max_value`` 3 to 4 on each unit's incoming weights).
+
+    Args:
+      max_value: the largest allowed norm, ``> 0``.
+      axis: int or tuple, the axes the norm runs over (Keras semantics, applied to
+        every selected leaf).
+      mask: optional bool pytree (or callable) of the leaves to constrain.
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+
+    Raises:
+      ValueError: ``max_value <= 0``; at ``update``, ``axis`` out of range for a
+        selected leaf or ``params=None``.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, jaxreg
+      >>> w = {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)}
+      >>> tx = optax.chain(optax.sgd(1.0), jaxreg.max_norm_constraint(
+      ...     1.0, mask=jaxreg.mask_by_ndim))
+      >>> g = {"kernel": jnp.array([[-3.0, 0.0], [-4.0, 0.0]]), "bias": -jnp.ones(2) * 5}
+      >>> new = optax.apply_updates(w, tx.update(g, tx.init(w), w)[0])
+      >>> new["kernel"], new["bias"]
+      (Array([[0.6, 0. ], [0.8, 0. ]], dtype=float32), Array([5., 5.], dtype=float32))
+
+    References:
+      Srivastava, Hinton, Krizhevsky, Sutskever, Salakhutdinov. "Dropout: A Simple
+      Way to Prevent Neural Networks from Overfitting." JMLR 15, 2014.
+      https://jmlr.org/papers/v15/srivastava14a.html
+    """
+    _constraints.max_norm(jnp.zeros((1,) * _min_rank(axis)), max_value, axis=axis)
+    return project(
+        functools.partial(_constraints.max_norm, max_value=max_value, axis=axis),
+        mask=mask,
+    )
+
+
+def unit_norm_constraint(*, axis=0, mask=None) -> optax.GradientTransformation:
+    """Project each slice onto the unit sphere after each step (:func:`jaxreg.unit_norm`).
+
+    Args:
+      axis: int or tuple, the axes the norm runs over (Keras semantics).
+      mask: optional bool pytree (or callable) of the leaves to constrain.
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+
+    Raises:
+      ValueError: at ``update``, ``axis`` out of range for a selected leaf or
+        ``params=None``.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, jaxreg
+      >>> w = jnp.array([[1.0], [0.0]])
+      >>> tx = jaxreg.unit_norm_constraint()
+      >>> optax.apply_updates(w, tx.update(jnp.array([[2.0], [4.0]]), tx.init(w), w)[0])
+      Array([[0.6],
+             [0.8]], dtype=float32)
+    """
+    _constraints.unit_norm(jnp.zeros((1,) * _min_rank(axis)), axis=axis)
+    return project(functools.partial(_constraints.unit_norm, axis=axis), mask=mask)
+
+
+def min_max_norm_constraint(
+    min_value, max_value, *, rate=1.0, axis=0, mask=None
+) -> optax.GradientTransformation:
+    """Keep each slice's norm in ``[min_value, max_value]`` after each step.
+
+    :func:`project` of :func:`jaxreg.min_max_norm`.
+
+    Args:
+      min_value: lower norm bound, ``>= 0``.
+      max_value: upper norm bound, ``>= min_value``.
+      rate: fraction in ``[0, 1]`` of the way to move toward the interval per step.
+      axis: int or tuple, the axes the norm runs over (Keras semantics).
+      mask: optional bool pytree (or callable) of the leaves to constrain.
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+
+    Raises:
+      ValueError: bad bounds or rate (eagerly); at ``update``, ``axis`` out of
+        range for a selected leaf or ``params=None``.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, jaxreg
+      >>> w = jnp.array([[0.3], [0.4]])
+      >>> tx = jaxreg.min_max_norm_constraint(1.0, 2.0)
+      >>> optax.apply_updates(w, tx.update(jnp.zeros((2, 1)), tx.init(w), w)[0])
+      Array([[0.6],
+             [0.8]], dtype=float32)
+    """
+    _constraints.min_max_norm(
+        jnp.zeros((1,) * _min_rank(axis)), min_value, max_value, rate=rate, axis=axis
+    )
+    return project(
+        functools.partial(
+            _constraints.min_max_norm,
+            min_value=min_value,
+            max_value=max_value,
+            rate=rate,
+            axis=axis,
+        ),
+        mask=mask,
+    )
+
+
+def non_neg_constraint(*, mask=None) -> optax.GradientTransformation:
+    """Clip the parameters at 0 from below after each step (:func:`jaxreg.non_neg`).
+
+    Args:
+      mask: optional bool pytree (or callable) of the leaves to constrain.
+
+    Returns:
+      An :class:`optax.GradientTransformation`.
+
+    Raises:
+      ValueError: ``params=None`` in ``update``.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, jaxreg
+      >>> w = jnp.array([1.0, 1.0])
+      >>> tx = jaxreg.non_neg_constraint()
+      >>> optax.apply_updates(w, tx.update(jnp.array([-2.0, 0.5]), tx.init(w), w)[0])
+      Array([0. , 1.5], dtype=float32)
+    """
+    return project(_constraints.non_neg, mask=mask)
+
+
+def _min_rank(axis) -> int:
+    """Smallest rank for which ``axis`` is valid (used to validate eagerly)."""
+    axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+    try:
+        return max(max(a + 1 if a >= 0 else -a for a in axes), 1)
+    except TypeError:
+        return 1  # let normalize_axes raise its TypeError
+
+
+# ---------------------------------------------------------------------------
+# Proximal steps.
+# ---------------------------------------------------------------------------
+
+
+def _prox_transform(prox: Callable, strength, learning_rate, mask):
+    """Shared plumbing: ``u <- prox(w + u, t) - w`` with ``t = lr * strength``."""
+    strength = _check_hparam(strength, "strength")
+    learning_rate = _check_hparam(learning_rate, "learning_rate")
+
+    def update_fn(updates, state, params=None):
+        _require_params(params, prox.__name__.lstrip("_"))
+        t = _at(learning_rate, state.count) * _at(strength, state.count)
+        stepped = optax.apply_updates(params, updates)
+        target = jax.tree_util.tree_map(lambda w: prox(w, t), stepped)
+        new = optax.tree_utils.tree_sub(target, params)
+        new = optax.tree_utils.tree_cast_like(new, updates)
+        return new, ProxState(count=optax.safe_int32_increment(state.count))
+
+    return _with_mask(
+        optax.GradientTransformation(_count_init(ProxState), update_fn), mask
+    )
+
+
+def _soft_threshold(w: jax.Array, t) -> jax.Array:
+    wf = _penalties._f32(w)
+    return (jnp.sign(wf) * jnp.maximum(jnp.abs(wf) - t, 0.0)).astype(w.dtype)
+
+
+def _l1_prox(w, t):
+    return _soft_threshold(w, t)
+
+
+def l1_prox(strength, learning_rate, *, mask=None) -> optax.GradientTransformation:
+    r"""Proximal step of the L1 penalty: soft-thresholding, with exact zeros.
+
+    With :math:`w' = w + u` the result of the optimizer's step and
+    :math:`t = \eta_t \lambda_t`,
+
+    .. math::
+
+       \operatorname{prox}_{t\|\cdot\|_1}(w')_i =
+       \operatorname{sign}(w'_i)\max(|w'_i| - t, 0),
+
+    and the updates are rewritten to land there. After :func:`optax.sgd` with
+    learning rate :math:`\eta` this is ISTA for
+    :math:`\text{loss}(w) + \lambda\|w\|_1`: entries with :math:`|w'_i| \le t` become
+    exactly 0.
+
+    Args:
+      strength: :math:`\lambda \ge 0`: a float, a traced scalar, or a schedule.
+      learning_rate: :math:`\eta \ge 0`, the optimizer's learning rate (float,
+        traced scalar or the same schedule).
+      mask: optional bool pytree (or callable) of the leaves to regularize.
+
+    Returns:
+      An :class:`optax.GradientTransformation` with a :class:`ProxState`; put it
+      last in the chain.
+
+    Raises:
+      ValueError: negative ``strength`` or ``learning_rate``; ``params=None`` in
+        ``update``; a mask with another structure.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, jaxreg
+      >>> w = jnp.array([0.05, -1.0, 2.0])
+      >>> tx = optax.chain(optax.sgd(0.1), jaxreg.l1_prox(1.0, 0.1))
+      >>> optax.apply_updates(w, tx.update(jnp.zeros(3), tx.init(w), w)[0])
+      Array([ 0. , -0.9,  1.9], dtype=float32)
+
+    References:
+      Tibshirani. "Regression Shrinkage and Selection via the Lasso." JRSS B 58(1),
+      1996. https://doi.org/10.1111/j.2517-6161.1996.tb02080.x ;
+      Beck, Teboulle. "A Fast Iterative Shrinkage-Thresholding Algorithm for Linear
+      Inverse Problems." SIAM J. Imaging Sci. 2(1), 2009.
+      https://doi.org/10.1137/080716542
+    """
+    return _prox_transform(_l1_prox, strength, learning_rate, mask)
+
+
+def group_lasso_prox(
+    strength, learning_rate, *, axis=0, mask=None
+) -> optax.GradientTransformation:
+    r"""Proximal step of :func:`jaxreg.group_lasso`: block soft-thresholding.
+
+    For each group :math:`g` (the entries sharing all indices outside ``axis``) of
+    size :math:`p_g`, with :math:`t = \eta_t \lambda_t`,
+
+    .. math::
+
+       w_g \leftarrow w'_g \max\!\left(0,\ 1 - \frac{t\sqrt{p_g}}{\|w'_g\|_2}\right),
+
+    so whole groups (units, features, filters) become exactly 0.
+
+    Args:
+      strength: :math:`\lambda \ge 0`: a float, a traced scalar, or a schedule.
+      learning_rate: :math:`\eta \ge 0`, the optimizer's learning rate.
+      axis: int or tuple, the axes a group spans (as in :func:`jaxreg.group_lasso`).
+      mask: optional bool pytree (or callable) of the leaves to regularize.
+
+    Returns:
+      An :class:`optax.GradientTransformation` with a :class:`ProxState`; put it
+      last in the chain.
+
+    Raises:
+      ValueError: negative ``strength`` or ``learning_rate``; at ``update``,
+        ``axis`` out of range for a selected leaf or ``params=None``.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, jaxreg
+      >>> w = jnp.array([[3.0, 0.03], [4.0, 0.04]])  # group norms 5 and 0.05
+      >>> tx = jaxreg.group_lasso_prox(1.0, 0.5 / 2**0.5)  # t * sqrt(2) = 0.5
+      >>> new = optax.apply_updates(w, tx.update(jnp.zeros((2, 2)), tx.init(w), w)[0])
+      >>> bool(jnp.allclose(new, jnp.array([[2.7, 0.0], [3.6, 0.0]])))
+      True
+      >>> new[:, 1]  # the small group is exactly zero
+      Array([0., 0.], dtype=float32)
+
+    References:
+      Yuan, Lin. "Model selection and estimation in regression with grouped
+      variables." JRSS B 68(1), 2006. https://doi.org/10.1111/j.1467-9868.2005.00532.x
+    """
+    _penalties.normalize_axes(axis, _min_rank(axis))
+
+    def _group_lasso_prox(w, t):
+        axes = _penalties.normalize_axes(axis, w.ndim)
+        size = math.prod(w.shape[a] for a in axes)
+        norms = _penalties.safe_norm(w, axis=axes, keepdims=True)
+        thresh = t * math.sqrt(size)
+        positive = norms > thresh
+        scale = jnp.where(positive, 1.0 - thresh / jnp.where(positive, norms, 1.0), 0.0)
+        return (_penalties._f32(w) * scale).astype(w.dtype)
+
+    return _prox_transform(_group_lasso_prox, strength, learning_rate, mask)
+
+
+def elastic_net_prox(
+    strength, learning_rate, *, l1_ratio: float = 0.5, mask=None
+) -> optax.GradientTransformation:
+    r"""Proximal step of :func:`jaxreg.elastic_net`.
+
+    With :math:`t = \eta_t \lambda_t` and :math:`\rho` = ``l1_ratio``, the proximal
+    operator of :math:`t(\rho\|w\|_1 + \frac{1-\rho}{2}\|w\|_2^2)` is
+
+    .. math::
+
+       w_i \leftarrow \frac{\operatorname{sign}(w'_i)\max(|w'_i| - t\rho, 0)}
+       {1 + t(1 - \rho)} .
+
+    ``l1_ratio=1`` is :func:`l1_prox`; ``l1_ratio=0`` is a multiplicative decay.
+
+    Args:
+      strength: :math:`\lambda \ge 0`: a float, a traced scalar, or a schedule.
+      learning_rate: :math:`\eta \ge 0`, the optimizer's learning rate.
+      l1_ratio: :math:`\rho \in [0, 1]` (scikit-learn's parameterisation).
+      mask: optional bool pytree (or callable) of the leaves to regularize.
+
+    Returns:
+      An :class:`optax.GradientTransformation` with a :class:`ProxState`; put it
+      last in the chain.
+
+    Raises:
+      ValueError: negative ``strength``/``learning_rate``; ``l1_ratio`` outside
+        ``[0, 1]``; ``params=None`` in ``update``.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, jaxreg
+      >>> w = jnp.array([0.2, -3.0])
+      >>> tx = jaxreg.elastic_net_prox(1.0, 1.0, l1_ratio=0.5)
+      >>> optax.apply_updates(w, tx.update(jnp.zeros(2), tx.init(w), w)[0])
+      Array([ 0.       , -1.6666666], dtype=float32)
+
+    References:
+      Zou, Hastie. "Regularization and variable selection via the elastic net."
+      JRSS B 67(2), 2005. https://doi.org/10.1111/j.1467-9868.2005.00503.x
+    """
+    rho = _penalties._check_l1_ratio(l1_ratio)
+
+    def _elastic_net_prox(w, t):
+        shrunk = _soft_threshold(_penalties._f32(w), t * rho)
+        return (shrunk / (1.0 + t * (1.0 - rho))).astype(w.dtype)
+
+    return _prox_transform(_elastic_net_prox, strength, learning_rate, mask)
