@@ -1,0 +1,856 @@
+"""Flax NNX modules for every jaxreg technique.
+
+The modules are thin: each resolves its ``deterministic`` flag and its PRNG key the
+way :class:`flax.nnx.Dropout` does, then calls the pure function from
+:mod:`jaxreg.stochastic` (or :mod:`jaxreg.weight_dropout`, :mod:`jaxreg.penalties`),
+so the maths lives in one place. ``import jaxreg`` does not import this module;
+``import jaxreg.nnx`` brings in Flax.
+
+Conventions shared by all stochastic modules (the same as ``flax.nnx.Dropout``):
+
+* ``rate`` is the probability of *dropping* a unit (the rate is not the keep
+  rate!), validated at construction.
+* ``deterministic`` (default False) is an attribute: :meth:`flax.nnx.Module.train`
+  sets it to False, :meth:`flax.nnx.Module.eval` to True, and
+  :func:`flax.nnx.view` (``nnx.view(model, deterministic=True)``) makes a
+  switched view; a ``deterministic`` passed to ``__call__`` takes precedence.
+* ``rngs`` may be an :class:`flax.nnx.Rngs` (the stream ``rngs[rng_collection]``
+  is forked, as Flax does), an :class:`flax.nnx.RngStream` (forked) or a raw key
+  (``jax.random.key`` or ``jax.random.PRNGKey``; it seeds a new stream), at
+  construction; at call time the same types are accepted and take precedence
+  (a key passed at call time is used as is). The stream is stored in the ``rngs``
+  attribute, so ``nnx.state`` has the same paths as for ``flax.nnx.Dropout``
+  (``.../rngs/key``, ``.../rngs/count``) and checkpoints stay interchangeable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from flax.nnx.nn.dtypes import promote_dtype
+from flax.typing import Dtype, Initializer, PrecisionLike
+
+import jaxreg.stochastic as _stochastic
+from jaxreg._checks import check_nonnegative, check_rate
+from jaxreg._keys import as_key
+from jaxreg.linen import (
+    _activity_penalty,
+    _check_activity_fields,
+    _check_dropconnect_fields,
+    _check_rate_tree,
+    _dropconnect_apply,
+    _needs_key,
+    _owner,
+    _validated,
+    _zoneout_carry,
+    _zoneout_outputs,
+)
+
+__all__ = [
+    "ActivityRegularization",
+    "AlphaDropout",
+    "DropBlock",
+    "DropConnectDense",
+    "DropPath",
+    "Dropout",
+    "GaussianDropout",
+    "GaussianNoise",
+    "Loss",
+    "SpatialDropout",
+    "ZoneoutCell",
+]
+
+
+# --------------------------------------------------------------------------------
+# Helpers shared by every module in this file (reusable by later additions).
+# --------------------------------------------------------------------------------
+
+
+def _is_key_array(value) -> bool:
+    return isinstance(value, (jax.Array, np.ndarray))
+
+
+def _stream_from(owner: str, rngs, collection: str):
+    """The ``RngStream`` a module stores, from the ``rngs`` given at construction."""
+    if rngs is None:
+        return nnx.data(None)
+    if isinstance(rngs, nnx.Rngs):
+        try:
+            stream = rngs[collection]
+        except (KeyError, AttributeError) as err:
+            raise ValueError(
+                f"{owner}: the `rngs` passed has no '{collection}' stream and no "
+                f"'default' stream. Create it with `nnx.Rngs({collection}=seed)` "
+                f"(or `nnx.Rngs(seed)`), or set `rng_collection` to one of its "
+                "streams."
+            ) from err
+        return stream.fork()
+    if isinstance(rngs, nnx.RngStream):
+        return rngs.fork()
+    if _is_key_array(rngs):
+        return nnx.RngStream(as_key(rngs, name="rngs"), tag=collection)
+    raise TypeError(
+        f"{owner}: `rngs` must be an `nnx.Rngs`, an `nnx.RngStream`, a PRNG key "
+        f"(`jax.random.key(seed)`) or None; got {type(rngs).__name__} {rngs!r}. "
+        "For an integer seed use `rngs=nnx.Rngs(seed)`."
+    )
+
+
+class _Stochastic(nnx.Module):
+    """Shared machinery of the stochastic NNX modules (not public).
+
+    Subclasses call :meth:`_init_stochastic` in ``__init__`` and use
+    :meth:`_resolve_deterministic` and :meth:`_call_key` in ``__call__``.
+    """
+
+    def _init_stochastic(self, deterministic, rng_collection: str, rngs) -> None:
+        if deterministic is not None and not isinstance(deterministic, bool):
+            raise TypeError(
+                f"{_owner(self)}: `deterministic` must be a bool or None; got "
+                f"{type(deterministic).__name__} {deterministic!r}."
+            )
+        if not isinstance(rng_collection, str):
+            raise TypeError(
+                f"{_owner(self)}: `rng_collection` must be a str; got "
+                f"{rng_collection!r}."
+            )
+        self.deterministic = deterministic
+        self.rng_collection = rng_collection
+        self.rngs = _stream_from(_owner(self), rngs, rng_collection)
+
+    def _resolve_deterministic(self, deterministic) -> bool:
+        value = self.deterministic if deterministic is None else deterministic
+        if value is None:
+            name = type(self).__name__
+            raise ValueError(
+                f"{_owner(self)}: no `deterministic` value was provided (it is None "
+                "both on the module and in the call). Choose one of:\n"
+                f"  1. the constructor: `{name}(..., deterministic=False)`;\n"
+                f"  2. the call: `layer(x, deterministic=True)`;\n"
+                "  3. the model's mode: `model.train()` / `model.eval()`, or a view "
+                "`nnx.view(model, deterministic=True)`."
+            )
+        if not isinstance(value, bool):
+            raise TypeError(
+                f"{_owner(self)}: `deterministic` must be a Python bool (it selects "
+                f"the code path at trace time); got {type(value).__name__} {value!r}."
+            )
+        return value
+
+    def _call_key(self, rngs):
+        """The key for one stochastic call (``rngs`` at call time wins)."""
+        source = self.rngs if rngs is None else rngs
+        if source is None:
+            raise ValueError(
+                f"{_owner(self)}: `deterministic` is False, but no `rngs` were given, "
+                "neither to the constructor nor to the call. Pass "
+                f"`rngs=nnx.Rngs({self.rng_collection}=seed)` (or a key) when "
+                "constructing the module, or `rngs=` when calling it; or use the "
+                "inference path with `deterministic=True` / `model.eval()`."
+            )
+        if isinstance(source, nnx.Rngs):
+            try:
+                return source[self.rng_collection]()
+            except (KeyError, AttributeError) as err:
+                raise ValueError(
+                    f"{_owner(self)}: the `rngs` passed to the call has no "
+                    f"'{self.rng_collection}' stream and no 'default' stream; add "
+                    f"one, e.g. `nnx.Rngs({self.rng_collection}=seed)`."
+                ) from err
+        if isinstance(source, nnx.RngStream):
+            return source()
+        if _is_key_array(source):
+            return as_key(source, name="rngs")
+        raise TypeError(
+            f"{_owner(self)}: `rngs` must be an `nnx.Rngs`, an `nnx.RngStream` or a "
+            f"PRNG key (`jax.random.key(seed)`); got {type(source).__name__} "
+            f"{source!r}."
+        )
+
+    def set_view(self, deterministic: bool | None = None):
+        """Class method used by ``nnx.view``.
+
+        Args:
+          deterministic: if True, use the inference path (no randomness).
+        """
+        if deterministic is not None:
+            self.deterministic = deterministic
+
+
+def _rate(owner_module, rate, *, allow_one: bool = True):
+    return _validated(owner_module, check_rate, rate, "rate", allow_one=allow_one)
+
+
+# --------------------------------------------------------------------------------
+# The dropout family on activations.
+# --------------------------------------------------------------------------------
+
+
+class Dropout(_Stochastic):
+    """Dropout: a drop-in replacement for :class:`flax.nnx.Dropout`.
+
+    Same constructor, ``__call__(inputs, *, deterministic=None, rngs=None)``,
+    attributes and state paths as ``nnx.Dropout``, and the same edge cases
+    (``rate == 0`` or deterministic returns the input, ``rate == 1`` returns zeros
+    with finite gradients; neither draws a key). The mask comes from
+    :func:`jaxreg.dropout`, whose scaling uses the keep probability the sampler
+    realises, so ``E[output] == inputs`` exactly. Training output:
+    ``inputs * mask / (1 - rate)``. Unlike ``nnx.Dropout``, ``rngs`` may also be a
+    raw key at construction.
+
+    Args:
+      rate: the dropout probability (not the keep rate!), in ``[0, 1]``.
+      broadcast_dims: dimensions that share one mask value.
+      deterministic: if True return the inputs; ``model.train()`` /
+        ``model.eval()`` set it.
+      rng_collection: the stream taken from an ``nnx.Rngs``.
+      rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None (then pass ``rngs``
+        at call time).
+      inverted: if False use classic dropout (see :func:`jaxreg.dropout`).
+
+    Raises:
+      ValueError: ``rate`` outside ``[0, 1]`` or NaN; at call time, no
+        ``deterministic`` anywhere, or no key on the stochastic path.
+      TypeError: ``rngs`` of another type.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import jaxreg.nnx as jn
+      >>> class MLP(nnx.Module):
+      ...   def __init__(self, rngs):
+      ...     self.linear = nnx.Linear(3, 4, rngs=rngs)
+      ...     self.dropout = jn.Dropout(0.5, rngs=rngs)
+      ...   def __call__(self, x):
+      ...     return self.dropout(self.linear(x))
+      >>> model = MLP(nnx.Rngs(0))
+      >>> x = jnp.ones((1, 3))
+      >>> model.eval()  # no dropout
+      >>> bool(jnp.all(model(x) == model.linear(x)))
+      True
+      >>> model.train()  # dropout: each unit is 0 or doubled
+      >>> y, z = model(x), 2 * model.linear(x)
+      >>> bool(jnp.all((y == 0) | (y == z)))
+      True
+
+    References:
+      Srivastava et al. "Dropout: A Simple Way to Prevent Neural Networks from
+      Overfitting." JMLR 15, 2014. https://jmlr.org/papers/v15/srivastava14a.html
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        broadcast_dims: Sequence[int] = (),
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+        inverted: bool = True,
+    ):
+        self.rate = _rate(self, rate)
+        self.broadcast_dims = tuple(broadcast_dims)
+        self.inverted = inverted
+        self._init_stochastic(deterministic, rng_collection, rngs)
+
+    def __call__(
+        self,
+        inputs,
+        *,
+        deterministic: bool | None = None,
+        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+    ) -> jax.Array:
+        """Apply dropout; ``deterministic`` and ``rngs`` override the attributes."""
+        det = self._resolve_deterministic(deterministic)
+        key = None if det or not _needs_key(self.rate) else self._call_key(rngs)
+        return _stochastic.dropout(
+            key,
+            inputs,
+            self.rate,
+            broadcast_dims=self.broadcast_dims,
+            deterministic=det,
+            inverted=self.inverted,
+        )
+
+
+class SpatialDropout(_Stochastic):
+    """Spatial dropout: drop whole channels of 1-D/2-D/3-D feature maps.
+
+    One keep decision per (example, channel), shared over all spatial positions;
+    see :func:`jaxreg.spatial_dropout`. Axis 0 is the batch.
+
+    Args:
+      rate: probability of dropping a channel, in ``[0, 1]``.
+      channel_axis: the channel axis (``-1`` channels-last, ``1`` channels-first).
+      deterministic: if True return the inputs.
+      rng_collection: the stream taken from an ``nnx.Rngs``.
+      rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import jaxreg.nnx as jn
+      >>> layer = jn.SpatialDropout(0.5, rngs=nnx.Rngs(0))
+      >>> y = layer(jnp.ones((2, 4, 4, 3)))
+      >>> bool(jnp.all(y == y[:, :1, :1, :]))  # constant over space
+      True
+
+    References:
+      Tompson et al. "Efficient Object Localization Using Convolutional
+      Networks." CVPR 2015. https://arxiv.org/abs/1411.4280
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        channel_axis: int = -1,
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+    ):
+        self.rate = _rate(self, rate)
+        self.channel_axis = channel_axis
+        self._init_stochastic(deterministic, rng_collection, rngs)
+
+    def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
+        det = self._resolve_deterministic(deterministic)
+        key = None if det or not _needs_key(self.rate) else self._call_key(rngs)
+        return _stochastic.spatial_dropout(
+            key, inputs, self.rate, channel_axis=self.channel_axis, deterministic=det
+        )
+
+
+class GaussianDropout(_Stochastic):
+    """Multiplicative Gaussian noise with mean 1 and variance ``rate / (1 - rate)``.
+
+    See :func:`jaxreg.gaussian_dropout`.
+
+    Args:
+      rate: drop-equivalent rate in ``[0, 1)``.
+      deterministic: if True return the inputs.
+      rng_collection: the stream taken from an ``nnx.Rngs``.
+      rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jaxreg.nnx as jn
+      >>> layer = jn.GaussianDropout(0.2, rngs=jax.random.key(0))
+      >>> layer(jnp.ones(3), deterministic=True)
+      Array([1., 1., 1.], dtype=float32)
+
+    References:
+      Srivastava et al. 2014, section 10 ("Multiplicative Gaussian Noise").
+      https://jmlr.org/papers/v15/srivastava14a.html
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+    ):
+        self.rate = _rate(self, rate, allow_one=False)
+        self._init_stochastic(deterministic, rng_collection, rngs)
+
+    def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
+        det = self._resolve_deterministic(deterministic)
+        needs = _needs_key(self.rate, zero_at_one=False)
+        key = None if det or not needs else self._call_key(rngs)
+        return _stochastic.gaussian_dropout(key, inputs, self.rate, deterministic=det)
+
+
+class GaussianNoise(_Stochastic):
+    """Additive zero-mean Gaussian noise: ``inputs + stddev * eps`` when training.
+
+    See :func:`jaxreg.gaussian_noise`. The stream is ``"dropout"`` by default.
+
+    Args:
+      stddev: noise standard deviation, ``>= 0``.
+      deterministic: if True return the inputs.
+      rng_collection: the stream taken from an ``nnx.Rngs``.
+      rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import jaxreg.nnx as jn
+      >>> layer = jn.GaussianNoise(0.1, rngs=nnx.Rngs(dropout=0))
+      >>> layer(jnp.zeros(3)).shape
+      (3,)
+
+    References:
+      Bishop. "Training with Noise is Equivalent to Tikhonov Regularization."
+      Neural Computation 7(1), 1995. https://doi.org/10.1162/neco.1995.7.1.108
+    """
+
+    def __init__(
+        self,
+        stddev: float,
+        *,
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+    ):
+        self.stddev = _validated(self, check_nonnegative, stddev, "stddev")
+        self._init_stochastic(deterministic, rng_collection, rngs)
+
+    def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
+        det = self._resolve_deterministic(deterministic)
+        needs = _needs_key(self.stddev, zero_at_one=False)
+        key = None if det or not needs else self._call_key(rngs)
+        return _stochastic.gaussian_noise(key, inputs, self.stddev, deterministic=det)
+
+
+class AlphaDropout(_Stochastic):
+    """Alpha dropout for self-normalizing (SELU) networks.
+
+    See :func:`jaxreg.alpha_dropout`.
+
+    Args:
+      rate: drop probability in ``[0, 1]``.
+      deterministic: if True return the inputs.
+      rng_collection: the stream taken from an ``nnx.Rngs``.
+      rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None.
+
+    Examples:
+      >>> import jax
+      >>> from flax import nnx
+      >>> import jaxreg.nnx as jn
+      >>> x = jax.random.normal(jax.random.key(0), (100_000,))
+      >>> y = jn.AlphaDropout(0.1, rngs=nnx.Rngs(1))(x)
+      >>> bool(abs(y.mean()) < 0.02 and abs(y.std() - 1) < 0.02)
+      True
+
+    References:
+      Klambauer et al. "Self-Normalizing Neural Networks." NeurIPS 2017.
+      https://arxiv.org/abs/1706.02515
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+    ):
+        self.rate = _rate(self, rate)
+        self._init_stochastic(deterministic, rng_collection, rngs)
+
+    def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
+        det = self._resolve_deterministic(deterministic)
+        key = None if det or not _needs_key(self.rate) else self._call_key(rngs)
+        return _stochastic.alpha_dropout(key, inputs, self.rate, deterministic=det)
+
+
+class DropPath(_Stochastic):
+    """Stochastic depth: drop a whole residual branch per example (or per batch).
+
+    Use ``x + drop_path(branch(x))``; see :func:`jaxreg.drop_path`.
+
+    Args:
+      rate: probability of dropping the branch, in ``[0, 1]``.
+      mode: ``"row"`` (per example) or ``"batch"`` (the whole batch).
+      deterministic: if True return the inputs.
+      rng_collection: the stream taken from an ``nnx.Rngs``.
+      rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import jaxreg.nnx as jn
+      >>> y = jn.DropPath(0.5, rngs=nnx.Rngs(0))(jnp.ones((4, 3)))
+      >>> bool(jnp.all((y == 0).all(1) | (y == 2).all(1)))  # whole rows
+      True
+
+    References:
+      Huang et al. "Deep Networks with Stochastic Depth." ECCV 2016.
+      https://arxiv.org/abs/1603.09382
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        mode: str = "row",
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+    ):
+        self.rate = _rate(self, rate)
+        if mode not in ("row", "batch"):
+            raise ValueError(
+                f"{_owner(self)}: `mode` must be 'row' or 'batch'; got mode={mode!r}."
+            )
+        self.mode = mode
+        self._init_stochastic(deterministic, rng_collection, rngs)
+
+    def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
+        det = self._resolve_deterministic(deterministic)
+        key = None if det or not _needs_key(self.rate) else self._call_key(rngs)
+        return _stochastic.drop_path(
+            key, inputs, self.rate, mode=self.mode, deterministic=det
+        )
+
+
+class DropBlock(_Stochastic):
+    """DropBlock: drop contiguous ``block_size x block_size`` regions (NHWC).
+
+    See :func:`jaxreg.dropblock`.
+
+    Args:
+      rate: per-position drop probability, in ``[0, 1]``.
+      block_size: side of the square blocks (``>= 1``).
+      deterministic: if True return the inputs.
+      rng_collection: the stream taken from an ``nnx.Rngs``.
+      rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import jaxreg.nnx as jn
+      >>> layer = jn.DropBlock(0.1, block_size=3, rngs=nnx.Rngs(0))
+      >>> layer(jnp.ones((2, 8, 8, 4))).shape
+      (2, 8, 8, 4)
+
+    References:
+      Ghiasi, Lin, Le. "DropBlock: A regularization method for convolutional
+      networks." NeurIPS 2018. https://arxiv.org/abs/1810.12890
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        block_size: int = 7,
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+    ):
+        self.rate = _rate(self, rate)
+        if isinstance(block_size, bool) or not isinstance(block_size, int):
+            raise ValueError(
+                f"{_owner(self)}: `block_size` must be an int >= 1; got "
+                f"block_size={block_size!r}."
+            )
+        if block_size < 1:
+            raise ValueError(
+                f"{_owner(self)}: `block_size` must be an int >= 1; got "
+                f"block_size={block_size!r}."
+            )
+        self.block_size = block_size
+        self._init_stochastic(deterministic, rng_collection, rngs)
+
+    def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
+        det = self._resolve_deterministic(deterministic)
+        key = None if det or not _needs_key(self.rate) else self._call_key(rngs)
+        return _stochastic.dropblock(
+            key, inputs, self.rate, block_size=self.block_size, deterministic=det
+        )
+
+
+# --------------------------------------------------------------------------------
+# DropConnect.
+# --------------------------------------------------------------------------------
+
+
+_DEFAULT_KERNEL_INIT = nnx.initializers.lecun_normal()
+_DEFAULT_BIAS_INIT = nnx.initializers.zeros_init()
+
+
+class DropConnectDense(_Stochastic):
+    """A linear layer with DropConnect: a drop-in for :class:`flax.nnx.Linear`.
+
+    Same constructor arguments and parameters as ``nnx.Linear`` (``kernel`` of
+    shape ``(in_features, out_features)``, ``bias``), so the ``nnx.state`` paths
+    of the parameters match; the dropout stream is stored in ``rngs``. While
+    training each *weight* is dropped with probability ``rate`` and the kept ones
+    are scaled by ``1 / (1 - rate)`` (:func:`jaxreg.dropconnect_dense`).
+    ``activation`` (default none) is applied after the layer. At inference
+    (``deterministic=True``), ``inference`` selects ``"mean"``
+    (``activation(x @ kernel + bias)``), ``"moments"`` (Wan et al.'s Gaussian
+    moment-matching rule with ``num_samples`` samples,
+    :func:`jaxreg.dropconnect_inference`; needs a key) or ``"mc"`` (one sampled
+    mask; needs a key). See :class:`jaxreg.linen.DropConnectDense`.
+
+    Args:
+      in_features: number of input features.
+      out_features: number of output features.
+      use_bias: whether to add a bias.
+      dtype: computation dtype (inferred if None).
+      param_dtype: dtype of the parameters.
+      precision: matmul precision (None, a ``jax.lax.Precision`` or a string).
+      kernel_init: kernel initializer.
+      bias_init: bias initializer.
+      rate: probability of dropping a weight, in ``[0, 1]``.
+      per_example: an independent weight mask per example, or one per batch.
+      inference: ``"mean"``, ``"moments"`` or ``"mc"``.
+      activation: elementwise activation applied to the output, or None.
+      num_samples: Gaussian samples for ``inference="moments"``.
+      deterministic: inference path if True; ``model.train()``/``eval()`` set it.
+      rng_collection: the dropout stream taken from an ``nnx.Rngs``.
+      rngs: ``nnx.Rngs`` (parameters from its ``params`` stream, masks from
+        ``rng_collection``), an ``nnx.RngStream`` or a key (used for both).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import jaxreg.nnx as jn
+      >>> layer = jn.DropConnectDense(4, 3, rate=0.5, rngs=nnx.Rngs(0))
+      >>> sorted(path for path, _ in nnx.to_flat_state(nnx.state(layer, nnx.Param)))
+      [('bias',), ('kernel',)]
+      >>> layer(jnp.ones((2, 4))).shape
+      (2, 3)
+
+    References:
+      Wan, Zeiler, Zhang, LeCun, Fergus. "Regularization of Neural Networks using
+      DropConnect." ICML 2013. https://proceedings.mlr.press/v28/wan13.html
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        use_bias: bool = True,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        precision: PrecisionLike = None,
+        kernel_init: Initializer = _DEFAULT_KERNEL_INIT,
+        bias_init: Initializer = _DEFAULT_BIAS_INIT,
+        rate: float = 0.5,
+        per_example: bool = False,
+        inference: str = "mean",
+        activation: Callable[[jax.Array], jax.Array] | None = None,
+        num_samples: int = 1000,
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        rngs: nnx.Rngs | nnx.RngStream | jax.Array,
+    ):
+        self.in_features = in_features
+        self.out_features = out_features
+        self.use_bias = use_bias
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.precision = precision
+        self.kernel_init = kernel_init
+        self.bias_init = bias_init
+        self.rate = rate
+        self.per_example = per_example
+        self.inference = inference
+        self.activation = activation
+        self.num_samples = num_samples
+        _check_dropconnect_fields(self)
+        self.rate = _rate(self, rate)
+        if rngs is None:
+            raise TypeError(
+                f"{_owner(self)}: `rngs` is required to initialize the parameters; "
+                "pass `rngs=nnx.Rngs(seed)` (or a key)."
+            )
+        if _is_key_array(rngs):
+            rngs = nnx.Rngs(as_key(rngs, name="rngs"))
+        if isinstance(rngs, nnx.Rngs):
+            params_key = rngs.params()
+        elif isinstance(rngs, nnx.RngStream):
+            params_key = rngs()
+        else:
+            params_key = None  # _init_stochastic raises the TypeError
+        self._init_stochastic(deterministic, rng_collection, rngs)
+        kernel_key, bias_key = jax.random.split(params_key)
+        self.kernel = nnx.Param(
+            kernel_init(kernel_key, (in_features, out_features), param_dtype)
+        )
+        if use_bias:
+            self.bias = nnx.Param(bias_init(bias_key, (out_features,), param_dtype))
+        else:
+            self.bias = nnx.data(None)
+
+    def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
+        """Apply the layer to ``inputs`` of shape ``(..., in_features)``."""
+        det = self._resolve_deterministic(deterministic)
+        bias = None if self.bias is None else self.bias[...]
+        x, kernel, bias = promote_dtype(
+            (inputs, self.kernel[...], bias), dtype=self.dtype
+        )
+        return _dropconnect_apply(
+            self, lambda: self._call_key(rngs), x, kernel, bias, det
+        )
+
+
+# --------------------------------------------------------------------------------
+# Recurrent: zoneout.
+# --------------------------------------------------------------------------------
+
+
+class ZoneoutCell(_Stochastic, nnx.RNNCellBase):
+    """Zoneout around any NNX RNN cell: units keep their previous value at random.
+
+    ``ZoneoutCell(cell, rate, rngs=...)`` has the wrapped cell's interface
+    (``(carry, inputs) -> (carry, outputs)``, ``initialize_carry``,
+    ``num_feature_axes``), so it works with :class:`flax.nnx.RNN`. Every leaf of
+    the new carry goes through :func:`jaxreg.zoneout` (training: keep the previous
+    value with probability ``rate``; inference: the expectation). Outputs that are
+    the new hidden state itself are replaced by the zoned-out state. See
+    :class:`jaxreg.linen.ZoneoutCell`.
+
+    Inside ``nnx.RNN`` the stream is part of the scanned carry, so masks vary per
+    time step; ``nnx.RNN(..., broadcast_rngs=rng_collection)`` shares one mask over
+    the sequence.
+
+    Args:
+      cell: the wrapped cell (an :class:`flax.nnx.RNNCellBase`).
+      rate: one rate, or a pytree with the carry's structure (e.g. ``(0.5,
+        0.05)`` for ``LSTMCell``'s ``(c, h)``).
+      deterministic: if True use the expectation.
+      rng_collection: the stream taken from an ``nnx.Rngs``.
+      rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import jaxreg.nnx as jn
+      >>> rngs = nnx.Rngs(0)
+      >>> cell = jn.ZoneoutCell(nnx.LSTMCell(3, 8, rngs=rngs), (0.5, 0.05),
+      ...                       rngs=rngs)
+      >>> nnx.RNN(cell)(jnp.ones((2, 5, 3))).shape
+      (2, 5, 8)
+
+    References:
+      Krueger et al. "Zoneout: Regularizing RNNs by Randomly Preserving Hidden
+      Activations." ICLR 2017. https://arxiv.org/abs/1606.01305
+    """
+
+    def __init__(
+        self,
+        cell: nnx.RNNCellBase,
+        rate: Any,
+        *,
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+    ):
+        if not isinstance(cell, nnx.Module):
+            raise TypeError(
+                f"{_owner(self)}: `cell` must be an NNX RNN cell such as "
+                f"`nnx.LSTMCell(...)`; got {type(cell).__name__}."
+            )
+        _check_rate_tree(self, rate)
+        self.cell = cell
+        self.rate = rate
+        self._init_stochastic(deterministic, rng_collection, rngs)
+
+    def __call__(self, carry, inputs, *, deterministic=None, rngs=None):
+        det = self._resolve_deterministic(deterministic)
+        new_carry, outputs = self.cell(carry, inputs)
+        needs = any(_needs_key(r) for r in jax.tree_util.tree_leaves(self.rate))
+        key = None if det or not needs else self._call_key(rngs)
+        new_carry, swap = _zoneout_carry(self, key, carry, new_carry, det)
+        return new_carry, _zoneout_outputs(outputs, swap)
+
+    def initialize_carry(self, *args, **kwargs):
+        """The wrapped cell's initial carry (same arguments)."""
+        return self.cell.initialize_carry(*args, **kwargs)
+
+    @property
+    def num_feature_axes(self) -> int:
+        """The wrapped cell's number of feature axes."""
+        return self.cell.num_feature_axes
+
+
+# --------------------------------------------------------------------------------
+# Activity regularization.
+# --------------------------------------------------------------------------------
+
+
+class Loss(nnx.Intermediate):
+    """Variable type for loss terms sown by jaxreg modules (e.g. activity penalties).
+
+    Collect them in the loss function with ``nnx.capture(model, Loss)(x)``, which
+    returns ``(output, losses)``; add ``sum(jax.tree.leaves(losses))`` to the loss.
+    """
+
+
+class ActivityRegularization(nnx.Module):
+    """Penalize activations (Keras semantics); returns the inputs unchanged.
+
+    The penalty ``l1 * sum(|x|) + l2 * sum(x**2)`` (as Keras 3's
+    ``ActivityRegularization``) is *sown* as ``variable_type`` (:class:`Loss` by
+    default) under the name ``"activity_penalty"``, one entry per call. Collect it
+    with :func:`flax.nnx.capture` in the loss function and add it to the loss::
+
+        def loss_fn(model):
+            logits, losses = nnx.capture(model, jaxreg.nnx.Loss)(x)
+            return data_loss(logits, y) + sum(jax.tree.leaves(losses))
+
+    Gradients flow through the penalty into the activations. Outside
+    ``nnx.capture`` (or when another variable type is captured) nothing is
+    recorded, as with linen's ``sow`` into an immutable collection, so the model's
+    ``nnx.state`` never changes structure. (On Flax versions without
+    ``nnx.capture`` the legacy ``sow`` is used: retrieve the terms with
+    ``nnx.pop(model, Loss)``.)
+
+    Args:
+      l1: factor of the L1 activity penalty, ``>= 0``.
+      l2: factor of the squared-L2 activity penalty, ``>= 0``.
+      variable_type: the ``nnx.Variable`` subclass the penalty is sown as.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import jaxreg.nnx as jn
+      >>> layer = jn.ActivityRegularization(l1=0.1, l2=0.5)
+      >>> x = jnp.array([[1.0, -2.0]])
+      >>> y, losses = nnx.capture(layer, jn.Loss)(x)
+      >>> bool(jnp.all(y == x))
+      True
+      >>> sum(jax.tree.leaves(losses))  # 0.1 * 3 + 0.5 * 5
+      Array(2.8, dtype=float32)
+
+    References:
+      Keras API, ``ActivityRegularization`` layer.
+      https://keras.io/api/layers/regularization_layers/activity_regularization/
+    """
+
+    def __init__(
+        self,
+        l1: float = 0.0,
+        l2: float = 0.0,
+        *,
+        variable_type: type[nnx.Variable] = Loss,
+    ):
+        self.l1 = l1
+        self.l2 = l2
+        _check_activity_fields(self)
+        if not (
+            isinstance(variable_type, type) and issubclass(variable_type, nnx.Variable)
+        ):
+            raise TypeError(
+                f"{_owner(self)}: `variable_type` must be an `nnx.Variable` subclass "
+                f"such as `jaxreg.nnx.Loss`; got {variable_type!r}."
+            )
+        self.variable_type = variable_type
+
+    def __call__(self, inputs):
+        """Return ``inputs``; sow the penalty when captured."""
+        _sow_loss(
+            self,
+            self.variable_type,
+            "activity_penalty",
+            _activity_penalty(self, inputs),
+        )
+        return inputs
+
+
+def _sow_loss(module, variable_type, name: str, value) -> bool:
+    """Sow ``value`` only inside ``nnx.capture`` (legacy ``sow`` on old Flax)."""
+    if hasattr(nnx, "capture") and not hasattr(module, "__captures__"):
+        return False
+    return module.sow(variable_type, name, value)
