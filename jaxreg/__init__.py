@@ -21,6 +21,18 @@ from jaxreg.bayesian import (
     sparse_vd_pruned_fraction,
 )
 
+# Constraints (projections), penalties and parameter masks.
+from jaxreg.constraints import max_norm, min_max_norm, non_neg, unit_norm
+from jaxreg.penalties import (
+    elastic_net,
+    group_lasso,
+    l1,
+    l2,
+    mask_by_ndim,
+    mask_by_path,
+    orthogonal,
+)
+
 # The dropout family on activations.
 from jaxreg.stochastic import (
     alpha_dropout,
@@ -31,6 +43,24 @@ from jaxreg.stochastic import (
     gaussian_noise,
     spatial_dropout,
     zoneout,
+)
+
+# Early stopping and optax transformations.
+from jaxreg.stopping import EarlyStopping, EarlyStoppingState, early_stopping
+from jaxreg.transforms import (
+    PenaltyState,
+    ProxState,
+    add_l1,
+    add_l2,
+    add_penalty,
+    elastic_net_prox,
+    group_lasso_prox,
+    l1_prox,
+    max_norm_constraint,
+    min_max_norm_constraint,
+    non_neg_constraint,
+    project,
+    unit_norm_constraint,
 )
 
 # DropConnect (weight_dropout) and MC-dropout uncertainty.
@@ -74,4 +104,35 @@ __all__ = [
     "dropconnect_params",
     # uncertainty
     "mc_dropout_predict",
+    # penalties
+    "elastic_net",
+    "group_lasso",
+    "l1",
+    "l2",
+    "mask_by_ndim",
+    "mask_by_path",
+    "orthogonal",
+    # constraints
+    "max_norm",
+    "min_max_norm",
+    "non_neg",
+    "unit_norm",
+    # transforms
+    "PenaltyState",
+    "ProxState",
+    "add_l1",
+    "add_l2",
+    "add_penalty",
+    "elastic_net_prox",
+    "group_lasso_prox",
+    "l1_prox",
+    "max_norm_constraint",
+    "min_max_norm_constraint",
+    "non_neg_constraint",
+    "project",
+    "unit_norm_constraint",
+    # stopping
+    "EarlyStopping",
+    "EarlyStoppingState",
+    "early_stopping",
 ]
