@@ -58,7 +58,7 @@ def _check_scalar(value, name: str):
     shape = np.shape(value)
     if shape != ():
         raise ValueError(f"`{name}` must be a scalar; got an array of shape {shape}.")
-    dtype = np.result_type(value)
+    dtype = value.dtype if hasattr(value, "dtype") else np.result_type(value)
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
         raise TypeError(f"`{name}` must be a real number; got dtype {dtype}.")
 
