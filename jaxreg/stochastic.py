@@ -27,7 +27,7 @@ from jaxreg._checks import (
     static_value,
 )
 from jaxreg._keys import as_key
-from jaxreg._sampler import keep_mask, keep_probability
+from jaxreg._sampler import keep_mask, keep_probability, masked_scale
 
 __all__ = [
     "alpha_dropout",
@@ -68,9 +68,14 @@ def _safe_inverse(keep):
 
 
 def _masked_scale(mask: jax.Array, x: jax.Array, scale) -> jax.Array:
-    """``where(mask, x * scale, 0)`` computed once in (at least) float32."""
+    """``where(mask, x * scale, 0)`` computed once in (at least) float32.
+
+    One fused select (no zeros buffer, a single rounding to ``x.dtype``).
+    """
     y = x.astype(_compute_dtype(x)) * scale
-    return jnp.where(mask, y, jnp.zeros((), y.dtype)).astype(x.dtype)
+    return lax.select(jnp.broadcast_to(mask, y.shape), y, jnp.zeros_like(y)).astype(
+        x.dtype
+    )
 
 
 def _scaled(x: jax.Array, scale) -> jax.Array:
@@ -140,8 +145,10 @@ def dropout(
         return x
     if value == 1.0:
         return jnp.zeros_like(x)
-    mask = keep_mask(key, x.shape, rate, broadcast_dims=dims)
-    return _masked_scale(mask, x, _safe_inverse(keep) if inverted else 1.0)
+    # The mask is regenerated from the key's seed words in the backward pass
+    # (never stored); it is exactly keep_mask(key, x.shape, rate, ...).
+    scale = _safe_inverse(keep) if inverted else 1.0
+    return masked_scale(key, x, rate, scale, broadcast_dims=dims)
 
 
 def spatial_dropout(

@@ -1,0 +1,148 @@
+"""Shared pieces of the dropout benchmarks: the peers, the MLP and the timers.
+
+Every timing is the median of ``repeats`` runs after ``warmup`` runs, and the runs
+of all compared functions are interleaved (one run of each in turn), so a change
+of machine load hits all of them alike; ratios are always taken within one process.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+import jaxreg
+
+RATE = 0.1
+
+
+def _flax_linen(key, x, rate):
+    import flax.linen as nn
+
+    return nn.Dropout(rate).apply({}, x, deterministic=False, rngs={"dropout": key})
+
+
+def _flax_nnx(key, x, rate):
+    from flax import nnx
+
+    return nnx.Dropout(rate)(x, deterministic=False, rngs=key)
+
+
+def _equinox(key, x, rate):
+    import equinox as eqx
+
+    return eqx.nn.Dropout(rate)(x, key=key, inference=False)
+
+
+def _haiku(key, x, rate):
+    import haiku as hk
+
+    return hk.dropout(key, rate, x)
+
+
+def _jaxreg(key, x, rate):
+    return jaxreg.dropout(key, x, rate)
+
+
+#: name -> dropout(key, x, rate); jaxreg first, then the peers.
+DROPOUTS: dict[str, Callable] = {
+    "jaxreg.dropout": _jaxreg,
+    "flax.linen.Dropout": _flax_linen,
+    "flax.nnx.Dropout": _flax_nnx,
+    "equinox.nn.Dropout": _equinox,
+    "haiku.dropout": _haiku,
+}
+
+
+def block(tree):
+    return jax.block_until_ready(tree)
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], *, repeats: int = 7, warmup: int = 2
+) -> dict[str, float]:
+    """Median wall time (seconds) of each thunk, runs interleaved across thunks."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            block(fn())
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            block(fn())
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def mlp_params(key, depth: int, width: int, dtype=jnp.float32):
+    keys = jax.random.split(key, depth)
+    scale = width**-0.5
+    return [
+        (
+            (jax.random.normal(k, (width, width)) * scale).astype(dtype),
+            jnp.zeros((width,), dtype),
+        )
+        for k in keys
+    ]
+
+
+def mlp_loss_fn(dropout_fn: Callable | None, *, rate: float = RATE, remat: bool):
+    """Loss of a tanh MLP with ``dropout_fn`` after every layer's activation.
+
+    ``dropout_fn(key, h, rate)``; None builds the same net without dropout. With
+    ``remat`` every layer is wrapped in ``jax.checkpoint``.
+    """
+
+    def layer(w, b, h, key):
+        h = jnp.tanh(h @ w + b)
+        if dropout_fn is not None:
+            h = dropout_fn(key, h, rate)
+        return h
+
+    if remat:
+        layer = jax.checkpoint(layer)
+
+    def loss(params, x, key):
+        keys = jax.random.split(key, len(params))
+        h = x
+        for (w, b), k in zip(params, keys, strict=True):
+            h = layer(w, b, h, k)
+        return jnp.mean(jnp.square(h.astype(jnp.float32)))
+
+    return loss
+
+
+def mlp_step(dropout_fn: Callable | None, *, remat: bool = False):
+    """Jitted fwd+bwd step: gradients of the MLP loss w.r.t. the parameters."""
+    return jax.jit(jax.grad(mlp_loss_fn(dropout_fn, remat=remat)))
+
+
+def load_note() -> str:
+    import os
+
+    one, five, _ = os.getloadavg()
+    return (
+        f"load average {one:.1f} (1 min) / {five:.1f} (5 min) on {os.cpu_count()} CPUs"
+    )
+
+
+def versions() -> str:
+    import importlib.metadata as md
+
+    names = ["jax", "jaxlib", "flax", "equinox", "dm-haiku"]
+    parts = []
+    for n in names:
+        try:
+            parts.append(f"{n} {md.version(n)}")
+        except md.PackageNotFoundError:
+            parts.append(f"{n} (missing)")
+    return ", ".join(parts)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
