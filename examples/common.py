@@ -306,7 +306,8 @@ def train(
     early_stopping: Any = None,
     validation: Data | None = None,
     progress: Any = True,
-    init: Callable[[jax.Array], Params] | None = None,
+    init: Callable[[int], Params] | None = None,
+    record: Callable[[Params, jax.Array], Any] | None = None,
 ) -> History:
     """Train one configuration on several seeds at once (vmap) and record curves.
 
@@ -339,6 +340,10 @@ def train(
         advance by one per epoch (for a shared bar across configurations).
       init: ``init(seed) -> params`` for an int seed; defaults to
         ``init_mlp(seed, sizes)`` (host-side numpy draw).
+      record: optional ``record(params, key) -> pytree of arrays`` evaluated
+        inside the jitted epoch after every epoch (``key`` is the same fixed key
+        at every epoch, for train-mode measurements); the results are stacked in
+        ``history.extra["record"]`` with leaves of shape ``(S, E, ...)``.
 
     Returns:
       A :class:`History`.
@@ -364,6 +369,7 @@ def train(
 
     def init_one(params, key):
         state = {"params": params, "opt": optimizer.init(params), "key": key}
+        state["key0"] = key
         if early_stopping is not None:
             state["es"] = early_stopping.init(params)
             state["stopped"] = jnp.asarray(False)
@@ -399,7 +405,10 @@ def train(
             new["stopped"] = stopped | stop
             new["epochs"] = state["epochs"] + (~stopped).astype(jnp.int32)
         tr_acc, te_acc, te_loss = evaluate(new["params"])
-        return new, (losses.mean(), tr_acc, te_acc, te_loss)
+        rec = None
+        if record is not None:
+            rec = record(new["params"], jax.random.fold_in(state["key0"], 7))
+        return new, (losses.mean(), tr_acc, te_acc, te_loss, rec)
 
     init_all = jax.jit(jax.vmap(init_one))
     epoch_all = jax.jit(jax.vmap(epoch_one))
@@ -434,6 +443,12 @@ def train(
             break
     if own_bar:
         bar.close()
+    recorded = None
+    if record is not None:
+        recorded = jax.tree.map(
+            lambda *a: np.stack([np.asarray(v) for v in a], axis=1),
+            *[c[4] for c in curves],
+        )
     curves = [np.stack([np.asarray(c[i]) for c in curves], axis=1) for i in range(4)]
     params = state["params"]
     epochs_run = np.full(len(keys), len(curves[0][0]))
@@ -460,6 +475,7 @@ def train(
         final=final,
         params=params,
         seconds=time.perf_counter() - start,
+        extra={} if recorded is None else {"record": recorded},
     )
 
 
