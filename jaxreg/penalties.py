@@ -104,6 +104,13 @@ def _brief(treedef, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 5] + " ...)"
 
 
+def _is_mask_fn(mask) -> bool:
+    """A callable mask builder, not a callable pytree (e.g. an Equinox module)."""
+    return callable(mask) and jax.tree_util.treedef_is_leaf(
+        jax.tree_util.tree_structure(mask)
+    )
+
+
 def resolve_mask(mask, params: PyTree, name: str = "mask") -> PyTree:
     """Return a bool pytree with exactly the structure of ``params``.
 
@@ -116,7 +123,7 @@ def resolve_mask(mask, params: PyTree, name: str = "mask") -> PyTree:
     """
     if mask is None:
         return jax.tree_util.tree_map(lambda _: True, params)
-    if callable(mask):
+    if _is_mask_fn(mask):
         mask = mask(params)
 
     try:
@@ -204,6 +211,17 @@ def normalize_axes(axis, ndim: int, name: str = "axis") -> tuple[int, ...]:
     if len(set(out)) != len(out):
         raise ValueError(f"`{name}` repeats an axis; got {axis!r}.")
     return tuple(sorted(out))
+
+
+def _leaf_axes(axis, w: jax.Array, path: str) -> tuple[int, ...]:
+    """``normalize_axes`` for one leaf of a tree; errors name the leaf."""
+    try:
+        return normalize_axes(axis, w.ndim)
+    except (TypeError, ValueError) as err:
+        raise type(err)(
+            f"{err} (leaf {path or '<root>'!r} of shape {w.shape}; exclude it with "
+            "`mask`)"
+        ) from None
 
 
 # ---------------------------------------------------------------------------
@@ -478,7 +496,7 @@ def group_lasso(params: PyTree, *, axis=0, mask=None) -> jax.Array:
     """
     terms = []
     for path, w in _selected(params, mask):
-        axes = normalize_axes(axis, w.ndim, f"axis (for leaf {path or '<root>'!r})")
+        axes = _leaf_axes(axis, w, path)
         size = math.prod(w.shape[a] for a in axes)
         terms.append(math.sqrt(size) * jnp.sum(safe_norm(w, axis=axes)))
     return _accumulate(terms)

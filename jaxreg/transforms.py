@@ -102,7 +102,7 @@ def _require_params(params, name: str) -> None:
 def _with_mask(tx: optax.GradientTransformation, mask) -> optax.GradientTransformation:
     if mask is None:
         return tx
-    if not callable(mask):
+    if not _penalties._is_mask_fn(mask):
         # Check the leaves now (a bad leaf type is a user error at build time).
         _penalties.resolve_mask(mask, mask)
     return optax.masked(tx, functools.partial(_penalties.resolve_mask, mask))
