@@ -337,8 +337,9 @@ def sparse_vd_kl(log_alpha) -> jax.Array:
     ``log_alpha`` is a pytree). It is non-negative, decreasing in
     :math:`\log\alpha` and tends to 0 as :math:`\alpha \to \infty`. The training
     objective (negative ELBO per example) is ``mean_nll + kl / N`` for ``N``
-    training points. The ``log1p`` term is evaluated as
-    ``softplus(-log_alpha)``, which is exact and finite for every input.
+    training points. It is evaluated as
+    :math:`k_1 \sigma(-k_2 - k_3\log\alpha) + \tfrac12\operatorname{softplus}(-\log\alpha)`,
+    the same expression without cancellation, finite and positive for every input.
 
     Args:
       log_alpha: :math:`\log\alpha` (an array or a pytree of arrays), e.g. from
@@ -370,8 +371,11 @@ def sparse_vd_kl(log_alpha) -> jax.Array:
     for leaf in leaves:
         la = check_float_array(leaf, "log_alpha")
         la = la.astype(jnp.promote_types(la.dtype, jnp.float32))
-        neg_kl = _K1 * jax.nn.sigmoid(_K2 + _K3 * la) - 0.5 * jax.nn.softplus(-la) - _K1
-        total = total + jnp.sum(-neg_kl)
+        # KL = k1 (1 - sigmoid(k2 + k3 la)) + 0.5 log1p(exp(-la)), written without
+        # the cancellation 1 - sigmoid(.) so that it stays accurate (and > 0) in
+        # float32 for large log alpha.
+        kl = _K1 * jax.nn.sigmoid(-(_K2 + _K3 * la)) + 0.5 * jax.nn.softplus(-la)
+        total = total + jnp.sum(kl)
     return total
 
 
