@@ -56,7 +56,7 @@ def test_concrete_gradient_wrt_rate_is_real():
     with jax.enable_x64(True):  # finite differences in float64
         x64 = jax.random.normal(jax.random.key(1), (3, 4), jnp.float64)
         check_grads(
-            lambda l: f(x64, l),
+            lambda lg: f(x64, lg),
             (jnp.asarray(-1.0, jnp.float64),),
             order=2,
             modes=("fwd", "rev"),
@@ -94,7 +94,7 @@ def test_concrete_legacy_key_and_jit_equals_eager_and_vmap():
     x = jax.random.normal(KEY, (8, 3))
     legacy = jax.random.PRNGKey(3)
     eager = jaxreg.concrete_dropout(legacy, x, jnp.asarray(-1.0))
-    jitted = jax.jit(lambda k, x, l: jaxreg.concrete_dropout(k, x, l))(
+    jitted = jax.jit(lambda k, x, lg: jaxreg.concrete_dropout(k, x, lg))(
         legacy, x, jnp.asarray(-1.0)
     )
     np.testing.assert_allclose(eager, jitted, rtol=1e-6, atol=1e-6)
@@ -174,13 +174,13 @@ def test_concrete_regularizer_gradients_and_entropy_minimum_at_half():
 
     check_grads(f, (w, jnp.asarray(-1.0)), order=1, modes=("rev",))
     # The dropout (entropy) term alone is minimised at p = 1/2 (logit 0).
-    g = jax.grad(lambda l: f(jnp.zeros((6, 3)), l))
+    g = jax.grad(lambda lg: f(jnp.zeros((6, 3)), lg))
     assert abs(float(g(jnp.asarray(0.0)))) < 1e-7
     assert float(g(jnp.asarray(-1.0))) < 0 < float(g(jnp.asarray(1.0)))
     # The weight term always pushes p down (towards keeping).
     gw = jax.grad(
-        lambda l: jaxreg.concrete_dropout_regularizer(
-            w, l, input_dim=6, weight_regularizer=1e-2, dropout_regularizer=0.0
+        lambda lg: jaxreg.concrete_dropout_regularizer(
+            w, lg, input_dim=6, weight_regularizer=1e-2, dropout_regularizer=0.0
         )
     )
     assert float(gw(jnp.asarray(0.3))) > 0
@@ -227,13 +227,13 @@ def test_concrete_dropout_learns_a_rate_by_gradient_descent():
     # lw * ||W||^2 * p/(1-p)... checked numerically against a fine grid.
     w = jnp.ones((4, 4))
 
-    def r(l):
+    def r(lg):
         return jaxreg.concrete_dropout_regularizer(
-            w, l, input_dim=4, weight_regularizer=0.01, dropout_regularizer=0.1
+            w, lg, input_dim=4, weight_regularizer=0.01, dropout_regularizer=0.1
         )
 
     logit = jnp.asarray(_logit(0.1))
-    step = jax.jit(lambda l: l - 0.5 * jax.grad(r)(l))
+    step = jax.jit(lambda lg: lg - 0.5 * jax.grad(r)(lg))
     for _ in range(500):
         logit = step(logit)
     grid = jnp.linspace(-6, 6, 120001)
