@@ -121,7 +121,7 @@ def _key(module, rng, collection: str | None = None):
     with a message that says how to provide the key.
     """
     if rng is not None:
-        return _validated(module, as_key, rng, "rng")
+        return _validated(module, lambda k, n: as_key(k, name=n), rng, "rng")
     collection = module.rng_collection if collection is None else collection
     try:
         return module.make_rng(collection)
@@ -131,8 +131,10 @@ def _key(module, rng, collection: str | None = None):
             f'needs a PRNG key from the "{collection}" rng collection, and none was '
             f"given. Pass it to apply: `model.apply(variables, x, "
             f"rngs={{'{collection}': jax.random.key(seed)}})` (use a fresh key for "
-            "every step), or pass `rng=key` when calling the module, or use the "
-            f"inference path with `deterministic=True`. Flax said: {err}"
+            "every step); inside a lifted transform (nn.scan, nn.RNN, nn.vmap) "
+            f"also list it in `split_rngs`, e.g. `split_rngs={{'params': False, "
+            f"'{collection}': True}}`. Or pass `rng=key` when calling the module, or "
+            f"use the inference path with `deterministic=True`. Flax said: {err}"
         ) from err
 
 
