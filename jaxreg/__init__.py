@@ -10,6 +10,9 @@ transformations (:mod:`jaxreg.transforms`) and as Flax modules (:mod:`jaxreg.lin
 # The mask sampler.
 from jaxreg._sampler import keep_mask, keep_probability
 
+# Input-side regularizers (augmentations).
+from jaxreg.augment import cutmix, cutout, mixup, random_shift
+
 # Learned-rate and Bayesian dropout (concrete dropout, sparse variational dropout).
 from jaxreg.bayesian import (
     concrete_dropout,
@@ -96,6 +99,11 @@ __all__ = [
     "sparse_vd_log_alpha",
     "sparse_vd_prune",
     "sparse_vd_pruned_fraction",
+    # augment
+    "cutmix",
+    "cutout",
+    "mixup",
+    "random_shift",
     # weight_dropout
     "dropconnect",
     "dropconnect_dense",
