@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreg._checks import check_axis
+from jaxreg._checks import check_axis, check_nonnegative
 
 __all__ = [
     "elastic_net",
@@ -104,6 +104,14 @@ def _brief(treedef, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 5] + " ...)"
 
 
+def _unwrap_variable(node):
+    if _is_nnx_variable(node):
+        leaves = jax.tree_util.tree_leaves(node)
+        if len(leaves) == 1:
+            return leaves[0]
+    return node
+
+
 def _is_mask_fn(mask) -> bool:
     """A callable mask builder, not a callable pytree (e.g. an Equinox module)."""
     return callable(mask) and jax.tree_util.treedef_is_leaf(
@@ -125,6 +133,10 @@ def resolve_mask(mask, params: PyTree, name: str = "mask") -> PyTree:
         return jax.tree_util.tree_map(lambda _: True, params)
     if _is_mask_fn(mask):
         mask = mask(params)
+    # A mask built from a flax.nnx.State of Variables also fits the pure State (of
+    # arrays) that nnx.Optimizer hands to optax: unwrap the Variables (a bool still
+    # broadcasts over a Variable in params, as a prefix).
+    mask = jax.tree_util.tree_map(_unwrap_variable, mask, is_leaf=_is_nnx_variable)
 
     try:
         full = jax.tree_util.tree_map(
@@ -205,7 +217,8 @@ def normalize_axes(axis, ndim: int, name: str = "axis") -> tuple[int, ...]:
     else:
         raise TypeError(
             f"`{name}` must be an int or a tuple of ints; got "
-            f"{type(axis).__name__} {axis!r}."
+            f"{type(axis).__name__} {axis!r}. (Under `optax.inject_hyperparams`, "
+            f'pass `static_args="{name}"`.)'
         )
     out = tuple(check_axis(a, ndim, name) for a in axes)
     if len(set(out)) != len(out):
@@ -395,14 +408,16 @@ def l2(params: PyTree, *, mask=None) -> jax.Array:
     return _accumulate([0.5 * _sum_squares(w) for _, w in _selected(params, mask)])
 
 
-def _check_l1_ratio(l1_ratio) -> float:
-    if isinstance(l1_ratio, bool) or not isinstance(l1_ratio, (int, float, np.number)):
+def _check_l1_ratio(l1_ratio):
+    """A concrete ratio must lie in [0, 1] (returned as float); traced passes."""
+    if isinstance(l1_ratio, str):
         raise TypeError(
-            f"`l1_ratio` must be a Python float in [0, 1]; got "
-            f"{type(l1_ratio).__name__} {l1_ratio!r}."
+            f"`l1_ratio` must be a Python float in [0, 1]; got str {l1_ratio!r}."
         )
-    value = float(l1_ratio)
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
+    value = check_nonnegative(l1_ratio, "l1_ratio")
+    if not isinstance(value, float):
+        return value  # traced (e.g. optax.inject_hyperparams under jit)
+    if value > 1.0:
         raise ValueError(
             f"`l1_ratio` is the weight of the L1 part and must lie in [0, 1]; got "
             f"l1_ratio={value!r}."

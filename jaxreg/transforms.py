@@ -314,7 +314,8 @@ def max_norm_constraint(
     Args:
       max_value: the largest allowed norm, ``> 0``.
       axis: int or tuple, the axes the norm runs over (Keras semantics, applied to
-        every selected leaf).
+        every selected leaf); under :func:`optax.inject_hyperparams` pass
+        ``static_args="axis"``.
       mask: optional bool pytree (or callable) of the leaves to constrain.
 
     Returns:
@@ -544,7 +545,8 @@ def group_lasso_prox(
     Args:
       strength: :math:`\lambda \ge 0`: a float, a traced scalar, or a schedule.
       learning_rate: :math:`\eta \ge 0`, the optimizer's learning rate.
-      axis: int or tuple, the axes a group spans (as in :func:`jaxreg.group_lasso`).
+      axis: int or tuple, the axes a group spans (as in :func:`jaxreg.group_lasso`);
+        under :func:`optax.inject_hyperparams` pass ``static_args="axis"``.
       mask: optional bool pytree (or callable) of the leaves to regularize.
 
     Returns:
