@@ -658,20 +658,21 @@ class DropConnectDense(_Stochastic):
         if _is_key_array(rngs):
             rngs = nnx.Rngs(as_key(rngs, name="rngs"))
         if isinstance(rngs, nnx.Rngs):
-            params_key = rngs.params()
+            params_key = rngs.params
         elif isinstance(rngs, nnx.RngStream):
-            params_key = rngs()
+            params_key = rngs
         else:
-            params_key = None  # _init_stochastic raises the TypeError
-        self._init_stochastic(deterministic, rng_collection, rngs)
-        kernel_key, bias_key = jax.random.split(params_key)
+            self._init_stochastic(deterministic, rng_collection, rngs)  # TypeError
+        # Parameters exactly as nnx.Linear draws them (same values for the same
+        # rngs), then the dropout stream is forked.
         self.kernel = nnx.Param(
-            kernel_init(kernel_key, (in_features, out_features), param_dtype)
+            kernel_init(params_key(), (in_features, out_features), param_dtype)
         )
         if use_bias:
-            self.bias = nnx.Param(bias_init(bias_key, (out_features,), param_dtype))
+            self.bias = nnx.Param(bias_init(params_key(), (out_features,), param_dtype))
         else:
             self.bias = nnx.data(None)
+        self._init_stochastic(deterministic, rng_collection, rngs)
 
     def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
         """Apply the layer to ``inputs`` of shape ``(..., in_features)``."""
@@ -702,8 +703,11 @@ class ZoneoutCell(_Stochastic, nnx.RNNCellBase):
     :class:`jaxreg.linen.ZoneoutCell`.
 
     Inside ``nnx.RNN`` the stream is part of the scanned carry, so masks vary per
-    time step; ``nnx.RNN(..., broadcast_rngs=rng_collection)`` shares one mask over
-    the sequence.
+    time step; ``nnx.RNN(cell, broadcast_rngs="dropout")`` shares one mask over the
+    sequence (variational). That filter matches the stream's *tag*: the
+    collection name when the ``nnx.Rngs`` has such a stream (``nnx.Rngs(dropout=0)``),
+    ``"default"`` when it fell back to the default stream; ``broadcast_rngs=True``
+    broadcasts every stream.
 
     Args:
       cell: the wrapped cell (an :class:`flax.nnx.RNNCellBase`).

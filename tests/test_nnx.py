@@ -1,0 +1,728 @@
+"""Tests for jaxreg.nnx: parity with flax.nnx, transforms, state, training."""
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import jaxreg
+import jaxreg.nnx as jn
+
+KEY = jax.random.key(0)
+X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
+
+
+def first_key(seed, collection="dropout"):
+    """The key a module built with ``rngs=nnx.Rngs(**{collection: seed})`` draws first.
+
+    The module forks ``rngs[collection]`` at construction (as ``nnx.Dropout``
+    does) and each call draws ``fold_in(stream.key, stream.count)``.
+    """
+    return nnx.Rngs(**{collection: seed})[collection].fork()()
+
+
+def flat_paths(node, *filters):
+    return sorted(path for path, _ in nnx.to_flat_state(nnx.state(node, *filters)))
+
+
+# ---------------------------------------------------------------------------------
+# Parity with flax.nnx.Dropout.
+# ---------------------------------------------------------------------------------
+
+
+def test_signature_attributes_and_state_match_flax():
+    ours = inspect.signature(jn.Dropout.__init__).parameters
+    theirs = inspect.signature(nnx.Dropout.__init__).parameters
+    assert [n for n in ours if n != "inverted"] == list(theirs)
+    for name in theirs:
+        if name != "rngs":
+            assert ours[name].default == theirs[name].default, name
+    assert list(inspect.signature(jn.Dropout.__call__).parameters) == list(
+        inspect.signature(nnx.Dropout.__call__).parameters
+    )
+    a = nnx.Dropout(0.3, rngs=nnx.Rngs(dropout=1))
+    b = jn.Dropout(0.3, rngs=nnx.Rngs(dropout=1))
+    for name in ("rate", "broadcast_dims", "deterministic", "rng_collection"):
+        assert getattr(a, name) == getattr(b, name)
+    # Same state tree and the same forked stream: checkpoints are interchangeable.
+    assert flat_paths(a) == flat_paths(b) == [("rngs", "count"), ("rngs", "key")]
+    ka, kb = jax.random.key_data(a.rngs.key[...]), jax.random.key_data(b.rngs.key[...])
+    np.testing.assert_array_equal(np.asarray(ka), np.asarray(kb))
+    assert flat_paths(nnx.Dropout(0.3)) == flat_paths(jn.Dropout(0.3)) == []
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("how", ["constructor", "call", "eval", "view"])
+def test_deterministic_path_identical_to_flax(dtype, how):
+    x = X.astype(dtype)
+    outs = []
+    for cls in (nnx.Dropout, jn.Dropout):
+        if how == "constructor":
+            y = cls(0.5, deterministic=True)(x)
+        elif how == "call":
+            y = cls(0.5, rngs=nnx.Rngs(0))(x, deterministic=True)
+        elif how == "eval":
+            m = cls(0.5, rngs=nnx.Rngs(0))
+            m.eval()
+            y = m(x)
+        else:
+            y = nnx.view(cls(0.5, rngs=nnx.Rngs(0)), deterministic=True)(x)
+        outs.append(y)
+    assert outs[0].dtype == outs[1].dtype == dtype
+    np.testing.assert_array_equal(np.asarray(outs[1]), np.asarray(outs[0]))
+    np.testing.assert_array_equal(np.asarray(outs[1]), np.asarray(x))
+
+
+def test_rate_zero_and_one_match_flax_without_rngs():
+    for rate, expected in ((0.0, X), (1.0, jnp.zeros_like(X))):
+        for cls in (nnx.Dropout, jn.Dropout):
+            y = cls(rate)(X)  # no rngs anywhere: no key is drawn
+            np.testing.assert_array_equal(np.asarray(y), np.asarray(expected))
+    grads = [
+        jax.grad(lambda x, c=cls: c(1.0)(x).sum())(X)
+        for cls in (nnx.Dropout, jn.Dropout)
+    ]
+    assert bool(jnp.all(jnp.isfinite(grads[1])))
+    np.testing.assert_array_equal(np.asarray(grads[1]), np.asarray(grads[0]))
+
+
+def _shared_axes(y):
+    return tuple(
+        ax
+        for ax in range(y.ndim)
+        if bool(jnp.all(y == jnp.take(y, jnp.array([0]), ax)))
+    )
+
+
+@pytest.mark.parametrize("dims", [(), (0,), (1,), (0, 2), (-1,)])
+def test_broadcast_dims_match_flax(dims):
+    x = jnp.ones((8, 9, 10))
+    shared = [
+        _shared_axes(cls(0.5, broadcast_dims=dims, rngs=nnx.Rngs(0))(x))
+        for cls in (nnx.Dropout, jn.Dropout)
+    ]
+    assert shared[0] == shared[1] == tuple(sorted(d % 3 for d in dims))
+
+
+def test_missing_deterministic_and_missing_rngs_errors_match_flax():
+    for cls in (nnx.Dropout, jn.Dropout):
+        with pytest.raises(ValueError, match="deterministic"):
+            cls(0.5, deterministic=None, rngs=nnx.Rngs(0))(X)
+        with pytest.raises(
+            ValueError, match=r"`deterministic` is False, but no `rngs`"
+        ):
+            cls(0.5)(X)
+    # Ours lists every way to fix it.
+    with pytest.raises(ValueError) as info:
+        jn.Dropout(0.5, deterministic=None, rngs=nnx.Rngs(0))(X)
+    for hint in (
+        "deterministic=False",
+        "deterministic=True",
+        "model.eval()",
+        "nnx.view",
+    ):
+        assert hint in str(info.value)
+    with pytest.raises(
+        ValueError, match=r"rngs=nnx\.Rngs\(dropout=seed\).*model\.eval"
+    ):
+        jn.Dropout(0.5)(X)
+
+
+def test_wrong_rngs_type_raises_type_error_like_flax():
+    for cls in (nnx.Dropout, jn.Dropout):
+        with pytest.raises(TypeError, match="rngs"):
+            cls(0.5, rngs=3)
+        with pytest.raises(TypeError, match="rngs"):
+            cls(0.5)(X, rngs="key")
+    with pytest.raises(
+        TypeError, match=r"For an integer seed use `rngs=nnx\.Rngs\(seed\)`"
+    ):
+        jn.Dropout(0.5, rngs=3)
+    with pytest.raises(TypeError, match=r"`rngs` must be a JAX PRNG key"):
+        jn.Dropout(0.5, rngs=jnp.zeros(3))  # an array that is not a key
+    # A Rngs without the stream (and without 'default'): ValueError naming it.
+    with pytest.raises(
+        ValueError, match=r"no 'dropout' stream.*nnx\.Rngs\(dropout=seed\)"
+    ):
+        jn.Dropout(0.5, rngs=nnx.Rngs(params=0))
+
+
+def test_model_swapping_flax_dropout_for_ours_trains_unchanged():
+    x, y, _, _ = _digits(n_train=512)
+
+    class MLP(nnx.Module):
+        def __init__(self, dropout_cls, rngs):
+            self.l1 = nnx.Linear(64, 64, rngs=rngs)
+            self.drop = dropout_cls(0.3, rngs=rngs)
+            self.l2 = nnx.Linear(64, 10, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(self.drop(nnx.relu(self.l1(x))))
+
+    def train(model):
+        opt = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
+
+        @nnx.jit
+        def step(model, opt):
+            def loss_fn(model):
+                logits = model(x)
+                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+            loss, g = nnx.value_and_grad(loss_fn)(model)
+            opt.update(model, g)
+            return loss
+
+        return [float(step(model, opt)) for _ in range(60)]
+
+    flax_model = MLP(nnx.Dropout, nnx.Rngs(0))
+    ours = MLP(jn.Dropout, nnx.Rngs(0))
+    # Same state tree (parameters and rng streams) with the same initial values.
+    assert flat_paths(flax_model) == flat_paths(ours)
+    np.testing.assert_array_equal(
+        np.asarray(nnx.state(flax_model, nnx.Param)["l1"]["kernel"][...]),
+        np.asarray(nnx.state(ours, nnx.Param)["l1"]["kernel"][...]),
+    )
+    losses_flax, losses_ours = train(flax_model), train(ours)
+    assert losses_flax[0] == pytest.approx(losses_ours[0], rel=0.1)
+    for losses in (losses_flax, losses_ours):
+        assert np.mean(losses[-10:]) < 0.25 * losses[0]
+    assert np.mean(losses_ours[-10:]) == pytest.approx(
+        np.mean(losses_flax[-10:]), rel=0.5
+    )
+    assert flat_paths(ours) == flat_paths(flax_model)  # structure unchanged by training
+    assert int(ours.drop.rngs.count[...]) == 60  # one key per step
+
+
+# ---------------------------------------------------------------------------------
+# Each module equals its pure function for the same key.
+# ---------------------------------------------------------------------------------
+
+PURE_CASES = [
+    (lambda r: jn.Dropout(0.3, rngs=r), lambda k, x: jaxreg.dropout(k, x, 0.3)),
+    (
+        lambda r: jn.Dropout(0.3, broadcast_dims=(1, 2), rngs=r),
+        lambda k, x: jaxreg.dropout(k, x, 0.3, broadcast_dims=(1, 2)),
+    ),
+    (
+        lambda r: jn.SpatialDropout(0.4, rngs=r),
+        lambda k, x: jaxreg.spatial_dropout(k, x, 0.4),
+    ),
+    (
+        lambda r: jn.GaussianDropout(0.2, rngs=r),
+        lambda k, x: jaxreg.gaussian_dropout(k, x, 0.2),
+    ),
+    (
+        lambda r: jn.GaussianNoise(0.5, rngs=r),
+        lambda k, x: jaxreg.gaussian_noise(k, x, 0.5),
+    ),
+    (
+        lambda r: jn.AlphaDropout(0.1, rngs=r),
+        lambda k, x: jaxreg.alpha_dropout(k, x, 0.1),
+    ),
+    (
+        lambda r: jn.DropPath(0.5, mode="batch", rngs=r),
+        lambda k, x: jaxreg.drop_path(k, x, 0.5, mode="batch"),
+    ),
+    (lambda r: jn.DropPath(0.5, rngs=r), lambda k, x: jaxreg.drop_path(k, x, 0.5)),
+    (
+        lambda r: jn.DropBlock(0.2, block_size=3, rngs=r),
+        lambda k, x: jaxreg.dropblock(k, x, 0.2, block_size=3),
+    ),
+]
+IDS = [
+    "Dropout",
+    "Dropout-bcast",
+    "Spatial",
+    "GaussianDropout",
+    "GaussianNoise",
+    "Alpha",
+    "DropPath-batch",
+    "DropPath",
+    "DropBlock",
+]
+
+
+@pytest.mark.parametrize("make, pure", PURE_CASES, ids=IDS)
+def test_module_equals_pure_function(make, pure):
+    # 1) rngs=nnx.Rngs at construction: the forked stream's keys, in order.
+    module = make(nnx.Rngs(dropout=5))
+    stream = nnx.Rngs(dropout=5)["dropout"].fork()
+    for _ in range(2):
+        np.testing.assert_array_equal(
+            np.asarray(module(X)), np.asarray(pure(stream(), X))
+        )
+    # 2) a raw key at construction seeds the stream directly.
+    module = make(jax.random.key(8))
+    stream = nnx.RngStream(jax.random.key(8), tag="dropout")
+    np.testing.assert_array_equal(np.asarray(module(X)), np.asarray(pure(stream(), X)))
+    # 3) a legacy uint32 key at construction works too.
+    module = make(jax.random.PRNGKey(8))
+    np.testing.assert_array_equal(
+        np.asarray(module(X)),
+        np.asarray(pure(nnx.RngStream(jax.random.key(8), tag="d")(), X)),
+    )
+    # 4) at call time: a key is used as is; an RngStream / Rngs is drawn from.
+    module = make(None)
+    key = jax.random.key(9)
+    np.testing.assert_array_equal(
+        np.asarray(module(X, rngs=key)), np.asarray(pure(key, X))
+    )
+    np.testing.assert_array_equal(
+        np.asarray(module(X, rngs=nnx.RngStream(key, tag="x"))),
+        np.asarray(pure(jax.random.fold_in(key, 0), X)),
+    )
+    np.testing.assert_array_equal(
+        np.asarray(module(X, rngs=nnx.Rngs(dropout=key))),
+        np.asarray(pure(jax.random.fold_in(key, 0), X)),
+    )
+    # 5) an RngStream at construction is forked.
+    module = make(nnx.Rngs(dropout=5)["dropout"])
+    np.testing.assert_array_equal(
+        np.asarray(module(X)), np.asarray(pure(first_key(5), X))
+    )
+    # 6) eval(): the inference path (the input itself for these modules).
+    module.eval()
+    np.testing.assert_array_equal(np.asarray(module(X)), np.asarray(X))
+
+
+# ---------------------------------------------------------------------------------
+# train() / eval() / nnx.view, and the NNX transforms.
+# ---------------------------------------------------------------------------------
+
+
+class Block(nnx.Module):
+    def __init__(self, rngs):
+        self.linear = nnx.Linear(8, 8, rngs=rngs)
+        self.drop = jn.Dropout(0.5, rngs=rngs)
+        self.noise = jn.GaussianNoise(0.1, rngs=rngs)
+        self.path = jn.DropPath(0.2, rngs=rngs)
+
+    def __call__(self, x):
+        return x + self.path(self.noise(self.drop(nnx.relu(self.linear(x)))))
+
+
+def _modes(model):
+    return [
+        m.deterministic
+        for _, m in nnx.iter_modules(model)
+        if hasattr(m, "rate") or hasattr(m, "stddev")
+    ]
+
+
+def test_train_eval_and_view_switch_every_module():
+    model = Block(nnx.Rngs(0))
+    assert _modes(model) == [False, False, False]
+    model.eval()
+    assert _modes(model) == [True, True, True]
+    model.train()
+    assert _modes(model) == [False, False, False]
+    view = nnx.view(model, deterministic=True)
+    assert _modes(view) == [True, True, True]
+    assert _modes(model) == [False, False, False]  # the original is untouched
+    x = jnp.ones((2, 8))
+    np.testing.assert_array_equal(
+        np.asarray(view(x)), np.asarray(x + nnx.relu(model.linear(x)))
+    )
+    info = nnx.view_info(model)
+    for name in ("Dropout:", "GaussianNoise:", "DropPath:", "deterministic"):
+        assert name in info
+
+
+def test_nnx_jit_equals_eager_and_advances_streams():
+    x = jax.random.normal(KEY, (2, 8))
+    a, b = Block(nnx.Rngs(0)), Block(nnx.Rngs(0))
+    f = nnx.jit(lambda m, x: m(x))
+    for _ in range(2):  # two steps: different masks, identical in both
+        np.testing.assert_allclose(np.asarray(f(a, x)), np.asarray(b(x)), rtol=1e-6)
+    assert int(a.drop.rngs.count[...]) == int(b.drop.rngs.count[...]) == 2
+    assert flat_paths(a) == flat_paths(b)
+
+
+def test_nnx_remat_matches_and_differentiates():
+    x = jax.random.normal(KEY, (2, 8))
+    a, b = Block(nnx.Rngs(0)), Block(nnx.Rngs(0))
+    y_remat = nnx.remat(lambda m, x: m(x))(a, x)
+    np.testing.assert_allclose(np.asarray(y_remat), np.asarray(b(x)), rtol=1e-6)
+
+    def loss(m):
+        return nnx.remat(lambda m, x: m(x))(m, x).sum()
+
+    g = nnx.grad(loss)(Block(nnx.Rngs(0)))
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(g))
+
+
+def _stack(n, seed=0):
+    @nnx.split_rngs(splits=n)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def create(rngs):
+        return Block(rngs)
+
+    return create(nnx.Rngs(seed))
+
+
+def test_nnx_vmap_ensemble_has_independent_masks():
+    ensemble = _stack(3)
+    assert ensemble.drop.rngs.key[...].shape == (3,)
+    x = jnp.ones((2, 8))
+
+    @nnx.vmap(in_axes=(0, None), out_axes=0)
+    def forward(block, x):
+        return block.drop(x)
+
+    keys = [jax.random.fold_in(k, 0) for k in ensemble.drop.rngs.key[...]]
+    y = forward(ensemble, x)
+    for i in range(3):
+        np.testing.assert_array_equal(
+            np.asarray(y[i]), np.asarray(jaxreg.dropout(keys[i], x, 0.5))
+        )
+    assert not bool(jnp.all(y[0] == y[1]))
+    np.testing.assert_array_equal(np.asarray(ensemble.drop.rngs.count[...]), [1, 1, 1])
+
+
+def test_nnx_scan_over_layers_equals_python_loop():
+    layers = _stack(4, seed=1)
+    reference = _stack(4, seed=1)
+    x = jax.random.normal(KEY, (2, 8))
+
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    def forward(x, block):
+        return block(x)
+
+    y = forward(x, layers)
+    graphdef, state = nnx.split(reference)
+    expected = x
+    for i in range(4):
+        block = nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
+        expected = block(expected)
+    np.testing.assert_allclose(
+        np.asarray(y), np.asarray(expected), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_array_equal(np.asarray(layers.drop.rngs.count[...]), [1, 1, 1, 1])
+
+
+# ---------------------------------------------------------------------------------
+# Scan over time: a mask shared across steps (variational) or one per step.
+# ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [nnx.Dropout, jn.Dropout])
+def test_nnx_scan_over_time_shared_or_per_step(cls):
+    x = jnp.ones((3, 8, 16))  # (batch, time, features)
+
+    # The module as scan carry: its stream advances every step -> per-step masks.
+    @nnx.scan(in_axes=(nnx.Carry, 1), out_axes=(nnx.Carry, 1))
+    def per_step(drop, xt):
+        return drop, drop(xt)
+
+    _, y = per_step(cls(0.5, rngs=nnx.Rngs(0)), x)
+    assert not bool(jnp.all(y == y[:, :1]))
+
+    # The module broadcast (in_axes=None): the same key every step -> shared mask.
+    @nnx.scan(in_axes=(None, nnx.Carry, 1), out_axes=(nnx.Carry, 1))
+    def shared(drop, c, xt):
+        return c, drop(xt)
+
+    _, y = shared(cls(0.5, rngs=nnx.Rngs(0)), 0, x)
+    assert bool(jnp.all(y == y[:, :1]))
+
+    # Explicit keys: one broadcast key (shared) or one key per step (varying).
+    drop = cls(0.5)
+
+    @nnx.scan(in_axes=(None, None, nnx.Carry, 1), out_axes=(nnx.Carry, 1))
+    def with_key(drop, key, c, xt):
+        return c, drop(xt, rngs=key)
+
+    _, y = with_key(drop, KEY, 0, x)
+    assert bool(jnp.all(y == y[:, :1]))
+
+    @nnx.scan(in_axes=(None, 0, nnx.Carry, 1), out_axes=(nnx.Carry, 1))
+    def with_keys(drop, key, c, xt):
+        return c, drop(xt, rngs=key)
+
+    _, y = with_keys(drop, jax.random.split(KEY, 8), 0, x)
+    assert not bool(jnp.all(y == y[:, :1]))
+
+
+class _Echo(nnx.RNNCellBase):
+    """A cell whose new state is its input: zoneout masks become visible."""
+
+    def __init__(self, features):
+        self.features = features
+
+    def __call__(self, carry, x):
+        return x, x
+
+    def initialize_carry(self, input_shape, rngs=None, carry_init=None):
+        return jnp.zeros(input_shape)
+
+    @property
+    def num_feature_axes(self):
+        return 1
+
+
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_zoneout_cell_in_nnx_rnn_per_step_or_shared(broadcast):
+    # nnx.RNN's broadcast_rngs filters streams by tag: the stream forked from
+    # nnx.Rngs(dropout=...) is tagged "dropout".
+    cell = jn.ZoneoutCell(_Echo(32), 0.5, rngs=nnx.Rngs(dropout=0))
+    rnn = nnx.RNN(cell, broadcast_rngs="dropout" if broadcast else None)
+    t = jnp.arange(1.0, 9.0)
+    x = jnp.broadcast_to(t[None, :, None], (2, 8, 32))
+    y = rnn(x)
+    updated = y == x
+    same = [bool(jnp.all(updated[:, i] == updated[:, 1])) for i in range(1, 8)]
+    assert all(same) is broadcast
+    prev = jnp.concatenate([jnp.zeros_like(y[:, :1]), y[:, :-1]], axis=1)
+    assert bool(jnp.all(jnp.where(updated, True, y == prev)))
+
+
+def test_zoneout_cell_equals_pure_function_per_carry_leaf():
+    rngs = nnx.Rngs(0)
+    cell = nnx.LSTMCell(5, 4, rngs=rngs)
+    zc = jn.ZoneoutCell(cell, (0.5, 0.05), rngs=nnx.Rngs(dropout=3))
+    x = jax.random.normal(jax.random.key(2), (3, 5))
+    carry = jax.tree.map(lambda c: c + 0.3, cell.initialize_carry((3, 5), rngs))
+    (c_new, h_new), _ = cell(carry, x)
+    (c, h), out = zc(carry, x)
+    k_c, k_h = jax.random.split(first_key(3), 2)
+    np.testing.assert_array_equal(
+        np.asarray(c), np.asarray(jaxreg.zoneout(k_c, carry[0], c_new, 0.5))
+    )
+    np.testing.assert_array_equal(
+        np.asarray(h), np.asarray(jaxreg.zoneout(k_h, carry[1], h_new, 0.05))
+    )
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(h))
+    zc.eval()
+    (c_det, h_det), out_det = zc(carry, x)
+    np.testing.assert_allclose(
+        np.asarray(c_det), np.asarray(0.5 * c_new + 0.5 * carry[0]), rtol=1e-6
+    )
+    np.testing.assert_array_equal(np.asarray(out_det), np.asarray(h_det))
+    with pytest.raises(ValueError, match="structure of the cell's carry"):
+        jn.ZoneoutCell(cell, (0.1, 0.2, 0.3), rngs=rngs)(carry, x)
+    with pytest.raises(TypeError, match="`cell` must be an NNX RNN cell"):
+        jn.ZoneoutCell(lambda c, x: (c, x), 0.1)
+
+
+# ---------------------------------------------------------------------------------
+# DropConnectDense and ActivityRegularization.
+# ---------------------------------------------------------------------------------
+
+
+def test_dropconnect_dense_is_a_drop_in_for_linear():
+    x = jax.random.normal(jax.random.key(1), (5, 7))
+    linear = nnx.Linear(7, 4, rngs=nnx.Rngs(0))
+    ours = jn.DropConnectDense(7, 4, rate=0.5, rngs=nnx.Rngs(0))
+    assert flat_paths(linear, nnx.Param) == flat_paths(ours, nnx.Param)
+    for name in ("kernel", "bias"):
+        np.testing.assert_array_equal(
+            np.asarray(getattr(linear, name)[...]), np.asarray(getattr(ours, name)[...])
+        )
+    assert flat_paths(ours) == [
+        ("bias",),
+        ("kernel",),
+        ("rngs", "count"),
+        ("rngs", "key"),
+    ]
+    ours.eval()
+    np.testing.assert_array_equal(np.asarray(ours(x)), np.asarray(linear(x)))
+    no_bias = jn.DropConnectDense(
+        7, 4, use_bias=False, param_dtype=jnp.float16, rngs=KEY
+    )
+    assert flat_paths(no_bias, nnx.Param) == [("kernel",)]
+    assert no_bias.kernel[...].dtype == jnp.float16
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+def test_dropconnect_dense_equals_pure_function(per_example):
+    x = jax.random.normal(jax.random.key(1), (6, 5))
+    layer = jn.DropConnectDense(
+        5, 3, rate=0.4, per_example=per_example, activation=nnx.relu, rngs=nnx.Rngs(0)
+    )
+    w, b = layer.kernel[...], layer.bias[...]
+    key = jax.random.key(9)
+    np.testing.assert_array_equal(
+        np.asarray(layer(x, rngs=key)),
+        np.asarray(
+            nnx.relu(
+                jaxreg.dropconnect_dense(
+                    key, x, w, 0.4, bias=b, per_example=per_example
+                )
+            )
+        ),
+    )
+    layer.eval()
+    layer.inference = "moments"
+    layer.num_samples = 32
+    np.testing.assert_array_equal(
+        np.asarray(layer(x, rngs=key)),
+        np.asarray(
+            jaxreg.dropconnect_inference(
+                key, x, w, 0.4, nnx.relu, bias=b, num_samples=32
+            )
+        ),
+    )
+    layer.inference = "mc"
+    np.testing.assert_array_equal(
+        np.asarray(layer(x, rngs=key)),
+        np.asarray(
+            nnx.relu(
+                jaxreg.dropconnect_dense(
+                    key, x, w, 0.4, bias=b, per_example=per_example
+                )
+            )
+        ),
+    )
+
+
+def test_activity_regularization_captured_penalty():
+    x = jax.random.normal(jax.random.key(3), (4, 5))
+    layer = jn.ActivityRegularization(l1=0.01, l2=0.1)
+    y, losses = nnx.capture(layer, jn.Loss)(x)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(x))
+    expected = 0.01 * jnp.abs(x).sum() + 0.1 * (x**2).sum()
+    np.testing.assert_allclose(
+        float(sum(jax.tree.leaves(losses))), float(expected), rtol=1e-6
+    )
+    # Outside capture nothing is recorded and the state never changes structure.
+    assert layer(x) is x or bool(jnp.all(layer(x) == x))
+    assert flat_paths(layer) == []
+    # Gradient into the activations: d/dx [l2 * sum x^2] = 2 * l2 * x.
+    g = jax.grad(
+        lambda x: sum(
+            jax.tree.leaves(
+                nnx.capture(jn.ActivityRegularization(l2=0.1), jn.Loss)(x)[1]
+            )
+        )
+    )(x)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(0.2 * x), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"`l2` must be >= 0; got l2=-1"):
+        jn.ActivityRegularization(l2=-1.0)
+    with pytest.raises(
+        TypeError, match="`variable_type` must be an `nnx.Variable` subclass"
+    ):
+        jn.ActivityRegularization(variable_type=dict)
+
+
+# ---------------------------------------------------------------------------------
+# Bad input.
+# ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        jn.Dropout,
+        jn.SpatialDropout,
+        jn.GaussianDropout,
+        jn.AlphaDropout,
+        jn.DropPath,
+        jn.DropBlock,
+    ],
+    ids=lambda c: c.__name__,
+)
+@pytest.mark.parametrize("rate", [-0.1, 1.5, float("nan")])
+def test_rate_out_of_range_at_construction(cls, rate):
+    with pytest.raises(
+        ValueError, match=rf"jaxreg\.nnx\.{cls.__name__}: `rate`.*rate={rate}"
+    ):
+        cls(rate)
+
+
+def test_other_bad_arguments():
+    with pytest.raises(ValueError, match=r"`rate`.*\[0, 1\).*rate=1\.0"):
+        jn.GaussianDropout(1.0)
+    with pytest.raises(ValueError, match=r"`stddev` must be >= 0"):
+        jn.GaussianNoise(-0.5)
+    with pytest.raises(ValueError, match=r"`mode` must be 'row' or 'batch'"):
+        jn.DropPath(0.1, mode="col")
+    with pytest.raises(ValueError, match=r"`block_size` must be an int >= 1"):
+        jn.DropBlock(0.1, block_size=0)
+    with pytest.raises(ValueError, match=r"`rate`.*rate=-1"):
+        jn.DropConnectDense(3, 2, rate=-1.0, rngs=KEY)
+    with pytest.raises(ValueError, match=r"`inference` must be one of"):
+        jn.DropConnectDense(3, 2, inference="median", rngs=KEY)
+    with pytest.raises(TypeError, match=r"`rngs` is required"):
+        jn.DropConnectDense(3, 2, rngs=None)
+    with pytest.raises(TypeError, match=r"`rngs` must be an `nnx.Rngs`"):
+        jn.DropConnectDense(3, 2, rngs=0)
+    with pytest.raises(TypeError, match=r"`deterministic` must be a bool or None"):
+        jn.Dropout(0.1, deterministic="yes")
+    with pytest.raises(TypeError, match=r"`deterministic` must be a Python bool"):
+        jn.Dropout(0.1, rngs=KEY)(X, deterministic=jnp.array(True))
+    with pytest.raises(ValueError, match=r"batch of keys.*jax\.vmap"):
+        jn.Dropout(0.1)(X, rngs=jax.random.split(KEY, 2))
+
+
+# ---------------------------------------------------------------------------------
+# End to end: an NNX MLP with jaxreg modules and a jaxreg optax chain on digits.
+# ---------------------------------------------------------------------------------
+
+
+def _digits(n_train=None):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = (data.data / 16.0).astype(np.float32)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, data.target, test_size=0.25, random_state=0, stratify=data.target
+    )
+    if n_train is not None:
+        x_tr, y_tr = x_tr[:n_train], y_tr[:n_train]
+    return jnp.asarray(x_tr), jnp.asarray(y_tr), jnp.asarray(x_te), jnp.asarray(y_te)
+
+
+def test_mlp_with_jaxreg_modules_and_chain_learns_digits():
+    x_tr, y_tr, x_te, y_te = _digits()
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.noise = jn.GaussianNoise(0.1, rngs=rngs)
+            self.hidden = jn.DropConnectDense(
+                64, 256, rate=0.2, activation=nnx.relu, rngs=rngs
+            )
+            self.act_reg = jn.ActivityRegularization(l2=1e-5)
+            self.drop = jn.Dropout(0.3, rngs=rngs)
+            self.out = nnx.Linear(256, 10, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(self.drop(self.act_reg(self.hidden(self.noise(x)))))
+
+    model = MLP(nnx.Rngs(0))
+    tx = optax.chain(
+        jaxreg.add_l2(1e-4),
+        optax.adam(2e-3),
+        jaxreg.max_norm_constraint(3.0, mask=jaxreg.mask_by_ndim),
+    )
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    paths_before = flat_paths(model)
+
+    @nnx.jit
+    def train_step(model, opt, xb, yb):
+        def loss_fn(model):
+            logits, losses = nnx.capture(model, jn.Loss)(xb)
+            data = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+            return data + sum(jax.tree.leaves(losses))
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        opt.update(model, grads)
+        return loss
+
+    rng = np.random.default_rng(0)
+    n = (x_tr.shape[0] // 64) * 64
+    model.train()
+    for _ in range(30):
+        for idx in rng.permutation(x_tr.shape[0])[:n].reshape(-1, 64):
+            train_step(model, opt, x_tr[idx], y_tr[idx])
+    model.eval()
+    accuracy = float((model(x_te).argmax(-1) == y_te).mean())
+    assert accuracy >= 0.95, accuracy
+    assert flat_paths(model) == paths_before  # checkpoint structure is stable
+    for kernel in (model.hidden.kernel[...], model.out.kernel[...]):
+        assert float(jnp.linalg.norm(kernel, axis=0).max()) <= 3.0 + 1e-5
