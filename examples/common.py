@@ -276,6 +276,26 @@ class History:
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def select(self, runs: Sequence[int] | slice, name: str) -> History:
+        """The sub-history of some runs (e.g. one configuration of a batched
+        :func:`train` call with ``hparams``), renamed ``name``."""
+        runs = np.arange(self.test_acc.shape[0])[runs]
+
+        def take(tree):
+            return jax.tree.map(lambda a: a[runs] if np.ndim(a) else a, tree)
+
+        return History(
+            name=name,
+            train_loss=self.train_loss[runs],
+            train_acc=self.train_acc[runs],
+            test_acc=self.test_acc[runs],
+            test_loss=self.test_loss[runs],
+            final={k: v[runs] for k, v in self.final.items()},
+            params=take(self.params),
+            seconds=self.seconds,
+            extra=take(self.extra),
+        )
+
 
 def seed_keys(seeds: Sequence[int] | int, *, impl: str = "rbg") -> jax.Array:
     """A batch of typed keys, one per seed (``seeds`` may be a count).
@@ -308,6 +328,7 @@ def train(
     progress: Any = True,
     init: Callable[[int], Params] | None = None,
     record: Callable[[Params, jax.Array], Any] | None = None,
+    hparams: dict[str, Any] | None = None,
 ) -> History:
     """Train one configuration on several seeds at once (vmap) and record curves.
 
@@ -344,14 +365,44 @@ def train(
         inside the jitted epoch after every epoch (``key`` is the same fixed key
         at every epoch, for train-mode measurements); the results are stacked in
         ``history.extra["record"]`` with leaves of shape ``(S, E, ...)``.
+      hparams: optional per-run hyperparameters, a dict of arrays whose leading
+        axis has one entry per run (``len(seeds)`` runs; seeds may repeat, e.g.
+        ``seeds=[0, 1, 2] * num_configs``). Then several configurations train in
+        ONE compiled program: the run's dict ``hp`` (of traced scalars) is passed
+        as an extra last argument to ``train_logits(params, x, key, hp)``,
+        ``eval_logits(params, x, hp)`` and ``record(params, key, hp)``, and
+        ``optimizer`` may be a callable ``hp -> GradientTransformation`` (jaxreg
+        strengths and rates accept traced scalars). Split the result with
+        :meth:`History.select`.
 
     Returns:
       A :class:`History`.
     """
     start = time.perf_counter()
-    eval_logits = eval_logits or (lambda p, x: mlp_apply(p, x))
     init = init or (lambda k: init_mlp(k, sizes))
     seed_values = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if hparams is None:
+        hp_all = {}
+        user_train, user_eval, user_record = train_logits, eval_logits, record
+        train_logits = lambda p, x, k, hp: user_train(p, x, k)  # noqa: E731
+        eval_logits = None
+        if user_eval is not None:
+            eval_logits = lambda p, x, hp: user_eval(p, x)  # noqa: E731
+        if user_record is not None:
+            record = lambda p, k, hp: user_record(p, k)  # noqa: E731
+    else:
+        hp_all = {k: jnp.asarray(v) for k, v in hparams.items()}
+        for k, v in hp_all.items():
+            if v.shape[:1] != (len(seed_values),):
+                raise ValueError(
+                    f"hparams[{k!r}] has shape {v.shape}; its leading axis must "
+                    f"have one entry per run ({len(seed_values)} seeds)"
+                )
+    eval_logits = eval_logits or (lambda p, x, hp: mlp_apply(p, x))
+
+    def optimizer_for(hp) -> optax.GradientTransformation:
+        return optimizer(hp) if callable(optimizer) else optimizer
+
     keys = seed_keys(seed_values)
     xtr, ytr = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     xte, yte = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
@@ -364,12 +415,12 @@ def train(
     xva = jnp.asarray(validation.x_test) if validation is not None else None
     yva = jnp.asarray(validation.y_test) if validation is not None else None
 
-    def loss_fn(p, x, y, k):
-        return cross_entropy(train_logits(p, x, k), y)
+    def loss_fn(p, x, y, k, hp):
+        return cross_entropy(train_logits(p, x, k, hp), y)
 
-    def init_one(params, key):
-        state = {"params": params, "opt": optimizer.init(params), "key": key}
-        state["key0"] = key
+    def init_one(params, key, hp):
+        opt = optimizer_for(hp).init(params)
+        state = {"params": params, "opt": opt, "key": key, "key0": key, "hp": hp}
         if early_stopping is not None:
             state["es"] = early_stopping.init(params)
             state["stopped"] = jnp.asarray(False)
@@ -377,21 +428,22 @@ def train(
         return state
 
     def step(carry, idx):
-        params, opt_state, key = carry
+        params, opt_state, key, hp = carry
         key, sub = jax.random.split(key)
-        loss, grads = jax.value_and_grad(loss_fn)(params, xtr[idx], ytr[idx], sub)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
+        loss, grads = jax.value_and_grad(loss_fn)(params, xtr[idx], ytr[idx], sub, hp)
+        updates, opt_state = optimizer_for(hp).update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return (params, opt_state, key), loss
+        return (params, opt_state, key, hp), loss
 
-    def evaluate(params):
-        lt = eval_logits(params, xtr)
-        le = eval_logits(params, xte)
+    def evaluate(params, hp):
+        lt = eval_logits(params, xtr, hp)
+        le = eval_logits(params, xte, hp)
         return accuracy(lt, ytr), accuracy(le, yte), cross_entropy(le, yte)
 
     def epoch_one(state, batches):
-        (params, opt, key), losses = jax.lax.scan(
-            step, (state["params"], state["opt"], state["key"]), batches
+        hp = state["hp"]
+        (params, opt, key, _), losses = jax.lax.scan(
+            step, (state["params"], state["opt"], state["key"], hp), batches
         )
         new = dict(state, params=params, opt=opt, key=key)
         if early_stopping is not None:
@@ -399,21 +451,21 @@ def train(
             # A stopped seed keeps its parameters and early-stopping state.
             new["params"] = _where_tree(stopped, state["params"], params)
             new["opt"] = _where_tree(stopped, state["opt"], opt)
-            val = cross_entropy(eval_logits(new["params"], xva), yva)
+            val = cross_entropy(eval_logits(new["params"], xva, hp), yva)
             es, stop = early_stopping.update(state["es"], val, new["params"])
             new["es"] = _where_tree(stopped, state["es"], es)
             new["stopped"] = stopped | stop
             new["epochs"] = state["epochs"] + (~stopped).astype(jnp.int32)
-        tr_acc, te_acc, te_loss = evaluate(new["params"])
+        tr_acc, te_acc, te_loss = evaluate(new["params"], hp)
         rec = None
         if record is not None:
-            rec = record(new["params"], jax.random.fold_in(state["key0"], 7))
+            rec = record(new["params"], jax.random.fold_in(state["key0"], 7), hp)
         return new, (losses.mean(), tr_acc, te_acc, te_loss, rec)
 
     init_all = jax.jit(jax.vmap(init_one))
     epoch_all = jax.jit(jax.vmap(epoch_one))
     params0 = [init(s) for s in seed_values]
-    state = init_all(jax.tree.map(lambda *a: jnp.stack(a), *params0), keys)
+    state = init_all(jax.tree.map(lambda *a: jnp.stack(a), *params0), keys, hp_all)
 
     own_bar = progress is True
     bar = None
@@ -421,7 +473,7 @@ def train(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=epochs, desc=name, leave=False, dynamic_ncols=True)
-    elif progress not in (False, None):
+    elif progress is not False and progress is not None:
         bar = progress
     curves = []
     # Minibatch order is drawn on the host (numpy, one generator per seed): a
@@ -457,7 +509,7 @@ def train(
         if best is not None and jax.tree.structure(best) == jax.tree.structure(params):
             params = best
         epochs_run = np.asarray(state["epochs"])
-        tr_acc, te_acc, _ = jax.jit(jax.vmap(evaluate))(params)
+        tr_acc, te_acc, _ = jax.jit(jax.vmap(evaluate))(params, hp_all)
     else:
         tr_acc, te_acc = curves[1][:, -1], curves[2][:, -1]
     final = {
