@@ -31,6 +31,13 @@ prefix), or a callable ``params -> mask`` such as :func:`jaxreg.mask_by_ndim`.
 It is implemented with :func:`optax.masked` (so the state is an
 ``optax.MaskedState`` around the transform's own state), after checking the
 structure.
+
+Under :func:`optax.inject_hyperparams`, every callable argument is taken for a
+schedule and every number becomes a traced hyperparameter, so list the
+arguments that are neither in ``static_args``: ``penalty_fn``,
+``projection_fn``, ``axis`` and a callable ``mask`` (e.g.
+``optax.inject_hyperparams(jaxreg.add_penalty, static_args=("penalty_fn",
+"mask"))``).
 """
 
 from __future__ import annotations

@@ -396,6 +396,30 @@ def test_inject_hyperparams_traced_strength_under_jit(factory, kwargs):
     np.testing.assert_allclose(out2["w"], expected2["w"], rtol=1e-6, atol=1e-7)
 
 
+def test_inject_hyperparams_traced_max_value_with_static_axis_and_mask():
+    params = {
+        "w": jnp.asarray(RNG.normal(size=(4, 3)) * 3, jnp.float32),
+        "b": jnp.ones(3),
+    }
+    grads = _grads_like(params)
+    injected = optax.inject_hyperparams(
+        jaxreg.max_norm_constraint, static_args=("axis", "mask")
+    )(max_value=1.0, axis=0, mask=jaxreg.mask_by_ndim)
+    state = injected.init(params)
+    update = jax.jit(injected.update)
+    for c in (1.0, 0.5):
+        state.hyperparams["max_value"] = jnp.asarray(c)
+        out, state = update(grads, state, params)
+        ref = jaxreg.max_norm_constraint(c, mask=jaxreg.mask_by_ndim)
+        expected, _ = ref.update(grads, ref.init(params), params)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+            out,
+            expected,
+        )
+        np.testing.assert_array_equal(out["b"], grads["b"])
+
+
 def test_inject_hyperparams_with_schedule_and_static_penalty_fn():
     params = {"w": jnp.array([1.0, -2.0])}
     sched = optax.linear_schedule(1.0, 0.0, transition_steps=2)
