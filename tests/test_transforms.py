@@ -258,8 +258,9 @@ def test_l1_prox_solves_lasso_like_sklearn_with_exact_zeros():
     ref = Lasso(alpha=alpha, fit_intercept=False, tol=1e-12, max_iter=100_000)
     ref = ref.fit(x.astype(np.float64), y.astype(np.float64)).coef_
     assert (ref == 0).sum() >= 5  # the problem has a sparse solution
-    # Stated tolerance: 1e-4 absolute on the coefficients (float32 ISTA vs float64 CD).
-    np.testing.assert_allclose(w, ref, atol=1e-4)
+    # Stated tolerance: 1e-5 absolute on the coefficients (float32 ISTA vs float64
+    # coordinate descent; measured max difference ~2e-7 over seeds 0-4).
+    np.testing.assert_allclose(w, ref, atol=1e-5)
     np.testing.assert_array_equal(w == 0, ref == 0)  # the same exact zeros
 
 
@@ -276,7 +277,7 @@ def test_elastic_net_prox_solves_elastic_net_like_sklearn():
     )
     ref = ref.fit(x.astype(np.float64), y.astype(np.float64)).coef_
     assert (ref == 0).sum() >= 3
-    np.testing.assert_allclose(w, ref, atol=1e-4)
+    np.testing.assert_allclose(w, ref, atol=1e-5)
     np.testing.assert_array_equal(w == 0, ref == 0)
 
 
