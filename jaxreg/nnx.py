@@ -779,6 +779,16 @@ class Loss(nnx.Intermediate):
 
     Collect them in the loss function with ``nnx.capture(model, Loss)(x)``, which
     returns ``(output, losses)``; add ``sum(jax.tree.leaves(losses))`` to the loss.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import jaxreg.nnx as jn
+      >>> model = nnx.Sequential(jn.ActivityRegularization(l1=1.0),
+      ...                        jn.ActivityRegularization(l1=2.0))
+      >>> y, losses = nnx.capture(model, jn.Loss)(jnp.array([1.0, -1.0]))
+      >>> sum(jax.tree.leaves(losses))  # 1 * 2 + 2 * 2
+      Array(6., dtype=float32)
     """
 
 

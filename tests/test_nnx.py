@@ -289,6 +289,45 @@ def test_module_equals_pure_function(make, pure):
     np.testing.assert_array_equal(np.asarray(module(X)), np.asarray(X))
 
 
+STREAM = [("rngs", "count"), ("rngs", "key")]
+
+
+def test_state_paths_of_every_module_are_stable():
+    rngs = nnx.Rngs(0)
+    cell = nnx.SimpleCell(3, 2, rngs=rngs)
+    expected = {
+        "Dropout": (jn.Dropout(0.1, rngs=rngs), STREAM),
+        "SpatialDropout": (jn.SpatialDropout(0.1, rngs=rngs), STREAM),
+        "GaussianDropout": (jn.GaussianDropout(0.1, rngs=rngs), STREAM),
+        "GaussianNoise": (jn.GaussianNoise(0.1, rngs=rngs), STREAM),
+        "AlphaDropout": (jn.AlphaDropout(0.1, rngs=rngs), STREAM),
+        "DropPath": (jn.DropPath(0.1, rngs=rngs), STREAM),
+        "DropBlock": (jn.DropBlock(0.1, block_size=2, rngs=rngs), STREAM),
+        "DropConnectDense": (
+            jn.DropConnectDense(3, 2, rngs=rngs),
+            [("bias",), ("kernel",), *STREAM],
+        ),
+        "ZoneoutCell": (
+            jn.ZoneoutCell(cell, 0.1, rngs=rngs),
+            sorted([("cell", *p) for p in flat_paths(cell)] + STREAM),
+        ),
+        "ActivityRegularization": (jn.ActivityRegularization(l1=0.1), []),
+        "Dropout without rngs": (jn.Dropout(0.1), []),
+    }
+    for name, (module, paths) in expected.items():
+        assert flat_paths(module) == paths, name
+    # Calls (eager and jitted) and mode switches do not change the structure.
+    x = jnp.ones((2, 4, 4, 3))
+    for name in ("Dropout", "DropBlock", "GaussianNoise"):
+        module, paths = expected[name]
+        module(x)
+        nnx.jit(lambda m, x: m(x))(module, x)
+        module.eval()
+        module(x)
+        assert flat_paths(module) == paths, name
+        assert int(module.rngs.count[...]) == 2
+
+
 # ---------------------------------------------------------------------------------
 # train() / eval() / nnx.view, and the NNX transforms.
 # ---------------------------------------------------------------------------------
