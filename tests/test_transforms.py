@@ -295,6 +295,26 @@ def test_group_lasso_prox_is_block_soft_thresholding_with_exact_zero_groups():
     assert (np.abs(np.asarray(new)[:, 2:]) > 0).all()
 
 
+def test_low_precision_params_keep_their_dtype_and_exact_zeros():
+    w = jnp.asarray(RNG.normal(size=(6, 4)), jnp.bfloat16)
+    g = jnp.asarray(RNG.normal(size=(6, 4)), jnp.bfloat16)
+    for tx in (
+        optax.chain(optax.sgd(0.1), jaxreg.l1_prox(5.0, 0.1)),
+        optax.chain(
+            jaxreg.add_l2(0.1), optax.sgd(0.1), jaxreg.max_norm_constraint(1.0)
+        ),
+    ):
+        updates, _ = jax.jit(tx.update)(g, tx.init(w), w)
+        assert updates.dtype == jnp.bfloat16
+        new = optax.apply_updates(w, updates)
+        assert new.dtype == jnp.bfloat16
+    tx = optax.chain(optax.sgd(0.1), jaxreg.l1_prox(5.0, 0.1))
+    new = optax.apply_updates(w, tx.update(g, tx.init(w), w)[0])
+    step = np.asarray((w - 0.1 * g).astype(jnp.float32))
+    small = np.abs(step) <= 0.45  # margin for bfloat16 rounding of the step
+    assert small.any() and (np.asarray(new, np.float32)[small] == 0).all()
+
+
 # ---------------------------------------------------------------------------
 # Composition inside optax wrappers, under jit, with schedules.
 # ---------------------------------------------------------------------------
