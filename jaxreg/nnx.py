@@ -21,6 +21,9 @@ Conventions shared by all stochastic modules (the same as ``flax.nnx.Dropout``):
   (a key passed at call time is used as is). The stream is stored in the ``rngs``
   attribute, so ``nnx.state`` has the same paths as for ``flax.nnx.Dropout``
   (``.../rngs/key``, ``.../rngs/count``) and checkpoints stay interchangeable.
+* Loss terms (e.g. :class:`ActivityRegularization`'s penalty) are sown as
+  :class:`Loss` variables; collect them in the loss function with
+  ``output, losses = nnx.capture(model, Loss)(x)``.
 """
 
 from __future__ import annotations
@@ -99,6 +102,13 @@ def _stream_from(owner: str, rngs, collection: str):
         f"(`jax.random.key(seed)`) or None; got {type(rngs).__name__} {rngs!r}. "
         "For an integer seed use `rngs=nnx.Rngs(seed)`."
     )
+
+
+def _sow_loss(module, variable_type, name: str, value) -> bool:
+    """Sow ``value`` only inside ``nnx.capture`` (legacy ``sow`` on old Flax)."""
+    if hasattr(nnx, "capture") and not hasattr(module, "__captures__"):
+        return False
+    return module.sow(variable_type, name, value)
 
 
 class _Stochastic(nnx.Module):
@@ -254,7 +264,9 @@ class Dropout(_Stochastic):
         inverted: bool = True,
     ):
         self.rate = _rate(self, rate)
-        self.broadcast_dims = tuple(broadcast_dims)
+        if isinstance(broadcast_dims, list):
+            broadcast_dims = tuple(broadcast_dims)
+        self.broadcast_dims = broadcast_dims
         self.inverted = inverted
         self._init_stochastic(deterministic, rng_collection, rngs)
 
@@ -861,10 +873,3 @@ class ActivityRegularization(nnx.Module):
             _activity_penalty(self, inputs),
         )
         return inputs
-
-
-def _sow_loss(module, variable_type, name: str, value) -> bool:
-    """Sow ``value`` only inside ``nnx.capture`` (legacy ``sow`` on old Flax)."""
-    if hasattr(nnx, "capture") and not hasattr(module, "__captures__"):
-        return False
-    return module.sow(variable_type, name, value)
