@@ -654,3 +654,21 @@ def test_mlp_with_jaxreg_modules_and_chain_learns_digits():
     # The max-norm constraint holds on every kernel column.
     for kernel in (params["DropConnectDense_0"]["kernel"], params["Dense_0"]["kernel"]):
         assert float(jnp.linalg.norm(kernel, axis=0).max()) <= 3.0 + 1e-5
+
+
+def test_gradients_through_modules_check_grads():
+    from jax.test_util import check_grads
+
+    key = jax.random.key(6)
+    x = jax.random.normal(jax.random.key(1), (3, 5))
+    for module in (jl.Dropout(0.3), jl.GaussianDropout(0.2), jl.AlphaDropout(0.1)):
+        f = lambda x, m=module: m.apply({}, x, deterministic=False, rng=key)  # noqa: E731
+        check_grads(f, (x,), order=2, modes=["fwd", "rev"])
+    layer = jl.DropConnectDense(4, rate=0.3, activation=jnp.tanh, per_example=True)
+    v = layer.init(KEY, x, deterministic=True)
+
+    def g(kernel, x):
+        params = {"params": {"kernel": kernel, "bias": v["params"]["bias"]}}
+        return layer.apply(params, x, deterministic=False, rng=key)
+
+    check_grads(g, (v["params"]["kernel"], x), order=1, modes=["fwd", "rev"])

@@ -765,3 +765,21 @@ def test_mlp_with_jaxreg_modules_and_chain_learns_digits():
     assert flat_paths(model) == paths_before  # checkpoint structure is stable
     for kernel in (model.hidden.kernel[...], model.out.kernel[...]):
         assert float(jnp.linalg.norm(kernel, axis=0).max()) <= 3.0 + 1e-5
+
+
+def test_gradients_through_modules_check_grads():
+    from jax.test_util import check_grads
+
+    key = jax.random.key(6)
+    x = jax.random.normal(jax.random.key(1), (3, 5))
+    for module in (jn.Dropout(0.3), jn.GaussianDropout(0.2), jn.AlphaDropout(0.1)):
+        check_grads(
+            lambda x, m=module: m(x, rngs=key), (x,), order=2, modes=["fwd", "rev"]
+        )
+    layer = jn.DropConnectDense(5, 4, rate=0.3, activation=jnp.tanh, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
+
+    def g(params, x):
+        return nnx.merge(graphdef, params, rest)(x, rngs=key)
+
+    check_grads(g, (params, x), order=1, modes=["fwd", "rev"])
