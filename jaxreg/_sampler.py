@@ -22,43 +22,49 @@ element is kept iff ``u >= t`` with the integer threshold
 * no low-precision float is ever compared, whatever the dtype of the data.
 
 *Generator.* The words are not drawn with :func:`jax.random.bits` over the whole
-mask (threefry costs about 20 rounds of 32-bit arithmetic per word and its
-output would be kept for the backward pass). Instead two 32-bit seed words
+mask (threefry costs about 20 rounds of 32-bit arithmetic per word, and autodiff
+would keep its output for the backward pass). Instead two 32-bit seed words
 ``(k0, k1) = jax.random.bits(key, (2,), uint32)`` are drawn from the key (any PRNG
 implementation, typed or legacy key), and the word of the element with row-major
 linear index ``i`` is the keyed integer hash::
 
-    u(i) = g(g(i XOR k0) XOR k1),
+    u(i) = g(g(g(i) XOR k0) XOR k1),
     g(x) = x ^ (x >> 16);  x *= 0x7feb352d;  x ^= x >> 15;  x *= 0x846ca68b;
            x ^= x >> 16                                      (all mod 2**32)
 
 ``g`` is the "lowbias32" mixer found by C. Wellons' hash prospector
-(https://github.com/skeeto/hash-prospector); each ``g`` is a bijection of the
-32-bit words with near-ideal avalanche, and the key enters both rounds, so masks of
-two keys are not index permutations of each other. Properties:
+(https://github.com/skeeto/hash-prospector): a bijection of the 32-bit words with
+near-ideal avalanche. The index is mixed once before the key enters, and the
+key then enters two further rounds, so the mask of one key is never a shift or
+bit-flip permutation of another key's mask: keying the first round directly
+(``g(g(i XOR k0) ...)``) would turn a change of ``k0`` into the index permutation
+``i -> i XOR d``, and a key-dependent multiplier ``i * m`` makes ``m`` and
+``m + 2**31`` agree on every even index (both found by the tests). Properties:
 
-* *Exact marginals.* For any fixed ``i`` and ``k0``, ``u(i)`` is a bijection of
+* *Exact marginals.* For fixed ``i`` and ``k0``, ``u(i)`` is a bijection of
   ``k1``; as ``k1`` is a uniform word, ``u(i)`` is exactly uniform over the
   ``2**32`` words, so every element is kept with probability exactly
   ``keep_probability(rate)`` over the key (``E[output] == input`` exactly).
 * *Elementwise.* The hash only needs the element's global index (an ``iota``), so
   under ``jit`` with sharded inputs each device computes its own block with no
   collective, and the mask is identical for every mesh layout.
-* *Key-only memory.* Regenerating a mask costs about 15 integer operations per
-  element and needs only the two seed words, so :func:`masked_scale` (used by
-  :func:`jaxreg.dropout`) keeps the seed words, not the mask, for the backward
-  pass.
+* *Key-only memory.* Regenerating a mask costs about 25 integer operations per
+  element and needs only the seed words, so :func:`masked_scale` (used by
+  :func:`jaxreg.dropout` and hence spatial dropout and drop-path) keeps the seed
+  words, not the mask, for the backward pass.
 * *Tested quality.* ``tests/test_generator.py`` checks byte-frequency
   chi-square, bit balance per bit position, serial correlation of neighbouring
-  words and cross-key correlation, at stated thresholds.
+  words and words a row apart, and cross-key correlation at every lag (also for
+  seeds that differ in a single bit), each at a stated threshold.
 
 *Limits.* Within one key the words of distinct indices are distinct (``u`` is a
 bijection of ``i``), i.e. the words are drawn without replacement; for a mask of
 ``n`` elements this shrinks the variance of the kept count by the factor
 ``1 - n / 2**32`` (``0.998`` at ``10**7`` elements), negligible in practice. The
-hash is not cryptographic. Masks with ``2**32`` or more elements (the index would
-not fit in 32 bits) are drawn with threefry keyed by the same seed words, with the
-same threshold, so :func:`keep_probability` is unchanged.
+hash is not cryptographic (do not use it where an adversary picks the inputs).
+Masks with ``2**32`` or more elements (the index would not fit in 32 bits) are
+drawn with threefry keyed by the seed words, with the same threshold, so
+:func:`keep_probability` is unchanged.
 """
 
 from __future__ import annotations
@@ -144,8 +150,7 @@ def _bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     if math.prod(shape) >= _HASH_LIMIT:
         key = jax.random.wrap_key_data(seed, impl="threefry2x32")
         return jax.random.bits(key, shape, jnp.uint32)
-    x = _linear_index(shape) ^ seed[0]
-    return _mix(_mix(x) ^ seed[1])
+    return _mix(_mix(_mix(_linear_index(shape)) ^ seed[0]) ^ seed[1])
 
 
 def _keep(seed, shape, t, drop_all) -> jax.Array:
