@@ -532,11 +532,13 @@ def train(
 
 
 # --------------------------------------------------------------------------- tables
-def mean_spread(values: Sequence[float] | np.ndarray, *, percent: bool = True) -> str:
+def mean_spread(
+    values: Sequence[float] | np.ndarray, *, percent: bool = True, digits: int = 1
+) -> str:
     """``"mean ± std"`` over seeds (sample std, ddof=1), in percent by default."""
     v = np.asarray(values, dtype=np.float64) * (100.0 if percent else 1.0)
     std = v.std(ddof=1) if v.size > 1 else 0.0
-    return f"{v.mean():.1f} ± {std:.1f}"
+    return f"{v.mean():.{digits}f} ± {std:.{digits}f}"
 
 
 def summarize(history: History) -> dict[str, str]:

@@ -220,11 +220,11 @@ def main(argv=None):
         table.append((k, a))
         print(
             f"{k:>13d} | {common.mean_spread(a[:, 0])} | "
-            f"{common.mean_spread(a[:, 1], percent=False)}"
+            f"{common.mean_spread(a[:, 1], percent=False, digits=3)}"
         )
     print(
         f"weight scaling | {common.mean_spread(ws[:, 0])} | "
-        f"{common.mean_spread(ws[:, 1], percent=False)}"
+        f"{common.mean_spread(ws[:, 1], percent=False, digits=3)}"
     )
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))

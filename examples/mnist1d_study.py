@@ -159,7 +159,7 @@ def run(args) -> list[common.History]:
     out = common.output_dir(args.out)
     print(f"output folder: {out.resolve()}")
     t0 = time.perf_counter()
-    data = common.load_mnist1d(out / "data")
+    data = common.load_mnist1d(args.cache or out / "data")
     fit, val = data.split_validation(500)
     configs = configurations()
     groups = {
@@ -266,6 +266,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="jaxreg regularizers on MNIST-1D")
     ap.add_argument("--out", default="results/study", help="output folder")
     ap.add_argument("--quick", action="store_true", help="smoke run, under a minute")
+    ap.add_argument("--cache", help="MNIST-1D .npz cache folder (default OUT/data)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--lr", type=float, default=1e-2, help="Adam lr, 100-100 MLP")
