@@ -852,3 +852,236 @@ class ActivityRegularization(nn.Module):
     def __call__(self, inputs):
         self.sow(self.collection, "activity_penalty", _activity_penalty(self, inputs))
         return inputs
+
+
+# --------------------------------------------------------------------------------
+# Learned-rate and Bayesian dropout: concrete dropout, sparse variational dropout.
+# --------------------------------------------------------------------------------
+
+import jaxreg.bayesian as _bayesian  # noqa: E402
+from jaxreg._checks import check_positive  # noqa: E402
+
+__all__ += ["ConcreteDropout", "SparseVariationalDense"]
+
+
+def _check_concrete_fields(module):
+    """Shared field checks of the linen and NNX ``ConcreteDropout``."""
+    _validated(module, check_rate, module.init_rate, "init_rate")
+    if not 0.0 < float(module.init_rate) < 1.0:
+        raise ValueError(
+            f"{_owner(module)}: `init_rate` is the initial drop probability and must "
+            f"lie strictly between 0 and 1 (its logit is learned); got "
+            f"init_rate={module.init_rate!r}."
+        )
+    _validated(module, check_positive, module.temperature, "temperature")
+    _validated(
+        module, check_nonnegative, module.weight_regularizer, "weight_regularizer"
+    )
+    _validated(
+        module, check_nonnegative, module.dropout_regularizer, "dropout_regularizer"
+    )
+
+
+def _concrete_logit(init_rate: float) -> float:
+    return float(jnp.log(init_rate) - jnp.log1p(-init_rate))
+
+
+def _concrete_penalty(module, weights, logit_p, input_dim: int) -> jax.Array:
+    """:func:`jaxreg.concrete_dropout_regularizer` of one wrapped layer."""
+    leaves = jax.tree.leaves(weights)
+    return _bayesian.concrete_dropout_regularizer(
+        leaves if leaves else jnp.zeros(()),
+        logit_p,
+        input_dim=int(input_dim),
+        weight_regularizer=module.weight_regularizer,
+        dropout_regularizer=module.dropout_regularizer,
+    )
+
+
+def _check_vd_fields(module):
+    _validated(module, check_nonnegative, module.kl_weight, "kl_weight")
+    try:
+        _bayesian._check_threshold(module.threshold)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{_owner(module)}: {err}") from None
+
+
+class ConcreteDropout(nn.Module):
+    """Concrete dropout with a learned rate, optionally wrapping the next layer.
+
+    The drop probability is the trainable parameter ``logit_p`` (``p =
+    sigmoid(logit_p)``, initialised at ``init_rate``); the relaxed mask comes from
+    :func:`jaxreg.concrete_dropout`. If ``layer`` is given (as in Gal et al.'s
+    implementation, ``ConcreteDropout(nn.Dense(64), ...)``) the module returns
+    ``layer(dropped inputs)`` and the full regularizer of
+    :func:`jaxreg.concrete_dropout_regularizer` (weight term on the layer's
+    parameters plus the entropy term with ``input_dim = inputs.shape[-1]``) is
+    *sown* into ``collection`` (``"losses"``) as ``"concrete_dropout"``; without
+    ``layer`` it returns the dropped inputs and sows the entropy term only. Add
+    the sown terms to the loss::
+
+        logits, state = model.apply(variables, x, rngs={"dropout": key},
+                                    mutable=["losses"])
+        loss = data_loss(logits, y) + sum(jax.tree.leaves(state["losses"]))
+
+    With ``N`` training points and prior length-scale ``l``, the paper uses
+    ``weight_regularizer = l**2 / N`` and ``dropout_regularizer = 2 / N``.
+    ``deterministic`` and the key follow :class:`Dropout`.
+
+    Attributes:
+      layer: the layer the dropped inputs feed (its parameters get the weight
+        term), or None.
+      weight_regularizer: ``>= 0``.
+      dropout_regularizer: ``>= 0``.
+      init_rate: initial drop probability, in ``(0, 1)``.
+      temperature: relaxation temperature, ``> 0`` (paper: 0.1).
+      deterministic: inference path (returns ``layer(inputs)``) if True.
+      rng_collection: the rng collection keys are drawn from.
+      collection: the variable collection the regularizer is sown into.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn, jaxreg.linen as jl
+      >>> model = jl.ConcreteDropout(nn.Dense(3), weight_regularizer=1e-6,
+      ...                            dropout_regularizer=1e-3)
+      >>> x = jnp.ones((2, 4))
+      >>> variables = model.init(jax.random.key(0), x, deterministic=True)
+      >>> float(jax.nn.sigmoid(variables["params"]["logit_p"]))
+      0.1...
+      >>> params = {"params": variables["params"]}  # init also sows: drop it
+      >>> y, state = model.apply(params, x, deterministic=False,
+      ...                        rngs={"dropout": jax.random.key(1)},
+      ...                        mutable=["losses"])
+      >>> y.shape, len(jax.tree.leaves(state["losses"]))
+      ((2, 3), 1)
+
+    References:
+      Gal, Hron, Kendall. "Concrete Dropout." NeurIPS 2017.
+      https://arxiv.org/abs/1705.07832
+    """
+
+    layer: nn.Module | None = None
+    weight_regularizer: float = 0.0
+    dropout_regularizer: float = 0.0
+    init_rate: float = 0.1
+    temperature: float = 0.1
+    deterministic: bool | None = None
+    rng_collection: str = "dropout"
+    collection: str = "losses"
+
+    def __post_init__(self):
+        _check_concrete_fields(self)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, inputs, deterministic: bool | None = None, rng=None):
+        """Drop ``inputs`` with the learned rate, then apply ``layer`` (if any)."""
+        det = _merge_deterministic(self, deterministic)
+        logit0 = _concrete_logit(self.init_rate)
+        logit_p = self.param("logit_p", lambda _: jnp.asarray(logit0, jnp.float32))
+        key = None if det else _key(self, rng)
+        y = _bayesian.concrete_dropout(
+            key, inputs, logit_p, temperature=self.temperature, deterministic=det
+        )
+        weights = {}
+        if self.layer is not None:
+            y = self.layer(y)
+            weights = self.layer.variables.get("params", {})
+        penalty = _concrete_penalty(self, weights, logit_p, jnp.shape(inputs)[-1])
+        self.sow(self.collection, "concrete_dropout", penalty)
+        return y
+
+
+class SparseVariationalDense(nn.Module):
+    """A dense layer with sparse variational dropout (Molchanov et al. 2017).
+
+    Parameters: ``kernel`` (the weight means ``theta``, shape
+    ``(in, features)``), ``log_sigma2`` (per-weight log variance, initialised at
+    ``log_sigma2_init``) and ``bias``. Training uses the local reparameterisation
+    trick (:func:`jaxreg.sparse_vd_dense`); inference (``deterministic=True``)
+    uses the weight means with every weight of ``log alpha > threshold`` pruned.
+    The KL term ``kl_weight * sparse_vd_kl(log_alpha)`` is sown into
+    ``collection`` (``"losses"``) as ``"sparse_vd_kl"``: set ``kl_weight = 1 /
+    N`` for ``N`` training points (the ELBO per example), possibly warmed up from
+    0. Report sparsity with :func:`jaxreg.sparse_vd_pruned_fraction` on
+    ``jaxreg.sparse_vd_log_alpha(params["kernel"], params["log_sigma2"])``.
+
+    Attributes:
+      features: number of output features.
+      use_bias: whether to add a bias.
+      dtype: computation dtype (inferred if None).
+      param_dtype: dtype of the parameters.
+      kernel_init: initializer of the weight means.
+      bias_init: bias initializer.
+      log_sigma2_init: initial log variance of every weight.
+      threshold: log-alpha pruning threshold at inference (paper: 3).
+      kl_weight: factor of the sown KL term, ``>= 0`` (``1 / N``).
+      deterministic: inference path if True (constructor or call, once).
+      rng_collection: the rng collection keys are drawn from.
+      collection: the variable collection the KL term is sown into.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxreg.linen as jl
+      >>> layer = jl.SparseVariationalDense(3, kl_weight=1 / 1000)
+      >>> x = jnp.ones((2, 4))
+      >>> variables = layer.init(jax.random.key(0), x, deterministic=True)
+      >>> sorted(variables["params"])
+      ['bias', 'kernel', 'log_sigma2']
+      >>> params = {"params": variables["params"]}  # init also sows: drop it
+      >>> y, state = layer.apply(params, x, deterministic=False,
+      ...                        rngs={"dropout": jax.random.key(1)},
+      ...                        mutable=["losses"])
+      >>> y.shape, len(state["losses"]["sparse_vd_kl"])
+      ((2, 3), 1)
+
+    References:
+      Molchanov, Ashukha, Vetrov. "Variational Dropout Sparsifies Deep Neural
+      Networks." ICML 2017. https://arxiv.org/abs/1701.05369
+    """
+
+    features: int
+    use_bias: bool = True
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros_init()
+    log_sigma2_init: float = -10.0
+    threshold: float = 3.0
+    kl_weight: float = 1.0
+    deterministic: bool | None = None
+    rng_collection: str = "dropout"
+    collection: str = "losses"
+
+    def __post_init__(self):
+        _check_vd_fields(self)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, inputs, deterministic: bool | None = None, rng=None):
+        """Apply the layer to ``inputs`` of shape ``(..., in_features)``."""
+        det = _merge_deterministic(self, deterministic)
+        shape = (jnp.shape(inputs)[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        log_sigma2 = self.param(
+            "log_sigma2",
+            nn.initializers.constant(self.log_sigma2_init),
+            shape,
+            self.param_dtype,
+        )
+        bias = None
+        if self.use_bias:
+            bias = self.param(
+                "bias", self.bias_init, (self.features,), self.param_dtype
+            )
+        inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        key = None if det else _key(self, rng)
+        kl = _bayesian.sparse_vd_kl(_bayesian.sparse_vd_log_alpha(kernel, log_sigma2))
+        self.sow(self.collection, "sparse_vd_kl", self.kl_weight * kl)
+        return _bayesian.sparse_vd_dense(
+            key,
+            inputs,
+            kernel,
+            log_sigma2,
+            bias=bias,
+            threshold=self.threshold,
+            deterministic=det,
+        )

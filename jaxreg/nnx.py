@@ -873,3 +873,246 @@ class ActivityRegularization(nnx.Module):
             _activity_penalty(self, inputs),
         )
         return inputs
+
+
+# --------------------------------------------------------------------------------
+# Learned-rate and Bayesian dropout: concrete dropout, sparse variational dropout.
+# --------------------------------------------------------------------------------
+
+import jaxreg.bayesian as _bayesian  # noqa: E402
+from jaxreg.linen import (  # noqa: E402
+    _check_concrete_fields,
+    _check_vd_fields,
+    _concrete_logit,
+    _concrete_penalty,
+)
+
+__all__ += ["ConcreteDropout", "SparseVariationalDense"]
+
+
+class ConcreteDropout(_Stochastic):
+    """Concrete dropout with a learned rate, optionally wrapping the next layer.
+
+    The NNX version of :class:`jaxreg.linen.ConcreteDropout`. The drop probability
+    is the parameter ``logit_p`` (``nnx.Param``, ``p = sigmoid(logit_p)``,
+    initialised at ``init_rate``); the relaxed mask comes from
+    :func:`jaxreg.concrete_dropout`. If ``layer`` is given the module returns
+    ``layer(dropped inputs)``, and the regularizer of
+    :func:`jaxreg.concrete_dropout_regularizer` (weight term on the layer's
+    ``nnx.Param`` leaves plus the entropy term with ``input_dim =
+    inputs.shape[-1]``) is sown as ``variable_type`` (:class:`Loss`) under
+    ``"concrete_dropout"``; without ``layer`` only the entropy term is sown.
+    Collect it with :func:`flax.nnx.capture` as for
+    :class:`ActivityRegularization`::
+
+        logits, losses = nnx.capture(model, jaxreg.nnx.Loss)(x)
+        loss = data_loss(logits, y) + sum(jax.tree.leaves(losses))
+
+    ``deterministic`` and ``rngs`` follow :class:`Dropout`.
+
+    Args:
+      layer: the NNX layer the dropped inputs feed, or None.
+      weight_regularizer: ``>= 0`` (paper: ``l**2 / N``).
+      dropout_regularizer: ``>= 0`` (paper: ``2 / N``).
+      init_rate: initial drop probability, in ``(0, 1)``.
+      temperature: relaxation temperature, ``> 0`` (paper: 0.1).
+      deterministic: inference path if True; ``model.train()``/``eval()`` set it.
+      rng_collection: the stream taken from an ``nnx.Rngs``.
+      variable_type: the ``nnx.Variable`` subclass the regularizer is sown as.
+      rngs: ``nnx.Rngs``, an ``nnx.RngStream`` or a key (see :class:`Dropout`).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import jaxreg.nnx as jn
+      >>> rngs = nnx.Rngs(0)
+      >>> model = jn.ConcreteDropout(nnx.Linear(4, 3, rngs=rngs),
+      ...                            weight_regularizer=1e-6,
+      ...                            dropout_regularizer=1e-3, rngs=rngs)
+      >>> y, losses = nnx.capture(model, jn.Loss)(jnp.ones((2, 4)))
+      >>> y.shape, len(jax.tree.leaves(losses))
+      ((2, 3), 1)
+
+    References:
+      Gal, Hron, Kendall. "Concrete Dropout." NeurIPS 2017.
+      https://arxiv.org/abs/1705.07832
+    """
+
+    def __init__(
+        self,
+        layer: nnx.Module | None = None,
+        *,
+        weight_regularizer: float = 0.0,
+        dropout_regularizer: float = 0.0,
+        init_rate: float = 0.1,
+        temperature: float = 0.1,
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        variable_type: type[nnx.Variable] = Loss,
+        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+    ):
+        self.weight_regularizer = weight_regularizer
+        self.dropout_regularizer = dropout_regularizer
+        self.init_rate = init_rate
+        self.temperature = temperature
+        _check_concrete_fields(self)
+        if layer is not None and not isinstance(layer, nnx.Module):
+            raise TypeError(
+                f"{_owner(self)}: `layer` must be an NNX module such as "
+                f"`nnx.Linear(...)` or None; got {type(layer).__name__}."
+            )
+        if not (
+            isinstance(variable_type, type) and issubclass(variable_type, nnx.Variable)
+        ):
+            raise TypeError(
+                f"{_owner(self)}: `variable_type` must be an `nnx.Variable` subclass "
+                f"such as `jaxreg.nnx.Loss`; got {variable_type!r}."
+            )
+        self.layer = layer if layer is not None else nnx.data(None)
+        self.variable_type = variable_type
+        self.logit_p = nnx.Param(jnp.asarray(_concrete_logit(init_rate), jnp.float32))
+        self._init_stochastic(deterministic, rng_collection, rngs)
+
+    def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
+        """Drop ``inputs`` with the learned rate, then apply ``layer`` (if any)."""
+        det = self._resolve_deterministic(deterministic)
+        logit_p = self.logit_p[...]
+        key = None if det else self._call_key(rngs)
+        y = _bayesian.concrete_dropout(
+            key, inputs, logit_p, temperature=self.temperature, deterministic=det
+        )
+        weights = {}
+        if self.layer is not None:
+            y = self.layer(y)
+            weights = nnx.state(self.layer, nnx.Param)
+        _sow_loss(
+            self,
+            self.variable_type,
+            "concrete_dropout",
+            _concrete_penalty(self, weights, logit_p, jnp.shape(inputs)[-1]),
+        )
+        return y
+
+
+class SparseVariationalDense(_Stochastic):
+    """A linear layer with sparse variational dropout (Molchanov et al. 2017).
+
+    The NNX version of :class:`jaxreg.linen.SparseVariationalDense`: parameters
+    ``kernel`` (weight means, ``(in_features, out_features)``), ``log_sigma2``
+    (per-weight log variance) and ``bias``; training uses the local
+    reparameterisation trick, inference (``deterministic=True``) the pruned
+    weight means (``log alpha > threshold`` set to zero), see
+    :func:`jaxreg.sparse_vd_dense`. ``kl_weight * sparse_vd_kl(log_alpha)`` is
+    sown as ``variable_type`` (:class:`Loss`) under ``"sparse_vd_kl"`` (collect it
+    with :func:`flax.nnx.capture`); use ``kl_weight = 1 / N``.
+
+    Args:
+      in_features: number of input features.
+      out_features: number of output features.
+      use_bias: whether to add a bias.
+      dtype: computation dtype (inferred if None).
+      param_dtype: dtype of the parameters.
+      kernel_init: initializer of the weight means.
+      bias_init: bias initializer.
+      log_sigma2_init: initial log variance of every weight.
+      threshold: log-alpha pruning threshold at inference (paper: 3).
+      kl_weight: factor of the sown KL term, ``>= 0``.
+      deterministic: inference path if True; ``model.train()``/``eval()`` set it.
+      rng_collection: the noise stream taken from an ``nnx.Rngs``.
+      variable_type: the ``nnx.Variable`` subclass the KL term is sown as.
+      rngs: ``nnx.Rngs`` (parameters from its ``params`` stream, noise from
+        ``rng_collection``), an ``nnx.RngStream`` or a key.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxreg
+      >>> from flax import nnx
+      >>> import jaxreg.nnx as jn
+      >>> layer = jn.SparseVariationalDense(4, 3, kl_weight=1e-3, rngs=nnx.Rngs(0))
+      >>> y, losses = nnx.capture(layer, jn.Loss)(jnp.ones((2, 4)))
+      >>> y.shape, len(jax.tree.leaves(losses))
+      ((2, 3), 1)
+      >>> la = jaxreg.sparse_vd_log_alpha(layer.kernel[...], layer.log_sigma2[...])
+      >>> float(jaxreg.sparse_vd_pruned_fraction(la))
+      0.0
+
+    References:
+      Molchanov, Ashukha, Vetrov. "Variational Dropout Sparsifies Deep Neural
+      Networks." ICML 2017. https://arxiv.org/abs/1701.05369
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        use_bias: bool = True,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        kernel_init: Initializer = _DEFAULT_KERNEL_INIT,
+        bias_init: Initializer = _DEFAULT_BIAS_INIT,
+        log_sigma2_init: float = -10.0,
+        threshold: float = 3.0,
+        kl_weight: float = 1.0,
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        variable_type: type[nnx.Variable] = Loss,
+        rngs: nnx.Rngs | nnx.RngStream | jax.Array,
+    ):
+        self.in_features = in_features
+        self.out_features = out_features
+        self.use_bias = use_bias
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.threshold = threshold
+        self.kl_weight = kl_weight
+        _check_vd_fields(self)
+        if not (
+            isinstance(variable_type, type) and issubclass(variable_type, nnx.Variable)
+        ):
+            raise TypeError(
+                f"{_owner(self)}: `variable_type` must be an `nnx.Variable` subclass "
+                f"such as `jaxreg.nnx.Loss`; got {variable_type!r}."
+            )
+        self.variable_type = variable_type
+        if rngs is None:
+            raise TypeError(
+                f"{_owner(self)}: `rngs` is required to initialize the parameters; "
+                "pass `rngs=nnx.Rngs(seed)` (or a key)."
+            )
+        if _is_key_array(rngs):
+            rngs = nnx.Rngs(as_key(rngs, name="rngs"))
+        if isinstance(rngs, nnx.Rngs):
+            params_key = rngs.params
+        elif isinstance(rngs, nnx.RngStream):
+            params_key = rngs
+        else:
+            self._init_stochastic(deterministic, rng_collection, rngs)  # TypeError
+        shape = (in_features, out_features)
+        self.kernel = nnx.Param(kernel_init(params_key(), shape, param_dtype))
+        self.log_sigma2 = nnx.Param(jnp.full(shape, log_sigma2_init, param_dtype))
+        if use_bias:
+            self.bias = nnx.Param(bias_init(params_key(), (out_features,), param_dtype))
+        else:
+            self.bias = nnx.data(None)
+        self._init_stochastic(deterministic, rng_collection, rngs)
+
+    def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
+        """Apply the layer to ``inputs`` of shape ``(..., in_features)``."""
+        det = self._resolve_deterministic(deterministic)
+        bias = None if self.bias is None else self.bias[...]
+        x, kernel, bias = promote_dtype(
+            (inputs, self.kernel[...], bias), dtype=self.dtype
+        )
+        log_sigma2 = self.log_sigma2[...]
+        key = None if det else self._call_key(rngs)
+        kl = _bayesian.sparse_vd_kl(_bayesian.sparse_vd_log_alpha(kernel, log_sigma2))
+        _sow_loss(self, self.variable_type, "sparse_vd_kl", self.kl_weight * kl)
+        return _bayesian.sparse_vd_dense(
+            key,
+            x,
+            kernel,
+            log_sigma2,
+            bias=bias,
+            threshold=self.threshold,
+            deterministic=det,
+        )

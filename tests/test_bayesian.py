@@ -404,3 +404,158 @@ def test_sparse_vd_bad_inputs():
         jaxreg.sparse_vd_kl({})
     with pytest.raises(TypeError, match="log_alpha"):
         jaxreg.sparse_vd_kl(jnp.ones(2, jnp.int32))
+
+
+# ------------------------------------------------------------------- Flax modules
+def test_linen_concrete_dropout_module():
+    import flax.linen as nn
+
+    import jaxreg.linen as jl
+
+    model = jl.ConcreteDropout(
+        nn.Dense(3), weight_regularizer=1e-3, dropout_regularizer=1e-2, init_rate=0.2
+    )
+    x = jax.random.normal(KEY, (5, 4))
+    params = {"params": model.init(KEY, x, deterministic=True)["params"]}
+    p = params["params"]
+    np.testing.assert_allclose(jax.nn.sigmoid(p["logit_p"]), 0.2, rtol=1e-6)
+    # inference: the wrapped layer on the undropped inputs
+    y = model.apply(params, x, deterministic=True)
+    np.testing.assert_allclose(y, x @ p["layer"]["kernel"] + p["layer"]["bias"])
+    # training: equals the pure function with the key drawn from "dropout"
+    k = jax.random.key(5)
+
+    def train(params, rng):
+        return model.apply(params, x, deterministic=False, rng=rng, mutable=["losses"])
+
+    (y_train, state) = train(params, k)
+    dropped = jaxreg.concrete_dropout(k, x, p["logit_p"])
+    np.testing.assert_allclose(
+        y_train, dropped @ p["layer"]["kernel"] + p["layer"]["bias"], rtol=1e-5
+    )
+    # the sown regularizer is the pure one on the wrapped layer's parameters
+    (reg,) = state["losses"]["concrete_dropout"]
+    expected = jaxreg.concrete_dropout_regularizer(
+        p["layer"],
+        p["logit_p"],
+        input_dim=4,
+        weight_regularizer=1e-3,
+        dropout_regularizer=1e-2,
+    )
+    np.testing.assert_allclose(reg, expected, rtol=1e-6)
+
+    # the rate receives a gradient through the data term and the regularizer
+    def loss(params):
+        out, st = train(params, k)
+        return jnp.mean(out**2) + sum(jax.tree.leaves(st["losses"]))
+
+    g = jax.grad(loss)(params)["params"]["logit_p"]
+    assert bool(jnp.isfinite(g)) and float(g) != 0.0
+    with pytest.raises(ValueError, match="init_rate"):
+        jl.ConcreteDropout(init_rate=1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        jl.ConcreteDropout(temperature=0.0)
+    with pytest.raises(ValueError, match="weight_regularizer"):
+        jl.ConcreteDropout(weight_regularizer=-1.0)
+    with pytest.raises(Exception, match="dropout"):
+        jl.ConcreteDropout().apply({"params": {"logit_p": jnp.zeros(())}}, x, False)
+
+
+def test_linen_sparse_variational_dense_module():
+    import jaxreg.linen as jl
+
+    layer = jl.SparseVariationalDense(3, kl_weight=0.5, log_sigma2_init=-4.0)
+    x = jax.random.normal(KEY, (6, 4))
+    params = {"params": layer.init(KEY, x, deterministic=True)["params"]}
+    p = params["params"]
+    assert sorted(p) == ["bias", "kernel", "log_sigma2"]
+    np.testing.assert_array_equal(p["log_sigma2"], jnp.full((4, 3), -4.0))
+    k = jax.random.key(2)
+    y, state = layer.apply(params, x, deterministic=False, rng=k, mutable=["losses"])
+    expected = jaxreg.sparse_vd_dense(
+        k, x, p["kernel"], p["log_sigma2"], bias=p["bias"]
+    )
+    np.testing.assert_allclose(y, expected, rtol=1e-6)
+    la = jaxreg.sparse_vd_log_alpha(p["kernel"], p["log_sigma2"])
+    (kl,) = state["losses"]["sparse_vd_kl"]
+    np.testing.assert_allclose(kl, 0.5 * jaxreg.sparse_vd_kl(la), rtol=1e-6)
+    y_eval = layer.apply(params, x, deterministic=True)
+    np.testing.assert_allclose(
+        y_eval, x @ jaxreg.sparse_vd_prune(p["kernel"], p["log_sigma2"]) + p["bias"]
+    )
+    with pytest.raises(ValueError, match="kl_weight"):
+        jl.SparseVariationalDense(3, kl_weight=-1.0)
+    with pytest.raises(ValueError, match="threshold"):
+        jl.SparseVariationalDense(3, threshold=float("nan"))
+
+
+def test_nnx_concrete_dropout_module():
+    from flax import nnx
+
+    import jaxreg.nnx as jn
+
+    rngs = nnx.Rngs(0)
+    model = jn.ConcreteDropout(
+        nnx.Linear(4, 3, rngs=rngs),
+        weight_regularizer=1e-3,
+        dropout_regularizer=1e-2,
+        rngs=rngs,
+    )
+    x = jax.random.normal(KEY, (5, 4))
+    k = jax.random.key(3)
+    y, losses = nnx.capture(model, jn.Loss)(x, rngs=k)
+    w, b = model.layer.kernel[...], model.layer.bias[...]
+    logit = model.logit_p[...]
+    np.testing.assert_allclose(
+        y, jaxreg.concrete_dropout(k, x, logit) @ w + b, rtol=1e-5
+    )
+    (reg,) = jax.tree.leaves(losses)
+    expected = jaxreg.concrete_dropout_regularizer(
+        {"w": w, "b": b},
+        logit,
+        input_dim=4,
+        weight_regularizer=1e-3,
+        dropout_regularizer=1e-2,
+    )
+    np.testing.assert_allclose(reg, expected, rtol=1e-6)
+
+    # gradient reaches logit_p
+    def loss(m):
+        out, ls = nnx.capture(m, jn.Loss)(x, rngs=k)
+        return jnp.mean(out**2) + sum(jax.tree.leaves(ls))
+
+    grads = nnx.grad(loss)(model)
+    assert float(grads["logit_p"][...]) != 0.0
+    model.eval()
+    np.testing.assert_allclose(model(x), x @ w + b, rtol=1e-6)
+    with pytest.raises(TypeError, match="layer"):
+        jn.ConcreteDropout(lambda v: v)
+    with pytest.raises(ValueError, match="init_rate"):
+        jn.ConcreteDropout(init_rate=0.0)
+    with pytest.raises(ValueError, match="rngs"):
+        jn.ConcreteDropout()(x)
+
+
+def test_nnx_sparse_variational_dense_module():
+    from flax import nnx
+
+    import jaxreg.nnx as jn
+
+    layer = jn.SparseVariationalDense(4, 3, kl_weight=0.25, rngs=nnx.Rngs(0))
+    x = jax.random.normal(KEY, (6, 4))
+    k = jax.random.key(4)
+    y, losses = nnx.capture(layer, jn.Loss)(x, rngs=k)
+    w, s, b = layer.kernel[...], layer.log_sigma2[...], layer.bias[...]
+    np.testing.assert_allclose(y, jaxreg.sparse_vd_dense(k, x, w, s, bias=b), rtol=1e-6)
+    (kl,) = jax.tree.leaves(losses)
+    la = jaxreg.sparse_vd_log_alpha(w, s)
+    np.testing.assert_allclose(kl, 0.25 * jaxreg.sparse_vd_kl(la), rtol=1e-6)
+    layer.eval()
+    np.testing.assert_allclose(layer(x), x @ jaxreg.sparse_vd_prune(w, s) + b)
+    # jit through nnx
+    f = nnx.jit(lambda m, x: m(x, deterministic=True))
+    np.testing.assert_allclose(f(layer, x), layer(x), rtol=1e-6)
+    with pytest.raises(ValueError, match="kl_weight"):
+        jn.SparseVariationalDense(4, 3, kl_weight=float("nan"), rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="rngs"):
+        jn.SparseVariationalDense(4, 3, rngs=None)
