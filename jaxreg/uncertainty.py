@@ -92,7 +92,10 @@ def mc_dropout_predict(
     than ``T``, also under ``grad`` (chunks are rematerialised with
     :func:`jax.checkpoint`). A remainder ``T mod chunk_size`` is handled by one
     extra, smaller chunk. Which sample gets which key does not depend on
-    ``chunk_size``; only the floating-point summation order does.
+    ``chunk_size``; only the floating-point summation order does. (With
+    ``rbg``/``unsafe_rbg`` keys, JAX draws the random bits of a ``vmap``-ed batch
+    of keys from one key of the batch: the samples are still independent draws,
+    but not those of a loop over the keys, and they depend on ``chunk_size``.)
 
     Args:
       fn: a stochastic forward pass ``fn(key, *args) -> pytree of arrays``, e.g.

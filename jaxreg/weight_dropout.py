@@ -39,6 +39,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -190,7 +191,9 @@ def dropconnect_dense(
 
       ``x[n] @ dropconnect(jax.random.fold_in(key, n), w, rate) + bias``,
 
-      so the result does not depend on ``chunk_size``. Cost: the masks grow as
+      so the result does not depend on ``chunk_size``. (For ``rbg`` and
+      ``unsafe_rbg`` keys, whose bits JAX does not reproduce under ``vmap``,
+      ``key`` here is the threefry key with data ``jax.random.bits(key, (2,))``.) Cost: the masks grow as
       ``batch x in x out`` (one random 32-bit word per weight per example) and
       every example needs its own masked kernel, so compute is a few times that
       of the matmul. Live memory is bounded by processing the batch in chunks of
@@ -265,11 +268,46 @@ def dropconnect_dense(
     if n == 0:
         return _add_bias(x @ w, bias)
     chunk = chunk_size or _default_chunk(n, in_features, out_features)
-    chunk = min(chunk, n)
+    y = _per_example_matmul(
+        _vmap_exact_key(key),
+        rows,
+        w,
+        None if value is not None else rate,
+        static_rate=value,
+        chunk=min(chunk, n),
+        inverted=inverted,
+    )
+    return _add_bias(y.reshape(batch_shape + (out_features,)), bias)
+
+
+def _vmap_exact_key(key):
+    """``key`` if its random bits are reproducible under ``vmap``, else a threefry key.
+
+    JAX batches the bits of ``rbg``/``unsafe_rbg`` keys under ``vmap`` from a
+    single key of the batch (valid samples, but not those of a loop over the keys,
+    and dependent on the batch size). Per-example masks are drawn under ``vmap``,
+    so for those implementations the example keys are folded from the threefry key
+    whose data are the 64 bits ``jax.random.bits(key, (2,))``.
+    """
+    if str(jax.random.key_impl(key)) == "threefry2x32":
+        return key
+    data = jax.random.bits(key, (2,), jnp.uint32)
+    return jax.random.wrap_key_data(data, impl="threefry2x32")
+
+
+@partial(jax.jit, static_argnames=("static_rate", "chunk", "inverted"))
+def _per_example_matmul(key, rows, w, traced_rate, *, static_rate, chunk, inverted):
+    """Rows ``x[n] @ dropconnect(fold_in(key, n), w, rate)``, ``chunk`` at a time.
+
+    Jitted at module level (a Python-float rate is a static argument, so it keeps
+    its exact static threshold) so that eager calls hit the compilation cache.
+    """
+    rate = static_rate if traced_rate is None else traced_rate
+    n, in_features = rows.shape
     num_chunks = -(-n // chunk)
     padded = num_chunks * chunk
     if padded != n:
-        rows = jnp.concatenate([rows, jnp.zeros((padded - n, in_features), x.dtype)])
+        rows = jnp.concatenate([rows, jnp.zeros((padded - n, in_features), rows.dtype)])
     index = jnp.arange(padded, dtype=jnp.uint32)
 
     @jax.checkpoint
@@ -286,9 +324,8 @@ def dropconnect_dense(
         xs = rows.reshape(num_chunks, chunk, in_features)
         idx = index.reshape(num_chunks, chunk)
         y = lax.map(lambda a: run_chunk(key, w, a[0], a[1]), (xs, idx))
-        y = y.reshape(padded, out_features)
-    y = y[:n].reshape(batch_shape + (out_features,))
-    return _add_bias(y, bias)
+        y = y.reshape(padded, -1)
+    return y[:n]
 
 
 def _moment_scales(rate, inverted: bool):
