@@ -89,14 +89,45 @@ def main(argv=None):
     print(f"MNIST-1D: {len(data.y_train)} train / {len(data.y_test)} test; MLP {sizes}")
     print(f"dropout rate {RATE} after each hidden layer, seeds 0..{args.seeds - 1}")
 
+    # A classic network with weights W computes exactly what an inverted one
+    # with weights p * W computes, in train and in eval mode (for the weights
+    # that read dropped activations; biases unchanged). Training with the same
+    # Adam learning rate is therefore NOT the same run: Adam's step is invariant
+    # to the gradient's scale, so the classic net moves its equivalent weights
+    # p times slower. The "classic, matched" run undoes that: initial weights
+    # W / p and learning rate lr / p on the layers after a dropout.
+    p_keep = jaxreg.keep_probability(RATE)
+    lr = 3e-3
+
+    def after_dropout(params):
+        return [{"w": i > 0, "b": False} for i in range(len(params))]
+
+    def init_matched(seed):
+        params = common.init_mlp(seed, sizes)
+        return [
+            {"w": q["w"] / p_keep if i > 0 else q["w"], "b": q["b"]}
+            for i, q in enumerate(params)
+        ]
+
+    variants = {
+        "inverted": (True, optax.adam(lr), None),
+        "classic": (False, optax.adam(lr), None),
+        "classic, matched": (
+            False,
+            optax.chain(
+                optax.adam(lr), optax.masked(optax.scale(1 / p_keep), after_dropout)
+            ),
+            init_matched,
+        ),
+    }
     hist = {}
-    for inverted in (True, False):
-        name = "inverted" if inverted else "classic"
+    for name, (inverted, opt, init) in variants.items():
         hist[name] = common.train(
             name,
             data,
             sizes=sizes,
-            optimizer=optax.adam(3e-3),
+            optimizer=opt,
+            init=init,
             train_logits=lambda p, x, k, inv=inverted: forward(
                 p, x, k, inverted=inv, deterministic=False
             ),
@@ -121,14 +152,30 @@ def main(argv=None):
     rows = [
         ("inverted train, inverted inference (x)", acc(hist["inverted"].params, True)),
         ("classic train, classic inference (x*p)", acc(hist["classic"].params, False)),
+        (
+            "classic matched (W/p, lr/p), classic inference",
+            acc(hist["classic, matched"].params, False),
+        ),
         ("classic train, no test scaling (mistake)", acc(hist["classic"].params, True)),
         ("inverted train, extra x*p (mistake)", acc(hist["inverted"].params, False)),
     ]
     print("\nTest accuracy (%), mean ± std over seeds:")
     for label, a in rows:
         print(
-            f"  {label:44s} {common.mean_spread(a)}   per seed {np.round(a * 100, 1)}"
+            f"  {label:48s} {common.mean_spread(a)}   per seed {np.round(a * 100, 1)}"
         )
+    # The matched classic run is the inverted run reparametrized: same logits.
+    diff = 0.0
+    for s in range(args.seeds):
+        pi = jax.tree.map(lambda a, s=s: a[s], hist["inverted"].params)
+        pc = jax.tree.map(lambda a, s=s: a[s], hist["classic, matched"].params)
+        li = forward(pi, xte, None, inverted=True, deterministic=True)
+        lc = forward(pc, xte, None, inverted=False, deterministic=True)
+        diff = max(diff, float(jnp.abs(li - lc).max() / jnp.abs(li).max()))
+    print(
+        "  max |logit difference| / max |logit|, inverted vs matched classic "
+        f"(eval mode, all seeds): {diff:.2e}"
+    )
 
     # Expected pre-activations: Monte-Carlo over masks vs the inference value.
     x = xte[:200]
@@ -154,7 +201,7 @@ def main(argv=None):
         )
 
     plt = common._plt()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, name in zip(axes[:2], ("inverted", "classic"), strict=True):
         z_eval, mean, _ = checks[name]
         idx = np.random.default_rng(0).choice(z_eval.size, 3000, replace=False)
@@ -170,15 +217,16 @@ def main(argv=None):
     labels = [
         "inverted\n(x)",
         "classic\n(x*p)",
+        "classic,\nmatched",
         "classic,\nno x*p",
         "inverted,\nextra x*p",
     ]
     means = [a.mean() * 100 for _, a in rows]
-    ax.bar(range(4), means, color=["C0", "C1", "C3", "C3"], alpha=0.8)
+    ax.bar(range(5), means, color=["C0", "C1", "C2", "C3", "C3"], alpha=0.8)
     for i, (_, a) in enumerate(rows):
         ax.scatter(np.full(a.size, i), a * 100, color="k", s=8, zorder=3)
         ax.text(i, means[i] + 0.5, f"{means[i]:.1f}", ha="center", fontsize=8)
-    ax.set_xticks(range(4), labels, fontsize=8)
+    ax.set_xticks(range(5), labels, fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(min(means) - 10, max(means) + 5)
     ax.set_title("accuracy by inference rule (dots: seeds)")
@@ -186,7 +234,7 @@ def main(argv=None):
     fig.tight_layout()
     path = common.savefig(fig, out / "inference_classic_vs_inverted.png")
     print(f"\nfigure: {path}   ({time.perf_counter() - t0:.0f}s)")
-    return rows, checks
+    return rows, checks, diff
 
 
 if __name__ == "__main__":

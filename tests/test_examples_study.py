@@ -191,11 +191,12 @@ def test_study_forward_is_plain_mlp_when_everything_is_off():
 # ---------------------------------------------------------------------- guides
 def test_guide_inference_quick(tmp_path, cache):
     guide = _load("guide_inference")
-    rows, checks = guide.main(
+    rows, checks, diff = guide.main(
         ["--quick", "--out", str(tmp_path), "--cache", str(cache)]
     )
     assert _is_png(tmp_path / "inference_classic_vs_inverted.png")
-    assert len(rows) == 4
+    assert len(rows) == 5
+    assert diff < 1e-3  # matched classic == inverted, reparametrized
     for z_eval, mean, zscore in checks.values():
         assert z_eval.shape == mean.shape == (200, 256)
         # E[train-mode z] == eval z: the z-scores of the Monte-Carlo means are
