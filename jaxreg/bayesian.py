@@ -105,7 +105,11 @@ def concrete_dropout(
     :math:`\tilde z \in (0, 1)` tends to a Bernoulli(:math:`p`) drop indicator as
     :math:`t \to 0`; for :math:`t > 0` it is a smooth function of ``logit_p``, so
     gradients reach the rate. As in inverted dropout, the kept part is scaled by
-    :math:`1/(1-p)` and inference (``deterministic=True``) returns ``x``. Train
+    :math:`1/(1-p)` and inference (``deterministic=True``) returns ``x``. The
+    probability that :math:`\tilde z > 1/2` is exactly :math:`p` at every
+    temperature, but :math:`E[1 - \tilde z]` equals :math:`1 - p` only in the
+    limit :math:`t \to 0`, so ``E[y] == x`` holds only approximately (closely
+    at the paper's :math:`t = 0.1`). Train
     ``logit_p`` together with the weights and add
     :func:`concrete_dropout_regularizer` to the loss: without it the likelihood
     alone drives ``p`` to 0.
