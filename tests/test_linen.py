@@ -491,6 +491,16 @@ def test_zoneout_cell_equals_pure_function_per_carry_leaf():
     assert rnn.apply(params, seq, rngs={"dropout": key}).shape == (2, 6, 4)
 
 
+def test_zoneout_cell_in_nn_rnn_without_split_rngs_says_what_to_do():
+    rnn = nn.RNN(jl.ZoneoutCell(_Echo(), 0.5, deterministic=False))
+    x = jnp.ones((2, 3, 4))
+    with pytest.raises(
+        flax.errors.InvalidRngError,
+        match=r"split_rngs=\{'params': False, 'dropout': True\}",
+    ):
+        rnn.apply({}, x, rngs={"dropout": KEY})
+
+
 def test_zoneout_cell_bad_rate_structure():
     cell = nn.LSTMCell(4)
     x = jnp.ones((3, 5))

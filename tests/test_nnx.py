@@ -689,6 +689,8 @@ def test_other_bad_arguments():
         jn.DropConnectDense(3, 2, rngs=None)
     with pytest.raises(TypeError, match=r"`rngs` must be an `nnx.Rngs`"):
         jn.DropConnectDense(3, 2, rngs=0)
+    with pytest.raises(ValueError, match=r"ZoneoutCell: `rate`.*rate=1\.5"):
+        jn.ZoneoutCell(nnx.SimpleCell(2, 2, rngs=nnx.Rngs(0)), (1.5,))
     with pytest.raises(TypeError, match=r"`deterministic` must be a bool or None"):
         jn.Dropout(0.1, deterministic="yes")
     with pytest.raises(TypeError, match=r"`deterministic` must be a Python bool"):
