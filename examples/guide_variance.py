@@ -83,14 +83,14 @@ def main(argv=None):
     ap.add_argument("--cache", default="results/cache", help="MNIST-1D .npz cache")
     ap.add_argument("--quick", action="store_true", help="tiny smoke configuration")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=50)
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs = 2, 2
     out = common.output_dir(args.out)
     t0 = time.perf_counter()
     data = common.load_mnist1d(args.cache)
-    sizes = (40, 128, 128, 128, 10)
+    sizes = (40, 256, 256, 256, 10)
     xfix = jnp.asarray(data.x_train[:1000])
     print(f"MNIST-1D; MLP {sizes}; seeds 0..{args.seeds - 1}; {args.epochs} epochs")
 
@@ -107,7 +107,11 @@ def main(argv=None):
             epochs=args.epochs,
             record=lambda p, k, r=rate: layer_stats(p, xfix, k, r),
         )
-        print(f"  {name}: test acc {common.mean_spread(runs[name].final['test_acc'])}%")
+        f = runs[name].final
+        print(
+            f"  {name}: test acc {common.mean_spread(f['test_acc'])}%, "
+            f"train acc {common.mean_spread(f['train_acc'])}%"
+        )
 
     # Statistics at initialisation (epoch 0) are not recorded by train(); the
     # curves start after epoch 1.
@@ -132,7 +136,13 @@ def main(argv=None):
                 ax.fill_between(epochs, arr.min(0), arr.max(0), color=color, alpha=0.15)
             if row == 0:
                 pred = r1["pred"][:, :, layer].mean(0)
-                ax.plot(epochs, pred, ":", color="C1", label="predicted train mode")
+                ax.plot(
+                    epochs,
+                    pred,
+                    ":",
+                    color="C1",
+                    label="eval mode + own mask (formula)",
+                )
                 ax.set_title(f"hidden layer {layer + 1}: Var[h{layer + 1}]")
             else:
                 ax.set_title(f"next layer's pre-activation Var[z{layer + 2}]")
@@ -149,7 +159,10 @@ def main(argv=None):
     path = common.savefig(fig, out / "dropout_variance.png")
 
     print("\nlast epoch, mean over seeds (variance of h / of the next z):")
-    print("layer | no dropout | dropout train | dropout eval | train/eval | predicted")
+    print(
+        "layer | no dropout | dropout train | dropout eval | train/eval | "
+        "eval + own mask (formula)"
+    )
     rows = []
     r0 = runs["no dropout"].extra["record"]
     r1 = runs[f"dropout {RATE}"].extra["record"]

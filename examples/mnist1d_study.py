@@ -95,8 +95,8 @@ def forward(params, x, key, hp):
 
 
 def configurations() -> list[Config]:
-    """The rows of the study. Strengths are fixed a priori (not tuned on the test
-    set); docs/guide/00_study.md reports a validation sweep around them."""
+    """The rows of the study. Strengths and rates were fixed a priori (common
+    defaults), not tuned on the test set."""
     return [
         Config("none", "paper"),
         Config("L2 (add_l2 1e-3, coupled)", "paper", {"l2": 1e-3}),
