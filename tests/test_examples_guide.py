@@ -195,3 +195,39 @@ def test_sharded_training_quick_matches_single_device(tmp_path):
     assert "all-reduce" in r["step_collectives"]  # gradients are reduced
     assert r["max_rel_dloss"] < 1e-5  # the page's stated tolerance
     assert (tmp_path / "sharding.png").stat().st_size > 10_000
+
+
+# ----------------------------------------------------------------- DropConnect
+def test_dropconnect_inference_rules_agree_at_rate_zero():
+    import sys
+
+    sys.path.insert(0, str(EXAMPLES))
+    import common
+
+    dc = _load("guide_dropconnect")
+    params = common.init_mlp(0, dc.SIZES)
+    x = jax.random.normal(jax.random.key(0), (8, 40))
+    mean_rule = jax.nn.softmax(common.mlp_apply(params, x))
+    key = jax.random.key(1)
+    mm = dc.moment_matching_probs(params, x, key, 0.0, 3)
+    mc = dc.mc_probs(params, x, key, 0.0, 3)
+    np.testing.assert_allclose(mm, mean_rule, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mc, mean_rule, rtol=1e-5, atol=1e-6)
+    # At rate 0.5 the rules differ, and each still returns probabilities.
+    mm = dc.moment_matching_probs(params, x, key, 0.5, 50)
+    mc = dc.mc_probs(params, x, key, 0.5, 50)
+    np.testing.assert_allclose(mm.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(mc.sum(-1), 1.0, rtol=1e-5)
+    assert not np.allclose(mm, mean_rule, atol=1e-3)
+    acc, nll = dc.scores(mean_rule, jnp.argmax(mean_rule, -1))
+    assert float(acc) == 1.0
+    np.testing.assert_allclose(nll, -np.log(np.max(mean_rule, -1)).mean(), rtol=1e-5)
+
+
+def test_dropconnect_quick(tmp_path):
+    dc = _load("guide_dropconnect")
+    summary = dc.main(["--quick", "--out", str(tmp_path)])
+    assert (tmp_path / "dropconnect.png").stat().st_size > 10_000
+    assert set(summary["inference"]) == {"mean rule", "moment matching", "MC"}
+    assert set(summary["inference"]["MC"]) == {"1", "3"}
+    assert summary["step_cost_ms"]["DropConnect"] > 0
