@@ -331,7 +331,7 @@ def random_shift(
     References:
       Krizhevsky, Sutskever, Hinton. "ImageNet Classification with Deep
       Convolutional Neural Networks." NeurIPS 2012 (random translations).
-      https://papers.nips.cc/paper/4824
+      https://papers.nips.cc/paper_files/paper/2012/hash/c399862d3b9d6b76c8436e924a68c45b-Abstract.html
     """
     x = check_float_array(x)
     axes = _spatial_axes(x)
