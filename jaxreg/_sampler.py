@@ -183,6 +183,21 @@ _select_scaled_remat = jax.jit(
 _keep_jit = jax.jit(_keep, static_argnums=(1,))
 
 
+def _select_keep(seed, t, drop_all, on_keep, on_drop, mask_shape):
+    keep = jnp.broadcast_to(_keep(seed, mask_shape, t, drop_all), on_keep.shape)
+    return lax.select(keep, on_keep, on_drop)
+
+
+_select_keep_remat = jax.jit(
+    jax.checkpoint(
+        _select_keep,
+        policy=jax.checkpoint_policies.nothing_saveable,
+        static_argnums=(5,),
+    ),
+    static_argnums=(5,),
+)
+
+
 def masked_scale(key, x: jax.Array, rate, scale, *, broadcast_dims=()) -> jax.Array:
     """``where(keep_mask(key, x.shape, rate, ...), x * scale, 0)`` in one pass.
 
@@ -199,6 +214,29 @@ def masked_scale(key, x: jax.Array, rate, scale, *, broadcast_dims=()) -> jax.Ar
     seed = _seed(key)
     return _select_scaled_remat(
         seed, jnp.asarray(t), jnp.asarray(drop_all), jnp.asarray(scale), x, mask_shape
+    )
+
+
+def masked_select(key, rate, on_keep: jax.Array, on_drop: jax.Array) -> jax.Array:
+    """``where(keep_mask(key, on_keep.shape, rate), on_keep, on_drop)``, key-only.
+
+    Same mask as :func:`keep_mask`; like :func:`masked_scale` it is regenerated
+    in the backward pass instead of stored. ``rate`` must already be checked;
+    ``on_keep`` and ``on_drop`` have the same shape and dtype.
+    """
+    value = static_value(rate)
+    if value == 0.0:
+        return on_keep
+    if value == 1.0:
+        return on_drop
+    t, drop_all = _threshold_arrays(rate)
+    return _select_keep_remat(
+        _seed(key),
+        jnp.asarray(t),
+        jnp.asarray(drop_all),
+        on_keep,
+        on_drop,
+        tuple(on_keep.shape),
     )
 
 

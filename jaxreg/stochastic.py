@@ -27,7 +27,7 @@ from jaxreg._checks import (
     static_value,
 )
 from jaxreg._keys import as_key
-from jaxreg._sampler import keep_mask, keep_probability, masked_scale
+from jaxreg._sampler import keep_mask, keep_probability, masked_scale, masked_select
 
 __all__ = [
     "alpha_dropout",
@@ -541,5 +541,6 @@ def zoneout(
         ct = jnp.promote_types(_compute_dtype(h_new), h_prev.dtype)
         out = p * h_new.astype(ct) + (1.0 - p) * h_prev.astype(ct)
         return out.astype(dtype)
-    mask = keep_mask(key, h_new.shape, rate)
-    return jnp.where(mask, h_new, h_prev.astype(dtype))
+    # Same mask as keep_mask(key, h_new.shape, rate), regenerated in the backward
+    # pass from the key's seed words instead of stored.
+    return masked_select(key, rate, h_new, h_prev.astype(dtype))

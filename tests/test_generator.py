@@ -272,3 +272,18 @@ def test_threefry_fallback_for_huge_masks(monkeypatch):
     np.testing.assert_array_equal(
         jaxreg.dropout(key, x, 0.1), _reference(key, x, 0.1, 1 / 0.9)
     )
+
+
+def test_zoneout_keeps_only_seed_words_and_matches_keep_mask():
+    h_prev = jax.random.normal(jax.random.key(1), (32, 16))
+    h_new = jax.random.normal(jax.random.key(2), (32, 16))
+    key = jax.random.key(6)
+    m = keep_mask(key, h_new.shape, 0.3)
+    out = jaxreg.zoneout(key, h_prev, h_new, 0.3)
+    np.testing.assert_array_equal(out, jnp.where(m, h_new, h_prev))
+    _, vjp = jax.vjp(lambda a, b: jaxreg.zoneout(key, a, b, 0.3), h_prev, h_new)
+    sizes = [np.size(leaf) for leaf in jax.tree_util.tree_leaves(vjp)]
+    assert max(sizes) <= 2, sizes
+    g_prev, g_new = vjp(jnp.ones_like(out))
+    np.testing.assert_array_equal(g_new, m.astype(jnp.float32))
+    np.testing.assert_array_equal(g_prev, (~m).astype(jnp.float32))
