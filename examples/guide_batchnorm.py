@@ -26,7 +26,8 @@ For every configuration it measures the variance shift at each BN layer (test se
 mean over units) and the test accuracy with the standard statistics and with
 statistics recomputed without noise after training ("recalibrated": the fix that
 needs no change of architecture). Writes ``batchnorm.png`` and ``batchnorm.json``.
-Run ``python examples/guide_batchnorm.py`` or ``--quick`` (a smoke test).
+Run ``python examples/guide_batchnorm.py`` (about 200 s of CPU time, measured) or
+``--quick`` (a smoke test).
 
 Reference: Li, Chen, Hu, Yang. "Understanding the Disharmony between Dropout and
 Batch Normalization by Variance Shift." CVPR 2019. https://arxiv.org/abs/1801.05134

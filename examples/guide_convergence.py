@@ -15,8 +15,10 @@ and test accuracies, and the wall-clock cost of one training step. The figure go
 to ``--out`` (default ``docs/guide/figures``) as ``convergence.png`` with the
 numbers in ``convergence.json``.
 
-Run ``python examples/guide_convergence.py`` (about 2 minutes on 2 CPU cores) or
-``python examples/guide_convergence.py --quick`` (a smoke test).
+Run ``python examples/guide_convergence.py`` (4 rates x 100 epochs x 3 seeds of a
+small MLP) or ``python examples/guide_convergence.py --quick`` (a smoke test). The
+step-time column is a minimum over 7 repeats; on a busy machine it is noise (the
+guide's page 5 has the step-cost comparison).
 """
 
 from __future__ import annotations

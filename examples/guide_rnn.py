@@ -17,8 +17,8 @@ all at rate 0.25:
   (:func:`jaxreg.zoneout`, Krueger et al. 2017).
 
 Three seeds each (vmapped). Writes ``rnn.png`` and ``rnn.json`` to ``--out``.
-Run ``python examples/guide_rnn.py`` (about 4-5 minutes on 2 busy CPU cores) or
-``--quick`` (a smoke test).
+Run ``python examples/guide_rnn.py`` (about 280 s of CPU time, measured; the wall
+time depends on how busy the machine is) or ``--quick`` (a smoke test).
 """
 
 from __future__ import annotations

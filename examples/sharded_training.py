@@ -21,8 +21,8 @@ final parameters from the single-device run. Writes ``sharding.png`` and
 
 The script sets ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` itself
 (before importing jax) unless a device count is already in ``XLA_FLAGS``, and
-raises XLA's CPU collective time-outs (see below). Run
-``python examples/sharded_training.py`` (about a minute) or ``--quick``.
+raises XLA:CPU collective time-outs (see the comment at the top). Run
+``python examples/sharded_training.py`` (6 runs of 600 steps) or ``--quick``.
 """
 
 from __future__ import annotations
