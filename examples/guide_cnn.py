@@ -108,6 +108,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--rates", type=float, nargs="+", default=[0.2])
     ap.add_argument("--methods", nargs="+", default=["dropout", "spatial", "dropblock"])
+    ap.add_argument(
+        "--train-size",
+        type=int,
+        default=None,
+        help="use only the first N training examples (a regime that overfits)",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny smoke-test run")
     args = ap.parse_args(argv)
     if args.quick:
@@ -118,6 +124,11 @@ def main(argv=None) -> dict:
         data = common.Data(
             data.x_train[:200], data.y_train[:200], data.x_test[:100], data.y_test[:100]
         )
+    tag = ""
+    if args.train_size is not None:
+        n = args.train_size
+        data = common.Data(data.x_train[:n], data.y_train[:n], data.x_test, data.y_test)
+        tag = f"_train{n}"
     opt = optax.adam(1e-3)
     configs = [("none", 0.0)] + [(m, r) for r in args.rates for m in args.methods]
     if args.quick:
@@ -158,7 +169,7 @@ def main(argv=None) -> dict:
 
     plt = common._plt()
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    steps_per_epoch = len(data.y_train) // 100
+    steps_per_epoch = len(data.y_train) // 100  # common.train's batch size
     colors = {"none": "k", "dropout": "C0", "spatial": "C1", "dropblock": "C2"}
     for h in histories:
         method, rate = h.extra["method"], h.extra["rate"]
@@ -187,11 +198,12 @@ def main(argv=None) -> dict:
     axes[1].legend(fontsize=8)
     axes[1].grid(alpha=0.3, axis="y")
     fig.suptitle(
-        f"1-D CNN on MNIST-1D, {args.epochs} epochs, {args.seeds} seeds",
+        f"1-D CNN on MNIST-1D ({len(data.y_train)} training examples), "
+        f"{args.epochs} epochs, {args.seeds} seeds",
         fontsize=10,
     )
     fig.tight_layout()
-    path = common.savefig(fig, out / "cnn.png")
+    path = common.savefig(fig, out / f"cnn{tag}.png")
     summary = {
         "table": table,
         "results": {
@@ -204,7 +216,7 @@ def main(argv=None) -> dict:
             for h in histories
         },
     }
-    (out / "cnn.json").write_text(json.dumps(summary))
+    (out / f"cnn{tag}.json").write_text(json.dumps(summary))
     print(f"figure: {path}")
     return summary
 

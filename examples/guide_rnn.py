@@ -107,6 +107,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--rate", type=float, default=0.25)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument(
+        "--train-size",
+        type=int,
+        default=None,
+        help="use only the first N training examples (a regime that overfits)",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny smoke-test run")
     args = ap.parse_args(argv)
     if args.quick:
@@ -118,6 +124,11 @@ def main(argv=None) -> dict:
         data = common.Data(
             data.x_train[:200], data.y_train[:200], data.x_test[:100], data.y_test[:100]
         )
+    tag = ""
+    if args.train_size is not None:
+        n = args.train_size
+        data = common.Data(data.x_train[:n], data.y_train[:n], data.x_test, data.y_test)
+        tag = f"_train{n}"
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(3e-3))
 
     histories = []
@@ -167,12 +178,13 @@ def main(argv=None) -> dict:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(
-        f"GRU (hidden {args.hidden}) on MNIST-1D as 40 steps x 1 feature, rate "
+        f"GRU (hidden {args.hidden}) on MNIST-1D ({len(data.y_train)} training "
+        f"examples) as 40 steps x 1 feature, rate "
         f"{args.rate:g}, {args.seeds} seeds (band: min-max)",
         fontsize=10,
     )
     fig.tight_layout()
-    path = common.savefig(fig, out / "rnn.png")
+    path = common.savefig(fig, out / f"rnn{tag}.png")
     summary = {
         "table": table,
         "results": {
@@ -186,7 +198,7 @@ def main(argv=None) -> dict:
             for h in histories
         },
     }
-    (out / "rnn.json").write_text(json.dumps(summary))
+    (out / f"rnn{tag}.json").write_text(json.dumps(summary))
     print(f"figure: {path}")
     return summary
 
