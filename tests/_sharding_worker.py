@@ -48,6 +48,8 @@ FUNCTIONS_2D = [
     "keep_mask",
     "drop_path",
     "gaussian_dropout",
+    "dropout_rbg_key",
+    "dropout_unsafe_rbg_key",
 ]
 FUNCTIONS_4D = ["spatial_dropout", "dropblock"]
 SUBSET = {
@@ -80,7 +82,11 @@ def main():
     import jaxreg
 
     assert jax.device_count() == 8, jax.devices()
-    key = jax.random.key(42)
+    keys = {
+        "default": jax.random.key(42),
+        "dropout_rbg_key": jax.random.key(42, impl="rbg"),
+        "dropout_unsafe_rbg_key": jax.random.key(42, impl="unsafe_rbg"),
+    }
     x2 = jax.random.normal(jax.random.key(1), (64, 128))
     x4 = jax.random.normal(jax.random.key(2), (16, 8, 8, 32))
     rate = 0.3
@@ -99,6 +105,8 @@ def main():
             return (lambda k, x: jaxreg.dropout(k, x, rate, broadcast_dims=(0,))), x2
         if fn_name == "drop_path":
             return (lambda k, x: jaxreg.drop_path(k, x, rate)), x2
+        if fn_name.endswith("rbg_key"):
+            return (lambda k, x: jaxreg.dropout(k, x, rate)), x2
         if fn_name == "gaussian_dropout":
             return (lambda k, x: jaxreg.gaussian_dropout(k, x, rate)), x2
         if fn_name == "spatial_dropout":
@@ -115,6 +123,7 @@ def main():
     for fn_name, mesh_name, spec_name in cases():
         fn, x = make(fn_name)
         extra = (jnp.float32(rate),) if fn_name == "dropout_traced_rate" else ()
+        key = keys.get(fn_name, keys["default"])
         if fn_name not in references:
             # single-device reference: committed to device 0
             x0 = jax.device_put(x, jax.devices()[0])
