@@ -9,6 +9,11 @@ through :func:`as_key`, which accepts
   threefry, ``(4,)`` for the rbg family),
 
 and returns a scalar typed key. Anything else gets an error that says how to fix it.
+
+Raw key data does not record its implementation: a ``(2,)`` raw key is read as
+``threefry2x32``, a ``(4,)`` raw key as ``rbg``, or as ``unsafe_rbg`` when that is
+the default implementation (``jax_default_prng_impl``). Prefer typed keys, which
+carry their implementation.
 """
 
 from __future__ import annotations
