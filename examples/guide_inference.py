@@ -96,7 +96,8 @@ def main(argv=None):
     # to the gradient's scale, so the classic net moves its equivalent weights
     # p times slower. The "classic, matched" run undoes that: initial weights
     # W / p and learning rate lr / p on the layers after a dropout, and Adam's
-    # eps times p (the classic gradients, hence sqrt(v), are p times smaller).
+    # eps times p on those weights (their classic gradients, hence sqrt(v), are
+    # p times smaller; the other parameters keep the same Adam).
     # With p = 0.5 every rescaling is by a power of two, so the two runs are
     # the same computation up to exponent shifts.
     p_keep = jaxreg.keep_probability(RATE)
@@ -117,9 +118,17 @@ def main(argv=None):
         "classic": (False, optax.adam(lr), None),
         "classic, matched": (
             False,
-            optax.chain(
-                optax.adam(lr, eps=1e-8 * p_keep),
-                optax.masked(optax.scale(1 / p_keep), after_dropout),
+            optax.multi_transform(
+                {
+                    "after dropout": optax.chain(
+                        optax.adam(lr, eps=1e-8 * p_keep), optax.scale(1 / p_keep)
+                    ),
+                    "other": optax.adam(lr),
+                },
+                lambda params: [
+                    {k: "after dropout" if v else "other" for k, v in d.items()}
+                    for d in after_dropout(params)
+                ],
             ),
             init_matched,
         ),
