@@ -76,9 +76,12 @@ def test_numpy_legacy_key_is_accepted():
 
 
 def _same_and_different(fn, make):
-    a, b, c = fn(make(0)), fn(make(0)), fn(make(1))
+    a, b = fn(make(0)), fn(make(0))
     np.testing.assert_array_equal(a, b)  # same key, same output
-    assert not np.array_equal(a, c)  # different key, different output
+    # Different keys, different outputs. Some functions draw few coins (drop_path
+    # with mode="batch" draws one), so look for a difference among 20 keys: for a
+    # correct sampler all 20 agree with probability <= 2**-19.
+    assert any(not np.array_equal(a, fn(make(seed))) for seed in range(1, 21))
 
 
 @pytest.mark.parametrize("name", sorted(STOCHASTIC))
