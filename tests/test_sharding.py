@@ -8,6 +8,7 @@ equals the single-device output bit for bit, and which collectives the compiled
 HLO contains; the tests below assert on that report.
 """
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -26,8 +27,7 @@ _spec.loader.exec_module(worker)
 CASES = worker.cases()
 
 
-@pytest.fixture(scope="module")
-def report():
+def _run_worker():
     env = dict(os.environ)
     env["XLA_FLAGS"] = (
         env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -43,6 +43,28 @@ def report():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     assert records and records[-1].get("done"), proc.stdout[-3000:]
+    return records
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """The worker's records by case; the subprocess runs once per test session.
+
+    Under pytest-xdist the cases may be spread over several workers; they share
+    one report through a file in the session's temporary directory, written by
+    whichever worker takes the lock first.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by all workers of this session
+    path = root / "sharding_report.json"
+    with open(root / "sharding_report.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            records = json.loads(path.read_text())
+        else:
+            records = _run_worker()
+            path.write_text(json.dumps(records))
     return {tuple(r["case"]): r for r in records if "case" in r}
 
 
