@@ -174,3 +174,18 @@ def check_broadcast_dims(
             )
         out.add(int(d) % ndim)
     return tuple(sorted(out))
+
+
+def check_bool(value, name: str) -> bool:
+    """A Python bool that selects a code path at trace time (e.g. ``deterministic``)."""
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"`{name}` must be a Python bool (it selects the code path at trace "
+            f"time); got {type(value).__name__} {value!r}."
+        )
+    return value
+
+
+def compute_dtype(x: jax.Array):
+    """The dtype arithmetic on ``x`` runs in: ``x.dtype`` promoted to float32."""
+    return jnp.promote_types(x.dtype, jnp.float32)

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxreg._checks import check_float_array, check_positive
+from jaxreg._checks import check_float_array, check_positive, compute_dtype
 from jaxreg._keys import as_key
 
 __all__ = ["cutmix", "cutout", "mixup", "random_shift"]
@@ -50,10 +50,6 @@ def _spatial_axes(x: jax.Array, name: str = "x") -> tuple[int, ...]:
         f"`{name}` must be a batch of 1-D signals (N, L) or (N, L, C), or of images "
         f"(N, H, W, C); got shape {x.shape} (rank {x.ndim})."
     )
-
-
-def _compute_dtype(x: jax.Array):
-    return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def _check_labels(x: jax.Array, y) -> jax.Array:
@@ -100,7 +96,7 @@ def _check_sizes(value, name: str, n: int, minimum: int) -> tuple[int, ...]:
 
 
 def _mix(a: jax.Array, b: jax.Array, lam) -> jax.Array:
-    ct = _compute_dtype(a)
+    ct = compute_dtype(a)
     lam = jnp.asarray(lam, ct)
     return (lam * a.astype(ct) + (1 - lam) * b.astype(ct)).astype(a.dtype)
 

@@ -25,7 +25,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxreg._checks import check_float_array, check_nonnegative, check_positive
+from jaxreg._checks import (
+    check_bool,
+    check_float_array,
+    check_nonnegative,
+    check_positive,
+    compute_dtype,
+)
 from jaxreg._keys import as_key
 
 __all__ = [
@@ -44,19 +50,6 @@ _K2 = 1.87320
 _K3 = 1.48695
 # Added to w**2 inside log(alpha) and to the pre-activation variance.
 _EPS = 1e-8
-
-
-def _check_bool(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"`{name}` must be a Python bool (it selects the code path at trace "
-            f"time); got {type(value).__name__} {value!r}."
-        )
-    return value
-
-
-def _compute_dtype(x: jax.Array):
-    return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def _as_float_param(value, name: str) -> jax.Array:
@@ -163,10 +156,10 @@ def concrete_dropout(
     logit_p = _as_float_param(logit_p, "logit_p")
     _broadcast_check(logit_p.shape, x.shape, "logit_p", "x")
     temperature = check_positive(temperature, "temperature")
-    if _check_bool(deterministic, "deterministic"):
+    if check_bool(deterministic, "deterministic"):
         return x
     key = as_key(key)
-    ct = jnp.promote_types(_compute_dtype(x), logit_p.dtype)
+    ct = jnp.promote_types(compute_dtype(x), logit_p.dtype)
     u = jax.random.uniform(key, x.shape, ct, minval=jnp.finfo(ct).tiny, maxval=1.0)
     logit = logit_p.astype(ct)
     z = (logit + jnp.log(u) - jnp.log1p(-u)) / jnp.asarray(temperature, ct)
@@ -553,8 +546,8 @@ def sparse_vd_dense(
                 f"{w.shape}; got bias.shape={bias.shape}."
             )
     threshold = _check_threshold(threshold)
-    deterministic = _check_bool(deterministic, "deterministic")
-    ct = jnp.promote_types(_compute_dtype(x), w.dtype)
+    deterministic = check_bool(deterministic, "deterministic")
+    ct = jnp.promote_types(compute_dtype(x), w.dtype)
     xc = x.astype(ct)
     wc = w.astype(ct)
     if deterministic:

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxreg._checks import check_float_array, check_rate, static_value
+from jaxreg._checks import check_bool, check_float_array, check_rate, static_value
 from jaxreg._keys import as_key
 from jaxreg._sampler import keep_probability
 from jaxreg.stochastic import dropout
@@ -63,15 +63,6 @@ __all__ = [
 # Default live-memory budget of per-example masks, in mask elements per chunk:
 # chunk * in * out <= 2**23 (32 MiB of float32 masked weights per chunk).
 _PER_EXAMPLE_BUDGET = 2**23
-
-
-def _check_bool(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"`{name}` must be a Python bool (it selects the code path at trace "
-            f"time); got {type(value).__name__} {value!r}."
-        )
-    return value
 
 
 def _check_dense_args(x, w, bias):
@@ -158,8 +149,8 @@ def dropconnect(
       Models." ICLR 2018 (weight drop). https://arxiv.org/abs/1708.02182
     """
     w = check_float_array(w, "w")
-    _check_bool(inverted, "inverted")
-    _check_bool(deterministic, "deterministic")
+    check_bool(inverted, "inverted")
+    check_bool(deterministic, "deterministic")
     return dropout(key, w, rate, deterministic=deterministic, inverted=inverted)
 
 
@@ -250,9 +241,9 @@ def dropconnect_dense(
     """
     x, w, bias = _check_dense_args(x, w, bias)
     rate = check_rate(rate)
-    _check_bool(per_example, "per_example")
-    _check_bool(inverted, "inverted")
-    _check_bool(deterministic, "deterministic")
+    check_bool(per_example, "per_example")
+    check_bool(inverted, "inverted")
+    check_bool(deterministic, "deterministic")
     chunk_size = _check_count(chunk_size, "chunk_size", allow_none=True)
     value = static_value(rate)
     if deterministic or not per_example or value in (0.0, 1.0):
@@ -403,7 +394,7 @@ def dropconnect_moments(
     """
     x, w, bias = _check_dense_args(x, w, bias)
     rate = check_rate(rate)
-    _check_bool(inverted, "inverted")
+    check_bool(inverted, "inverted")
     out_dtype = jnp.result_type(x, w) if bias is None else jnp.result_type(x, w, bias)
     ct = jnp.promote_types(out_dtype, jnp.float32)
     xc, wc = x.astype(ct), w.astype(ct)
@@ -563,8 +554,8 @@ def dropconnect_params(
       Models." ICLR 2018 (weight-dropped LSTM). https://arxiv.org/abs/1708.02182
     """
     rate = check_rate(rate)
-    _check_bool(inverted, "inverted")
-    _check_bool(deterministic, "deterministic")
+    check_bool(inverted, "inverted")
+    check_bool(deterministic, "deterministic")
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     if mask is None:
         selected = [True] * len(paths_leaves)
