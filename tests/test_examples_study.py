@@ -28,8 +28,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def _load(name: str):
     if str(EXAMPLES) not in sys.path:
         sys.path.insert(0, str(EXAMPLES))  # the scripts import `common`
+    module = sys.modules.get(name)
+    if module is not None and getattr(module, "__file__", "") == str(
+        EXAMPLES / f"{name}.py"
+    ):
+        return module
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)
     return module
 
