@@ -138,6 +138,21 @@ def _key(module, rng, collection: str | None = None):
         ) from err
 
 
+def _apply_stochastic(
+    module, fn, inputs, rate, deterministic, rng, *, zero_at_one=True, **kwargs
+):
+    """``fn(key, inputs, rate, deterministic=det, **kwargs)`` for one call.
+
+    ``det`` is ``deterministic`` merged with the module's field; ``key`` is None on
+    the inference path and where a concrete ``rate`` makes the output
+    key-independent (0, and 1 if ``zero_at_one``), otherwise :func:`_key`'s.
+    """
+    det = _merge_deterministic(module, deterministic)
+    needs = _needs_key(rate, zero_at_one=zero_at_one)
+    key = None if det or not needs else _key(module, rng)
+    return fn(key, inputs, rate, deterministic=det, **kwargs)
+
+
 # --------------------------------------------------------------------------------
 # The dropout family on activations.
 # --------------------------------------------------------------------------------
@@ -211,14 +226,14 @@ class Dropout(nn.Module):
         Returns:
           An array with the shape and dtype of ``inputs``.
         """
-        det = _merge_deterministic(self, deterministic)
-        key = None if det or not _needs_key(self.rate) else _key(self, rng)
-        return _stochastic.dropout(
-            key,
+        return _apply_stochastic(
+            self,
+            _stochastic.dropout,
             inputs,
             self.rate,
+            deterministic,
+            rng,
             broadcast_dims=self.broadcast_dims,
-            deterministic=det,
             inverted=self.inverted,
         )
 
@@ -260,10 +275,14 @@ class SpatialDropout(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng=None):
-        det = _merge_deterministic(self, deterministic)
-        key = None if det or not _needs_key(self.rate) else _key(self, rng)
-        return _stochastic.spatial_dropout(
-            key, inputs, self.rate, channel_axis=self.channel_axis, deterministic=det
+        return _apply_stochastic(
+            self,
+            _stochastic.spatial_dropout,
+            inputs,
+            self.rate,
+            deterministic,
+            rng,
+            channel_axis=self.channel_axis,
         )
 
 
@@ -299,10 +318,15 @@ class GaussianDropout(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng=None):
-        det = _merge_deterministic(self, deterministic)
-        needs = _needs_key(self.rate, zero_at_one=False)
-        key = None if det or not needs else _key(self, rng)
-        return _stochastic.gaussian_dropout(key, inputs, self.rate, deterministic=det)
+        return _apply_stochastic(
+            self,
+            _stochastic.gaussian_dropout,
+            inputs,
+            self.rate,
+            deterministic,
+            rng,
+            zero_at_one=False,
+        )
 
 
 class GaussianNoise(nn.Module):
@@ -338,10 +362,15 @@ class GaussianNoise(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng=None):
-        det = _merge_deterministic(self, deterministic)
-        needs = _needs_key(self.stddev, zero_at_one=False)
-        key = None if det or not needs else _key(self, rng)
-        return _stochastic.gaussian_noise(key, inputs, self.stddev, deterministic=det)
+        return _apply_stochastic(
+            self,
+            _stochastic.gaussian_noise,
+            inputs,
+            self.stddev,
+            deterministic,
+            rng,
+            zero_at_one=False,
+        )
 
 
 class AlphaDropout(nn.Module):
@@ -378,9 +407,9 @@ class AlphaDropout(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng=None):
-        det = _merge_deterministic(self, deterministic)
-        key = None if det or not _needs_key(self.rate) else _key(self, rng)
-        return _stochastic.alpha_dropout(key, inputs, self.rate, deterministic=det)
+        return _apply_stochastic(
+            self, _stochastic.alpha_dropout, inputs, self.rate, deterministic, rng
+        )
 
 
 class DropPath(nn.Module):
@@ -425,10 +454,14 @@ class DropPath(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng=None):
-        det = _merge_deterministic(self, deterministic)
-        key = None if det or not _needs_key(self.rate) else _key(self, rng)
-        return _stochastic.drop_path(
-            key, inputs, self.rate, mode=self.mode, deterministic=det
+        return _apply_stochastic(
+            self,
+            _stochastic.drop_path,
+            inputs,
+            self.rate,
+            deterministic,
+            rng,
+            mode=self.mode,
         )
 
 
@@ -474,10 +507,14 @@ class DropBlock(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng=None):
-        det = _merge_deterministic(self, deterministic)
-        key = None if det or not _needs_key(self.rate) else _key(self, rng)
-        return _stochastic.dropblock(
-            key, inputs, self.rate, block_size=self.block_size, deterministic=det
+        return _apply_stochastic(
+            self,
+            _stochastic.dropblock,
+            inputs,
+            self.rate,
+            deterministic,
+            rng,
+            block_size=self.block_size,
         )
 
 

@@ -104,6 +104,16 @@ def _stream_from(owner: str, rngs, collection: str):
     )
 
 
+def _check_variable_type(module, variable_type) -> None:
+    if not (
+        isinstance(variable_type, type) and issubclass(variable_type, nnx.Variable)
+    ):
+        raise TypeError(
+            f"{_owner(module)}: `variable_type` must be an `nnx.Variable` subclass "
+            f"such as `jaxreg.nnx.Loss`; got {variable_type!r}."
+        )
+
+
 def _sow_loss(module, variable_type, name: str, value) -> bool:
     """Sow ``value`` only inside ``nnx.capture`` (legacy ``sow`` on old Flax)."""
     if hasattr(nnx, "capture") and not hasattr(module, "__captures__"):
@@ -114,8 +124,9 @@ def _sow_loss(module, variable_type, name: str, value) -> bool:
 class _Stochastic(nnx.Module):
     """Shared machinery of the stochastic NNX modules (not public).
 
-    Subclasses call :meth:`_init_stochastic` in ``__init__`` and use
-    :meth:`_resolve_deterministic` and :meth:`_call_key` in ``__call__``.
+    Subclasses call :meth:`_init_stochastic` in ``__init__``; in ``__call__`` they
+    use :meth:`_apply` (a pure function of ``(key, inputs, rate)``) or, for other
+    call shapes, :meth:`_resolve_deterministic` and :meth:`_call_key`.
     """
 
     def _init_stochastic(self, deterministic, rng_collection: str, rngs) -> None:
@@ -181,6 +192,42 @@ class _Stochastic(nnx.Module):
             f"PRNG key (`jax.random.key(seed)`); got {type(source).__name__} "
             f"{source!r}."
         )
+
+    def _params_stream(self, rngs, deterministic, rng_collection: str):
+        """``(rngs, params stream)`` for a layer that initializes parameters.
+
+        A key becomes an ``nnx.Rngs``; parameters come from its ``params`` stream
+        (or from the ``nnx.RngStream`` given). Raises TypeError for a missing
+        ``rngs`` or one of another type.
+        """
+        if rngs is None:
+            raise TypeError(
+                f"{_owner(self)}: `rngs` is required to initialize the parameters; "
+                "pass `rngs=nnx.Rngs(seed)` (or a key)."
+            )
+        if _is_key_array(rngs):
+            rngs = nnx.Rngs(as_key(rngs, name="rngs"))
+        if isinstance(rngs, nnx.Rngs):
+            params_key = rngs.params
+        elif isinstance(rngs, nnx.RngStream):
+            params_key = rngs
+        else:
+            self._init_stochastic(deterministic, rng_collection, rngs)  # TypeError
+        return rngs, params_key
+
+    def _apply(
+        self, fn, inputs, rate, deterministic, rngs, *, zero_at_one=True, **kwargs
+    ):
+        """``fn(key, inputs, rate, deterministic=det, **kwargs)`` for one call.
+
+        ``det`` is the resolved ``deterministic``; ``key`` is None on the inference
+        path and where a concrete ``rate`` makes the output key-independent (0,
+        and 1 if ``zero_at_one``), otherwise the call's key.
+        """
+        det = self._resolve_deterministic(deterministic)
+        needs = _needs_key(rate, zero_at_one=zero_at_one)
+        key = None if det or not needs else self._call_key(rngs)
+        return fn(key, inputs, rate, deterministic=det, **kwargs)
 
     def set_view(self, deterministic: bool | None = None):
         """Class method used by ``nnx.view``.
@@ -278,14 +325,13 @@ class Dropout(_Stochastic):
         rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
     ) -> jax.Array:
         """Apply dropout; ``deterministic`` and ``rngs`` override the attributes."""
-        det = self._resolve_deterministic(deterministic)
-        key = None if det or not _needs_key(self.rate) else self._call_key(rngs)
-        return _stochastic.dropout(
-            key,
+        return self._apply(
+            _stochastic.dropout,
             inputs,
             self.rate,
+            deterministic,
+            rngs,
             broadcast_dims=self.broadcast_dims,
-            deterministic=det,
             inverted=self.inverted,
         )
 
@@ -331,10 +377,13 @@ class SpatialDropout(_Stochastic):
         self._init_stochastic(deterministic, rng_collection, rngs)
 
     def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
-        det = self._resolve_deterministic(deterministic)
-        key = None if det or not _needs_key(self.rate) else self._call_key(rngs)
-        return _stochastic.spatial_dropout(
-            key, inputs, self.rate, channel_axis=self.channel_axis, deterministic=det
+        return self._apply(
+            _stochastic.spatial_dropout,
+            inputs,
+            self.rate,
+            deterministic,
+            rngs,
+            channel_axis=self.channel_axis,
         )
 
 
@@ -373,10 +422,14 @@ class GaussianDropout(_Stochastic):
         self._init_stochastic(deterministic, rng_collection, rngs)
 
     def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
-        det = self._resolve_deterministic(deterministic)
-        needs = _needs_key(self.rate, zero_at_one=False)
-        key = None if det or not needs else self._call_key(rngs)
-        return _stochastic.gaussian_dropout(key, inputs, self.rate, deterministic=det)
+        return self._apply(
+            _stochastic.gaussian_dropout,
+            inputs,
+            self.rate,
+            deterministic,
+            rngs,
+            zero_at_one=False,
+        )
 
 
 class GaussianNoise(_Stochastic):
@@ -415,10 +468,14 @@ class GaussianNoise(_Stochastic):
         self._init_stochastic(deterministic, rng_collection, rngs)
 
     def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
-        det = self._resolve_deterministic(deterministic)
-        needs = _needs_key(self.stddev, zero_at_one=False)
-        key = None if det or not needs else self._call_key(rngs)
-        return _stochastic.gaussian_noise(key, inputs, self.stddev, deterministic=det)
+        return self._apply(
+            _stochastic.gaussian_noise,
+            inputs,
+            self.stddev,
+            deterministic,
+            rngs,
+            zero_at_one=False,
+        )
 
 
 class AlphaDropout(_Stochastic):
@@ -458,9 +515,9 @@ class AlphaDropout(_Stochastic):
         self._init_stochastic(deterministic, rng_collection, rngs)
 
     def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
-        det = self._resolve_deterministic(deterministic)
-        key = None if det or not _needs_key(self.rate) else self._call_key(rngs)
-        return _stochastic.alpha_dropout(key, inputs, self.rate, deterministic=det)
+        return self._apply(
+            _stochastic.alpha_dropout, inputs, self.rate, deterministic, rngs
+        )
 
 
 class DropPath(_Stochastic):
@@ -506,10 +563,13 @@ class DropPath(_Stochastic):
         self._init_stochastic(deterministic, rng_collection, rngs)
 
     def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
-        det = self._resolve_deterministic(deterministic)
-        key = None if det or not _needs_key(self.rate) else self._call_key(rngs)
-        return _stochastic.drop_path(
-            key, inputs, self.rate, mode=self.mode, deterministic=det
+        return self._apply(
+            _stochastic.drop_path,
+            inputs,
+            self.rate,
+            deterministic,
+            rngs,
+            mode=self.mode,
         )
 
 
@@ -548,12 +608,8 @@ class DropBlock(_Stochastic):
         rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
     ):
         self.rate = _rate(self, rate)
-        if isinstance(block_size, bool) or not isinstance(block_size, int):
-            raise ValueError(
-                f"{_owner(self)}: `block_size` must be an int >= 1; got "
-                f"block_size={block_size!r}."
-            )
-        if block_size < 1:
+        bs = block_size
+        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
             raise ValueError(
                 f"{_owner(self)}: `block_size` must be an int >= 1; got "
                 f"block_size={block_size!r}."
@@ -562,10 +618,13 @@ class DropBlock(_Stochastic):
         self._init_stochastic(deterministic, rng_collection, rngs)
 
     def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
-        det = self._resolve_deterministic(deterministic)
-        key = None if det or not _needs_key(self.rate) else self._call_key(rngs)
-        return _stochastic.dropblock(
-            key, inputs, self.rate, block_size=self.block_size, deterministic=det
+        return self._apply(
+            _stochastic.dropblock,
+            inputs,
+            self.rate,
+            deterministic,
+            rngs,
+            block_size=self.block_size,
         )
 
 
@@ -662,19 +721,7 @@ class DropConnectDense(_Stochastic):
         self.num_samples = num_samples
         _check_dropconnect_fields(self)
         self.rate = _rate(self, rate)
-        if rngs is None:
-            raise TypeError(
-                f"{_owner(self)}: `rngs` is required to initialize the parameters; "
-                "pass `rngs=nnx.Rngs(seed)` (or a key)."
-            )
-        if _is_key_array(rngs):
-            rngs = nnx.Rngs(as_key(rngs, name="rngs"))
-        if isinstance(rngs, nnx.Rngs):
-            params_key = rngs.params
-        elif isinstance(rngs, nnx.RngStream):
-            params_key = rngs
-        else:
-            self._init_stochastic(deterministic, rng_collection, rngs)  # TypeError
+        rngs, params_key = self._params_stream(rngs, deterministic, rng_collection)
         # Parameters exactly as nnx.Linear draws them (same values for the same
         # rngs), then the dropout stream is forked.
         self.kernel = nnx.Param(
@@ -855,13 +902,7 @@ class ActivityRegularization(nnx.Module):
         self.l1 = l1
         self.l2 = l2
         _check_activity_fields(self)
-        if not (
-            isinstance(variable_type, type) and issubclass(variable_type, nnx.Variable)
-        ):
-            raise TypeError(
-                f"{_owner(self)}: `variable_type` must be an `nnx.Variable` subclass "
-                f"such as `jaxreg.nnx.Loss`; got {variable_type!r}."
-            )
+        _check_variable_type(self, variable_type)
         self.variable_type = variable_type
 
     def __call__(self, inputs):
@@ -961,13 +1002,7 @@ class ConcreteDropout(_Stochastic):
                 f"{_owner(self)}: `layer` must be an NNX module such as "
                 f"`nnx.Linear(...)` or None; got {type(layer).__name__}."
             )
-        if not (
-            isinstance(variable_type, type) and issubclass(variable_type, nnx.Variable)
-        ):
-            raise TypeError(
-                f"{_owner(self)}: `variable_type` must be an `nnx.Variable` subclass "
-                f"such as `jaxreg.nnx.Loss`; got {variable_type!r}."
-            )
+        _check_variable_type(self, variable_type)
         self.layer = layer if layer is not None else nnx.data(None)
         self.variable_type = variable_type
         self.logit_p = nnx.Param(jnp.asarray(_concrete_logit(init_rate), jnp.float32))
@@ -1066,27 +1101,9 @@ class SparseVariationalDense(_Stochastic):
         self.threshold = threshold
         self.kl_weight = kl_weight
         _check_vd_fields(self)
-        if not (
-            isinstance(variable_type, type) and issubclass(variable_type, nnx.Variable)
-        ):
-            raise TypeError(
-                f"{_owner(self)}: `variable_type` must be an `nnx.Variable` subclass "
-                f"such as `jaxreg.nnx.Loss`; got {variable_type!r}."
-            )
+        _check_variable_type(self, variable_type)
         self.variable_type = variable_type
-        if rngs is None:
-            raise TypeError(
-                f"{_owner(self)}: `rngs` is required to initialize the parameters; "
-                "pass `rngs=nnx.Rngs(seed)` (or a key)."
-            )
-        if _is_key_array(rngs):
-            rngs = nnx.Rngs(as_key(rngs, name="rngs"))
-        if isinstance(rngs, nnx.Rngs):
-            params_key = rngs.params
-        elif isinstance(rngs, nnx.RngStream):
-            params_key = rngs
-        else:
-            self._init_stochastic(deterministic, rng_collection, rngs)  # TypeError
+        rngs, params_key = self._params_stream(rngs, deterministic, rng_collection)
         shape = (in_features, out_features)
         self.kernel = nnx.Param(kernel_init(params_key(), shape, param_dtype))
         self.log_sigma2 = nnx.Param(jnp.full(shape, log_sigma2_init, param_dtype))
