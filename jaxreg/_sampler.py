@@ -48,10 +48,12 @@ bit-flip permutation of another key's mask: keying the first round directly
 * *Elementwise.* The hash only needs the element's global index (an ``iota``), so
   under ``jit`` with sharded inputs each device computes its own block with no
   collective, and the mask is identical for every mesh layout.
-* *Key-only memory.* Regenerating a mask costs about 25 integer operations per
+* *Key-only memory.* Regenerating a mask costs about 30 integer operations per
   element and needs only the seed words, so :func:`masked_scale` (used by
-  :func:`jaxreg.dropout` and hence spatial dropout and drop-path) keeps the seed
-  words, not the mask, for the backward pass.
+  :func:`jaxreg.dropout` and hence spatial dropout and drop-path) and
+  :func:`masked_select` (used by :func:`jaxreg.zoneout`) keep the seed words, not
+  the mask, for the backward pass. (Mask users that transform the mask first,
+  such as DropBlock, still store it.)
 * *Tested quality.* ``tests/test_generator.py`` checks byte-frequency
   chi-square, bit balance per bit position, serial correlation of neighbouring
   words and words a row apart, and cross-key correlation at every lag (also for
