@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import digits
 
 import jaxreg
 import jaxreg.linen as jl
@@ -153,23 +154,8 @@ def test_init_without_dropout_rng_works_like_flax():
         assert variables["params"]["Dense_0"]["kernel"].shape == (4, 3)
 
 
-def _digits(n_train=None):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    data = load_digits()
-    x = (data.data / 16.0).astype(np.float32)
-    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, data.target, test_size=0.25, random_state=0, stratify=data.target
-    )
-    if n_train is not None:
-        x_tr, y_tr = x_tr[:n_train], y_tr[:n_train]
-    return jnp.asarray(x_tr), jnp.asarray(y_tr), jnp.asarray(x_te), jnp.asarray(y_te)
-
-
 def test_model_swapping_flax_dropout_for_ours_trains_unchanged():
-    x, y, _, _ = _digits(n_train=512)
+    x, y, _, _ = digits(n_train=512)
 
     def make(dropout_cls):
         class MLP(nn.Module):
@@ -610,7 +596,7 @@ def test_missing_collection_named_for_every_module():
 
 
 def test_mlp_with_jaxreg_modules_and_chain_learns_digits():
-    x_tr, y_tr, x_te, y_te = _digits()
+    x_tr, y_tr, x_te, y_te = digits()
 
     class MLP(nn.Module):
         @nn.compact

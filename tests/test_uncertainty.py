@@ -6,15 +6,13 @@ masks (false-alarm probability about 6e-5 per check); keys are fixed.
 
 import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import run_on_8_cpu_devices
 from jax.test_util import check_grads
 
 import jaxreg
@@ -223,18 +221,7 @@ _SHARDING_SCRIPT = textwrap.dedent(
 
 
 def test_sharded_inputs_give_the_same_statistics():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    )
-    env["JAX_PLATFORMS"] = "cpu"
-    out = subprocess.run(
-        [sys.executable, "-c", _SHARDING_SCRIPT],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    out = run_on_8_cpu_devices(_SHARDING_SCRIPT)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, True]
 

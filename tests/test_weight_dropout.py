@@ -7,15 +7,13 @@ fixed, so every run is reproducible.
 
 import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import run_on_8_cpu_devices
 from jax.test_util import check_grads
 
 import jaxreg
@@ -674,18 +672,7 @@ _SHARDING_SCRIPT = textwrap.dedent(
 
 
 def test_sharding_invariance_and_no_collectives():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    )
-    env["JAX_PLATFORMS"] = "cpu"
-    out = subprocess.run(
-        [sys.executable, "-c", _SHARDING_SCRIPT],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    out = run_on_8_cpu_devices(_SHARDING_SCRIPT)
     assert out.returncode == 0, out.stderr
     results = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(results) == 9

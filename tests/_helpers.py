@@ -1,0 +1,48 @@
+"""Scaffolding shared by several test files (no tests here).
+
+Import it as ``from _helpers import ...``: pytest puts ``tests/`` on ``sys.path``.
+"""
+
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def digits(n_train=None):
+    """sklearn's digits, standardized, split 75/25 (stratified, seed 0).
+
+    Returns ``(x_train, y_train, x_test, y_test)`` as jax arrays; ``n_train`` keeps
+    only the first ``n_train`` training examples.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = (data.data / 16.0).astype(np.float32)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, data.target, test_size=0.25, random_state=0, stratify=data.target
+    )
+    if n_train is not None:
+        x_tr, y_tr = x_tr[:n_train], y_tr[:n_train]
+    return jnp.asarray(x_tr), jnp.asarray(y_tr), jnp.asarray(x_te), jnp.asarray(y_te)
+
+
+def run_on_8_cpu_devices(script: str) -> subprocess.CompletedProcess:
+    """Run ``python -c script`` with 8 simulated CPU devices (XLA_FLAGS must be
+    set before jax is imported, hence the subprocess); output is captured."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    )
+    env["JAX_PLATFORMS"] = "cpu"
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
