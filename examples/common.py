@@ -13,7 +13,8 @@ Everything an example needs besides the regularizer under study:
   optional per-epoch early stopping. Returns a :class:`History`.
 * :func:`summarize`, :func:`markdown_table`, :func:`mean_spread`: results tables.
 * :func:`plot_curves`, :func:`savefig`: matplotlib figures (Agg backend).
-* :func:`output_dir`, :func:`seed_keys`, :func:`set_threads`: small utilities.
+* :func:`accuracy`, :func:`cross_entropy`, :func:`output_dir`, :func:`seed_keys`:
+  small utilities.
 
 The API is stable: the other example scripts import it. Conventions: seeds are a
 leading axis of size ``S`` on every per-seed array; accuracies are fractions in
@@ -38,6 +39,8 @@ import optax
 __all__ = [
     "Data",
     "History",
+    "accuracy",
+    "cross_entropy",
     "init_mlp",
     "load_mnist1d",
     "markdown_table",
