@@ -308,8 +308,15 @@ def keep_mask(
       Overfitting", JMLR 2014. https://jmlr.org/papers/v15/srivastava14a.html
     """
     rate = check_rate(rate)
-    shape = tuple(int(s) for s in shape)
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError as err:
+        raise TypeError(f"`shape` must be a sequence of ints; got {shape!r}.") from err
+    if any(s < 0 for s in shape):
+        raise ValueError(f"`shape` must not have negative sizes; got shape={shape}.")
     dims = check_broadcast_dims(broadcast_dims, len(shape))
+    if key is not None:  # checked even where rate 0 or 1 makes it unused
+        as_key(key)
     value = static_value(rate)
     if value == 0.0:
         return jnp.ones(shape, bool)

@@ -20,10 +20,12 @@ from jax import lax
 
 from jaxreg._checks import (
     check_axis,
+    check_bool,
     check_broadcast_dims,
     check_float_array,
     check_nonnegative,
     check_rate,
+    compute_dtype,
     static_value,
 )
 from jaxreg._keys import as_key
@@ -46,17 +48,15 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 _ALPHA_PRIME = -_SELU_SCALE * _SELU_ALPHA
 
 
-def _check_deterministic(deterministic) -> bool:
-    if not isinstance(deterministic, bool):
-        raise TypeError(
-            "`deterministic` must be a Python bool (it selects the code path at "
-            f"trace time); got {type(deterministic).__name__} {deterministic!r}."
-        )
-    return deterministic
+def _check_deterministic(deterministic, key) -> bool:
+    """Check the ``deterministic`` flag, and a key whenever one is given.
 
-
-def _compute_dtype(x: jax.Array):
-    return jnp.promote_types(x.dtype, jnp.float32)
+    A key passed on a path that does not use it (inference, rate 0 or 1) is still
+    validated, so a batched or non-key object is never accepted silently.
+    """
+    if key is not None:
+        as_key(key)
+    return check_bool(deterministic, "deterministic")
 
 
 def _safe_inverse(keep):
@@ -72,14 +72,14 @@ def _masked_scale(mask: jax.Array, x: jax.Array, scale) -> jax.Array:
 
     One fused select (no zeros buffer, a single rounding to ``x.dtype``).
     """
-    y = x.astype(_compute_dtype(x)) * scale
+    y = x.astype(compute_dtype(x)) * scale
     return lax.select(jnp.broadcast_to(mask, y.shape), y, jnp.zeros_like(y)).astype(
         x.dtype
     )
 
 
 def _scaled(x: jax.Array, scale) -> jax.Array:
-    return (x.astype(_compute_dtype(x)) * scale).astype(x.dtype)
+    return (x.astype(compute_dtype(x)) * scale).astype(x.dtype)
 
 
 def dropout(
@@ -136,7 +136,8 @@ def dropout(
     x = check_float_array(x)
     rate = check_rate(rate)
     dims = check_broadcast_dims(broadcast_dims, x.ndim)
-    _check_deterministic(deterministic)
+    _check_deterministic(deterministic, key)
+    check_bool(inverted, "inverted")
     keep = keep_probability(rate)
     if deterministic:
         return x if inverted else _scaled(x, keep)
@@ -219,7 +220,9 @@ def gaussian_dropout(
     Args:
       key: PRNG key (may be None when ``deterministic=True`` or ``rate == 0``).
       x: floating array.
-      rate: drop-equivalent rate in ``[0, 1)`` (``1`` would mean infinite noise).
+      rate: drop-equivalent rate in ``[0, 1)`` (``1`` would mean infinite noise,
+        so a Python 1.0 is an error; a traced rate of 1, which cannot be checked
+        in Python, returns zeros with zero gradients, like ``dropout`` at rate 1).
       deterministic: return ``x`` unchanged.
 
     Returns:
@@ -240,13 +243,17 @@ def gaussian_dropout(
     """
     x = check_float_array(x)
     rate = check_rate(rate, allow_one=False)
-    if _check_deterministic(deterministic) or static_value(rate) == 0.0:
+    if _check_deterministic(deterministic, key) or static_value(rate) == 0.0:
         return x
     key = as_key(key)
-    ct = _compute_dtype(x)
-    std = jnp.sqrt(jnp.asarray(rate, ct) / (1.0 - jnp.asarray(rate, ct)))
+    ct = compute_dtype(x)
+    r = jnp.asarray(rate, ct)
+    finite = r < 1.0  # only a traced rate can reach 1 here
+    safe_r = jnp.where(finite, r, 0.0)
+    std = jnp.sqrt(safe_r / (1.0 - safe_r))
     eps = jax.random.normal(key, x.shape, ct)
-    return (x.astype(ct) * (1.0 + std * eps)).astype(x.dtype)
+    y = jnp.where(finite, x.astype(ct) * (1.0 + std * eps), 0.0)
+    return y.astype(x.dtype)
 
 
 def gaussian_noise(
@@ -278,10 +285,10 @@ def gaussian_noise(
     """
     x = check_float_array(x)
     stddev = check_nonnegative(stddev, "stddev")
-    if _check_deterministic(deterministic) or static_value(stddev) == 0.0:
+    if _check_deterministic(deterministic, key) or static_value(stddev) == 0.0:
         return x
     key = as_key(key)
-    ct = _compute_dtype(x)
+    ct = compute_dtype(x)
     eps = jax.random.normal(key, x.shape, ct)
     return (x.astype(ct) + jnp.asarray(stddev, ct) * eps).astype(x.dtype)
 
@@ -326,7 +333,7 @@ def alpha_dropout(
     """
     x = check_float_array(x)
     rate = check_rate(rate)
-    if _check_deterministic(deterministic):
+    if _check_deterministic(deterministic, key):
         return x
     value = static_value(rate)
     if value == 0.0:
@@ -335,7 +342,7 @@ def alpha_dropout(
         return jnp.zeros_like(x)
     q = keep_probability(rate)
     mask = keep_mask(key, x.shape, rate)
-    ct = _compute_dtype(x)
+    ct = compute_dtype(x)
     q = jnp.asarray(q, ct)
     safe_q = jnp.where(q > 0, q, 1.0)
     a = jnp.where(q > 0, (safe_q + _ALPHA_PRIME**2 * safe_q * (1 - safe_q)) ** -0.5, 0)
@@ -467,7 +474,7 @@ def dropblock(
     if block_size < 1:
         raise ValueError(f"`block_size` must be >= 1; got block_size={block_size}.")
     rate = check_rate(rate)
-    if _check_deterministic(deterministic):
+    if _check_deterministic(deterministic, key):
         return x
     value = static_value(rate)
     if value == 0.0:
@@ -536,9 +543,9 @@ def zoneout(
         )
     rate = check_rate(rate)
     dtype = h_new.dtype
-    if _check_deterministic(deterministic):
+    if _check_deterministic(deterministic, key):
         p = keep_probability(rate)
-        ct = jnp.promote_types(_compute_dtype(h_new), h_prev.dtype)
+        ct = jnp.promote_types(compute_dtype(h_new), h_prev.dtype)
         out = p * h_new.astype(ct) + (1.0 - p) * h_prev.astype(ct)
         return out.astype(dtype)
     # Same mask as keep_mask(key, h_new.shape, rate), regenerated in the backward

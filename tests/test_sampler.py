@@ -264,3 +264,11 @@ def test_all_dims_broadcast_is_one_coin():
 def test_public_names():
     assert jaxreg.keep_mask is keep_mask
     assert "keep_mask" in jaxreg.__all__ and "keep_probability" in jaxreg.__all__
+
+
+def test_keep_mask_rejects_bad_shapes():
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match=r"`shape` must not have negative sizes"):
+        jaxreg.keep_mask(key, (-1, 2), 0.5)
+    with pytest.raises(TypeError, match=r"`shape` must be a sequence of ints"):
+        jaxreg.keep_mask(key, 5, 0.5)

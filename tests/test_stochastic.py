@@ -862,3 +862,41 @@ def test_public_names():
     ]:
         assert name in jaxreg.__all__
         assert getattr(jaxreg, name) is getattr(jaxreg.stochastic, name)
+
+
+# --- Lead's additions: gaps the first pass of this file reported. ---
+
+
+def test_gaussian_dropout_traced_rate_one_is_zero_and_nan_free():
+    x = jnp.linspace(-1.0, 1.0, 16)
+
+    def f(x, rate):
+        return jaxreg.gaussian_dropout(jax.random.key(0), x, rate).sum()
+
+    value, grad = jax.jit(jax.value_and_grad(f))(x, jnp.float32(1.0))
+    assert value == 0.0
+    assert bool(jnp.all(grad == 0.0))
+
+
+@pytest.mark.parametrize("inverted", ["no", 1, None])
+def test_dropout_inverted_must_be_bool(inverted):
+    with pytest.raises(TypeError, match=r"`inverted` must be a Python bool"):
+        jaxreg.dropout(jax.random.key(0), jnp.ones(3), 0.5, inverted=inverted)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda k: jaxreg.dropout(k, jnp.ones(3), 0.5, deterministic=True),
+        lambda k: jaxreg.dropout(k, jnp.ones(3), 0.0),
+        lambda k: jaxreg.dropout(k, jnp.ones(3), 1.0),
+        lambda k: jaxreg.gaussian_noise(k, jnp.ones(3), 0.0),
+        lambda k: jaxreg.alpha_dropout(k, jnp.ones(3), 0.5, deterministic=True),
+        lambda k: jaxreg.zoneout(k, jnp.ones(3), jnp.ones(3), 0.5, deterministic=True),
+    ],
+)
+def test_key_is_checked_even_when_unused(call):
+    with pytest.raises(TypeError, match=r"`key` must be a JAX PRNG key"):
+        call(123)
+    with pytest.raises(ValueError, match=r"jax\.vmap"):
+        call(jax.random.split(jax.random.key(0), 2))
