@@ -59,6 +59,16 @@ def _check_deterministic(deterministic, key) -> bool:
     return check_bool(deterministic, "deterministic")
 
 
+def _static_edge(x: jax.Array, rate):
+    """The output at a concrete rate of 0 (``x``) or 1 (zeros), else None."""
+    value = static_value(rate)
+    if value == 0.0:
+        return x
+    if value == 1.0:
+        return jnp.zeros_like(x)
+    return None
+
+
 def _safe_inverse(keep):
     """1 / keep, with 0 where keep == 0 (no inf, no NaN in values or gradients)."""
     if isinstance(keep, float):
@@ -141,11 +151,9 @@ def dropout(
     keep = keep_probability(rate)
     if deterministic:
         return x if inverted else _scaled(x, keep)
-    value = static_value(rate)
-    if value == 0.0:
-        return x
-    if value == 1.0:
-        return jnp.zeros_like(x)
+    edge = _static_edge(x, rate)
+    if edge is not None:
+        return edge
     # The mask is regenerated from the key's seed words in the backward pass
     # (never stored); it is exactly keep_mask(key, x.shape, rate, ...).
     scale = _safe_inverse(keep) if inverted else 1.0
@@ -335,11 +343,9 @@ def alpha_dropout(
     rate = check_rate(rate)
     if _check_deterministic(deterministic, key):
         return x
-    value = static_value(rate)
-    if value == 0.0:
-        return x
-    if value == 1.0:
-        return jnp.zeros_like(x)
+    edge = _static_edge(x, rate)
+    if edge is not None:
+        return edge
     q = keep_probability(rate)
     mask = keep_mask(key, x.shape, rate)
     ct = compute_dtype(x)
@@ -476,11 +482,9 @@ def dropblock(
     rate = check_rate(rate)
     if _check_deterministic(deterministic, key):
         return x
-    value = static_value(rate)
-    if value == 0.0:
-        return x
-    if value == 1.0:
-        return jnp.zeros_like(x)
+    edge = _static_edge(x, rate)
+    if edge is not None:
+        return edge
     n, h, w, c = x.shape
     pad = block_size - 1
     gamma = _dropblock_center_rate(rate, block_size)
