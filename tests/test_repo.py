@@ -44,3 +44,22 @@ def test_import_jaxreg_does_not_import_flax():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_every_public_name_is_in_the_api_reference():
+    import importlib
+
+    import jaxreg
+
+    pages = "\n".join(p.read_text() for p in (ROOT / "docs/api").glob("*.md"))
+    documented = re.findall(r"automodule:: ([\w.]+)\n((?:\s+:[^\n]*\n)*)", pages)
+    covered = set()
+    for module_name, options in documented:
+        module = importlib.import_module(module_name)
+        explicit = re.search(r":members:\s*(\S[^\n]*)", options)
+        if explicit:
+            covered |= {n.strip() for n in explicit.group(1).split(",")}
+        else:
+            covered |= set(getattr(module, "__all__", ()))
+    missing = sorted(set(jaxreg.__all__) - covered)
+    assert not missing, f"public names missing from docs/api: {missing}"
