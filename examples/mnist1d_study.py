@@ -4,7 +4,7 @@ MLPs on MNIST-1D (Greydanus 2020; 4000 training and 1000 test sequences of lengt
 40, generated locally by the ``mnist1d`` package) are trained with no
 regularization, coupled L2, decoupled weight decay, an L1 proximal step, dropout
 0.2 and 0.5, dropout + max-norm, DropConnect, Gaussian dropout, early stopping and
-input noise, each on several seeds at once (one ``jax.vmap``-ed, jitted program
+input noise, and dropout + random shift (``jaxreg.random_shift``), each on several seeds at once (one ``jax.vmap``-ed, jitted program
 per configuration). It prints a results table (mean ± std over seeds of test and
 train accuracy and of the generalization gap), writes it as ``results.md`` and
 the learning curves as PNG to the output folder.
