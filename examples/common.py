@@ -279,6 +279,13 @@ class History:
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def to_json(self, *curves: str) -> dict[str, Any]:
+        """The named curves, ``final`` and ``seconds`` as JSON-ready lists."""
+        record = {c: getattr(self, c).tolist() for c in curves}
+        record["final"] = {k: v.tolist() for k, v in self.final.items()}
+        record["seconds"] = self.seconds
+        return record
+
     def select(self, runs: Sequence[int] | slice, name: str) -> History:
         """The sub-history of some runs (e.g. one configuration of a batched
         :func:`train` call with ``hparams``), renamed ``name``."""

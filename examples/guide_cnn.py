@@ -206,15 +206,7 @@ def main(argv=None) -> dict:
     path = common.savefig(fig, out / f"cnn{tag}.png")
     summary = {
         "table": table,
-        "results": {
-            h.name: {
-                "test_acc": h.test_acc.tolist(),
-                "train_acc": h.train_acc.tolist(),
-                "final": {k: v.tolist() for k, v in h.final.items()},
-                "seconds": h.seconds,
-            }
-            for h in histories
-        },
+        "results": {h.name: h.to_json("test_acc", "train_acc") for h in histories},
     }
     (out / f"cnn{tag}.json").write_text(json.dumps(summary))
     print(f"figure: {path}")

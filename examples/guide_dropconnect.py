@@ -314,13 +314,7 @@ def main(argv=None) -> dict:
             for k, d in inference.items()
         },
         "results": {
-            h.name: {
-                "test_acc": h.test_acc.tolist(),
-                "train_acc": h.train_acc.tolist(),
-                "final": {k: v.tolist() for k, v in h.final.items()},
-                "seconds": h.seconds,
-            }
-            for h in histories.values()
+            h.name: h.to_json("test_acc", "train_acc") for h in histories.values()
         },
     }
     (out / "dropconnect.json").write_text(json.dumps(summary))

@@ -188,14 +188,7 @@ def main(argv=None) -> dict:
     summary = {
         "table": table,
         "results": {
-            h.name: {
-                "test_acc": h.test_acc.tolist(),
-                "train_acc": h.train_acc.tolist(),
-                "train_loss": h.train_loss.tolist(),
-                "final": {k: v.tolist() for k, v in h.final.items()},
-                "seconds": h.seconds,
-            }
-            for h in histories
+            h.name: h.to_json("test_acc", "train_acc", "train_loss") for h in histories
         },
     }
     (out / f"rnn{tag}.json").write_text(json.dumps(summary))
