@@ -24,6 +24,7 @@ leading axis of size ``S`` on every per-seed array; accuracies are fractions in
 
 from __future__ import annotations
 
+import argparse
 import os
 import pathlib
 import time
@@ -650,6 +651,17 @@ def savefig(fig, path: str | os.PathLike, *, dpi: int = 110) -> pathlib.Path:
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def guide_parser(doc: str | None):
+    """The command line shared by the guide scripts: ``--out``, ``--cache``,
+    ``--quick`` and ``--seeds``; each script adds its own options."""
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    ap.add_argument("--out", default="docs/guide/figures")
+    ap.add_argument("--cache", default="results/cache", help="MNIST-1D .npz cache")
+    ap.add_argument("--quick", action="store_true", help="tiny smoke configuration")
+    ap.add_argument("--seeds", type=int, default=3)
+    return ap
 
 
 def output_dir(path: str | os.PathLike) -> pathlib.Path:

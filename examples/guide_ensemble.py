@@ -21,7 +21,6 @@ go to ``--out`` (default ``docs/guide/figures``).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -82,11 +81,7 @@ def draw_network(ax, sizes, keep, title):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="docs/guide/figures")
-    ap.add_argument("--cache", default="results/cache", help="MNIST-1D .npz cache")
-    ap.add_argument("--quick", action="store_true", help="tiny smoke configuration")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = common.guide_parser(__doc__)
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--samples", type=int, default=200, help="max thinned nets")
     ap.add_argument("--repeats", type=int, default=20)

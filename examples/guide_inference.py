@@ -20,7 +20,6 @@ figure is written to ``--out`` (default ``docs/guide/figures``).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -72,11 +71,7 @@ def preactivation_check(params, x, *, inverted, num_masks, key):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="docs/guide/figures")
-    ap.add_argument("--cache", default="results/cache", help="MNIST-1D .npz cache")
-    ap.add_argument("--quick", action="store_true", help="tiny smoke configuration")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = common.guide_parser(__doc__)
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--masks", type=int, default=4000)
     args = ap.parse_args(argv)

@@ -22,7 +22,6 @@ figure goes to ``--out`` (default ``docs/guide/figures``).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -78,11 +77,7 @@ def layer_stats(params, x, key, rate):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="docs/guide/figures")
-    ap.add_argument("--cache", default="results/cache", help="MNIST-1D .npz cache")
-    ap.add_argument("--quick", action="store_true", help="tiny smoke configuration")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = common.guide_parser(__doc__)
     ap.add_argument("--epochs", type=int, default=50)
     args = ap.parse_args(argv)
     if args.quick:
