@@ -3,10 +3,12 @@
 Import it as ``from _helpers import ...``: pytest puts ``tests/`` on ``sys.path``.
 """
 
+import math
 import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -45,4 +47,20 @@ def run_on_8_cpu_devices(script: str) -> subprocess.CompletedProcess:
         text=True,
         env=env,
         timeout=600,
+    )
+
+
+def fold_key(base, *path):
+    """``base`` folded with each integer of ``path`` in turn (a key per test case)."""
+    key = base
+    for i in path:
+        key = jax.random.fold_in(key, i)
+    return key
+
+
+def assert_binomial(kept, n, p):
+    """Assert a Binomial(n, p) count lies within 4 standard deviations of n * p."""
+    sigma = math.sqrt(n * p * (1 - p))
+    assert abs(kept - n * p) < 4 * sigma, (
+        f"kept {kept} of {n}, expected {n * p:.1f} +- 4*{sigma:.1f}"
     )

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import assert_binomial, fold_key
 from jax.test_util import check_grads
 
 import jaxreg
@@ -38,17 +39,7 @@ DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
 
 
 def _key(*path):
-    key = BASE
-    for i in path:
-        key = jax.random.fold_in(key, i)
-    return key
-
-
-def _assert_binomial(kept, n, p):
-    sigma = math.sqrt(n * p * (1 - p))
-    assert abs(kept - n * p) < 4 * sigma, (
-        f"count {kept} of {n}, expected {n * p:.1f} +- 4*{sigma:.1f}"
-    )
+    return fold_key(BASE, *path)
 
 
 def _assert_mean(sample, expected, stderr, what="mean"):
@@ -127,7 +118,7 @@ def test_dropout_values_are_zero_or_x_over_p(rate):
     np.testing.assert_array_equal(kept, keep_mask(key, x.shape, rate))
     expected = np.asarray(x, np.float32) * np.float32(1 / p)
     np.testing.assert_array_equal(np.asarray(y)[kept], expected[kept])
-    _assert_binomial(int(kept.sum()), kept.size, 1 - rate)
+    assert_binomial(int(kept.sum()), kept.size, 1 - rate)
 
 
 @pytest.mark.parametrize("rate", [0.001, 0.1, 0.37, 0.5, 0.9, 0.99])
@@ -312,7 +303,7 @@ def test_vmap_over_rbg_keys_gives_different_masks(impl):
     kept = np.asarray(ys) != 0
     for i in range(1, 8):
         assert not np.array_equal(kept[0], kept[i])
-    _assert_binomial(int(kept.sum()), kept.size, 0.7)
+    assert_binomial(int(kept.sum()), kept.size, 0.7)
 
 
 def test_vmap_over_data_shares_the_key():
@@ -377,7 +368,7 @@ def test_scan_with_a_traced_rate_schedule():
     np.testing.assert_array_equal(ys[3], np.zeros(20000))
     for i, r in [(1, 0.25), (2, 0.5)]:
         kept = int((ys[i] != 0).sum())
-        _assert_binomial(kept, 20000, 1 - r)
+        assert_binomial(kept, 20000, 1 - r)
         np.testing.assert_allclose(ys[i][ys[i] != 0], 1 / (1 - r), rtol=1e-6)
 
 
@@ -412,7 +403,7 @@ def test_low_precision_keep_rate(dtype, rate):
     assert y.dtype == dtype
     y = np.asarray(y)
     kept = y != 0
-    _assert_binomial(int(kept.sum()), n, 1 - rate)
+    assert_binomial(int(kept.sum()), n, 1 - rate)
     # kept units hold 1/p rounded once from float32 to the data dtype
     scale = np.float32(1 / keep_probability(rate)).astype(jnp.dtype(dtype))
     assert (y[kept] == scale).all()
@@ -454,7 +445,7 @@ def test_spatial_dropout_keep_rate():
     rate = 0.25
     y = spatial_dropout(_key(24), _ones((2000, 2, 500)), rate)
     kept = np.asarray(y)[:, 0, :] != 0
-    _assert_binomial(int(kept.sum()), kept.size, 1 - rate)
+    assert_binomial(int(kept.sum()), kept.size, 1 - rate)
 
 
 def test_spatial_dropout_inference():
@@ -539,7 +530,7 @@ def test_drop_path_row_drops_whole_rows():
     y = drop_path(_key(31), x, rate)
     kept = (np.asarray(y) != 0).reshape(len(x), -1)
     assert (kept == kept[:, :1]).all(), "a row is partly dropped"
-    _assert_binomial(int(kept[:, 0].sum()), len(x), 1 - rate)
+    assert_binomial(int(kept[:, 0].sum()), len(x), 1 - rate)
     p = keep_probability(rate)
     rows = kept[:, 0]
     np.testing.assert_allclose(np.asarray(y)[rows], np.asarray(x)[rows] / p, rtol=1e-6)
@@ -552,7 +543,7 @@ def test_drop_path_batch_drops_the_whole_batch():
     ys = jax.vmap(lambda k: drop_path(k, x, rate, mode="batch"))(keys)
     kept = (np.asarray(ys) != 0).reshape(num_keys, -1)
     assert (kept == kept[:, :1]).all(), "the batch is partly dropped"
-    _assert_binomial(int(kept[:, 0].sum()), num_keys, 1 - rate)
+    assert_binomial(int(kept[:, 0].sum()), num_keys, 1 - rate)
 
 
 def test_drop_path_inference_and_residual_use():
@@ -621,7 +612,7 @@ def test_dropblock_realised_drop_fraction(block_size, rate):
     se = frac.std(ddof=1) / math.sqrt(len(frac))
     _assert_mean(frac.mean(), rate, se, "drop fraction")
     for i, j in [(0, 0), (0, 15), (15, 0), (15, 15), (8, 8)]:
-        _assert_binomial(int(dropped[:, i, j].sum()), len(dropped), rate)
+        assert_binomial(int(dropped[:, i, j].sum()), len(dropped), rate)
     # kept units are scaled by 1 / (1 - rate), so E[output] == x
     kept_values = np.unique(np.asarray(y)[~(np.asarray(y) == 0)])
     assert kept_values.size == 1
@@ -635,7 +626,7 @@ def test_dropblock_block_larger_than_map_and_block_one():
     assert dropped.any() and not dropped.all()
     # block_size=1 is Bernoulli dropout at the same rate
     y = dropblock(_key(38), _ones((100, 50, 50, 4)), 0.3, block_size=1)
-    _assert_binomial(int((y != 0).sum()), y.size, 0.7)
+    assert_binomial(int((y != 0).sum()), y.size, 0.7)
 
 
 def test_dropblock_channels_are_independent():
@@ -656,7 +647,7 @@ def test_zoneout_train_picks_h_prev_with_probability_rate(rate):
     h = zoneout(_key(40, int(rate * 10)), h_prev, h_new, rate)
     h = np.asarray(h)
     assert set(np.unique(h)) <= {0.0, 1.0}
-    _assert_binomial(int((h == 0).sum()), n, rate)
+    assert_binomial(int((h == 0).sum()), n, rate)
 
 
 def test_zoneout_values_and_inference():
