@@ -552,10 +552,13 @@ def mean_spread(
     return f"{v.mean():.{digits}f} ± {std:.{digits}f}"
 
 
-def summarize(history: History) -> dict[str, str]:
-    """One results-table row: test / train accuracy and gap as mean ± std (%)."""
+def summarize(history: History, *, best: bool = False) -> dict[str, str]:
+    """One results-table row: test / train accuracy and gap as mean ± std (%).
+
+    With ``best=True`` the row ends with the best test accuracy over epochs.
+    """
     f = history.final
-    return {
+    row = {
         "configuration": history.name,
         "test acc (%)": mean_spread(f["test_acc"]),
         "train acc (%)": mean_spread(f["train_acc"]),
@@ -564,6 +567,9 @@ def summarize(history: History) -> dict[str, str]:
         "seeds": str(len(f["test_acc"])),
         "time (s)": f"{history.seconds:.1f}",
     }
+    if best:
+        row["best test acc (%)"] = mean_spread(history.test_acc.max(1))
+    return row
 
 
 def markdown_table(rows: Sequence[dict[str, str]]) -> str:

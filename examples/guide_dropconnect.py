@@ -224,8 +224,7 @@ def main(argv=None) -> dict:
 
     rows = []
     for name, h in histories.items():
-        row = common.summarize(h)
-        row["best test acc (%)"] = common.mean_spread(h.test_acc.max(1))
+        row = common.summarize(h, best=True)
         row["ms/step"] = f"{costs[name]:.2f}" if name in costs else ""
         rows.append(row)
     table = common.markdown_table(rows)

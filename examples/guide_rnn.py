@@ -154,11 +154,7 @@ def main(argv=None) -> dict:
             flush=True,
         )
 
-    rows = []
-    for h in histories:
-        row = common.summarize(h)
-        row["best test acc (%)"] = common.mean_spread(h.test_acc.max(1))
-        rows.append(row)
+    rows = [common.summarize(h, best=True) for h in histories]
     table = common.markdown_table(rows)
     print(table)
 
