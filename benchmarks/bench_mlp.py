@@ -14,6 +14,8 @@ the same net, measured in one process:
 
 * P2 / P4b: step time (median of ``--repeats`` interleaved runs after warm-up),
   f32 and bf16 (parameters and activations);
+* every figure also for the fused form ``jaxreg.dropout(key, pre, rate,
+  activation="tanh")``, which computes the same net from the pre-activation;
 * P3: compiled temporary memory
   (``jax.jit(step).lower(...).compile().memory_analysis().temp_size_in_bytes``)
   with ``jax.checkpoint`` on every layer; P3': the same without checkpoint;
@@ -32,7 +34,8 @@ import time
 import jax
 import jax.numpy as jnp
 from _harness import (
-    DROPOUTS,
+    FUSED_TANH,
+    MLP_DROPOUTS,
     interleaved_medians,
     load_note,
     mlp_loss_fn,
@@ -65,7 +68,7 @@ def memory_rows() -> list[list[str]]:
     ):
         base = temp_bytes(None, remat=remat)
         row = [label, f"{base / 2**20:.0f} MiB"]
-        for fn in DROPOUTS.values():
+        for fn in MLP_DROPOUTS.values():
             row.append(f"{temp_bytes(fn, remat=remat) / base:.2f}x")
         rows.append(row)
     return rows
@@ -76,11 +79,11 @@ def time_rows(repeats: int) -> list[list[str]]:
     for label, dtype in (("P2 f32", jnp.float32), ("P4b bf16", jnp.bfloat16)):
         args = _inputs(DEPTH, WIDTH, BATCH, dtype)
         fns = {"none": functools.partial(mlp_step(None), *args)}
-        for name, fn in DROPOUTS.items():
+        for name, fn in MLP_DROPOUTS.items():
             fns[name] = functools.partial(mlp_step(fn), *args)
         med = interleaved_medians(fns, repeats=repeats, warmup=1)
         row = [label, f"{med['none']:.2f} s"]
-        row += [f"{med[name] / med['none']:.3f}x" for name in DROPOUTS]
+        row += [f"{med[name] / med['none']:.3f}x" for name in MLP_DROPOUTS]
         rows.append(row)
     return rows
 
@@ -96,20 +99,24 @@ def compile_seconds(dropout_fn, depth=48, width=256, batch=256) -> float:
 
 def compile_rows(repeats: int, all_peers: bool) -> list[list[str]]:
     # Each compile takes tens of seconds on a loaded 2-core machine, so by default
-    # only the figure's pair (jaxreg, flax.linen) is compiled; the other peers use
-    # the same jax.random.bernoulli lowering as flax.linen.
-    names = list(DROPOUTS) if all_peers else ["jaxreg.dropout", "flax.linen.Dropout"]
+    # only jaxreg (both forms) and the reference flax.linen are compiled; the other
+    # peers use the same jax.random.bernoulli lowering as flax.linen.
+    names = (
+        list(MLP_DROPOUTS)
+        if all_peers
+        else ["jaxreg.dropout", FUSED_TANH, "flax.linen.Dropout"]
+    )
     for n in names:  # warm up the tracing caches of every peer
-        compile_seconds(DROPOUTS[n])
+        compile_seconds(MLP_DROPOUTS[n])
     times = {n: [] for n in names}
     for _ in range(repeats):
         for n in names:
-            times[n].append(compile_seconds(DROPOUTS[n]))
+            times[n].append(compile_seconds(MLP_DROPOUTS[n]))
     med = {n: statistics.median(t) for n, t in times.items()}
     ref = med["flax.linen.Dropout"]
     return [
         ["P5 compile, 48 layers", f"{ref:.2f} s"]
-        + [f"{med[n] / ref:.2f}x" if n in med else "n/m" for n in DROPOUTS]
+        + [f"{med[n] / ref:.2f}x" if n in med else "n/m" for n in MLP_DROPOUTS]
     ]
 
 
@@ -122,7 +129,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     print(f"<!-- {versions()}; {load_note()} at start -->\n")
-    header = [f"`{n}`" for n in DROPOUTS]
+    header = [f"`{n}`" for n in MLP_DROPOUTS]
     if args.only in (None, "memory"):
         print(
             "Compiled temp memory of the fwd+bwd step, with dropout / without "

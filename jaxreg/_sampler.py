@@ -71,6 +71,7 @@ drawn with threefry keyed by the seed words, with the same threshold, so
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -239,6 +240,133 @@ def masked_select(key, rate, on_keep: jax.Array, on_drop: jax.Array) -> jax.Arra
         on_keep,
         on_drop,
         tuple(on_keep.shape),
+    )
+
+
+# Elementwise activations whose derivative is a function of their *output* ``y``.
+# Fused with dropout, they need only the dropout output for the backward pass
+# (where an element was dropped its incoming gradient is zero anyway, and where it
+# was kept ``y`` is the output divided by the scale). Each entry: the activation
+# and its derivative written in terms of ``y``, both as JAX itself computes them.
+_ACTIVATIONS = {
+    "tanh": (jnp.tanh, lambda y: 1 - y * y),
+    "sigmoid": (jax.nn.sigmoid, lambda y: y * (1 - y)),
+    "relu": (jax.nn.relu, lambda y: (y > 0).astype(y.dtype)),
+    "elu": (jax.nn.elu, lambda y: jnp.where(y > 0, 1, y + 1).astype(y.dtype)),
+    "softplus": (jax.nn.softplus, lambda y: -jnp.expm1(-y)),
+}
+# The same activations given as functions (flax.linen and flax.nnx re-export
+# these very objects).
+_ACTIVATION_NAMES = {
+    jnp.tanh: "tanh",
+    lax.tanh: "tanh",
+    jax.nn.sigmoid: "sigmoid",
+    lax.logistic: "sigmoid",
+    jax.nn.relu: "relu",
+    jax.nn.elu: "elu",
+    jax.nn.softplus: "softplus",
+}
+
+
+def activation_name(activation) -> str | None:
+    """The registry name of a fusable ``activation`` (a name or function), or None.
+
+    Raises:
+      ValueError: an unknown name or function.
+    """
+    if activation is None:
+        return None
+    if isinstance(activation, str):
+        name = activation
+    else:
+        try:
+            name = _ACTIVATION_NAMES.get(activation)
+        except TypeError:  # unhashable
+            name = None
+    if name not in _ACTIVATIONS:
+        raise ValueError(
+            f"`activation` must be None, one of {sorted(_ACTIVATIONS)} or the "
+            f"matching jax.nn / jax.numpy function; got {activation!r}. The fused "
+            "form needs an activation whose derivative is a function of its "
+            "output; apply any other activation before dropout."
+        )
+    return name
+
+
+def activation_fn(name: str):
+    """The activation function registered under ``name``."""
+    return _ACTIVATIONS[name][0]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(6, 7))
+def _activation_select(seed, t, drop_all, scale, unscale, x, name, mask_shape):
+    """``where(keep, f(x) * scale, 0)``; ``unscale`` (``1 / scale``, or 0 when
+    ``scale`` is 0) only serves the derivative rule."""
+    del unscale
+    keep = jnp.broadcast_to(_keep(seed, mask_shape, t, drop_all), x.shape)
+    ct = jnp.promote_types(x.dtype, jnp.float32)
+    y = _ACTIVATIONS[name][0](x.astype(ct)) * scale.astype(ct)
+    return lax.select(keep, y, jnp.zeros_like(y)).astype(x.dtype)
+
+
+def _activation_tangent(seed, t, drop_all, scale, unscale, z, tx, name, mask_shape):
+    """Tangent ``where(keep, tx * scale * f'(x), 0)`` with ``f'(x)`` computed from
+    the kept output ``z = f(x) * scale`` and the mask regenerated from the seed."""
+    keep = jnp.broadcast_to(_keep(seed, mask_shape, t, drop_all), z.shape)
+    ct = jnp.promote_types(z.dtype, jnp.float32)
+    y = z.astype(ct) * unscale.astype(ct)
+    slope = _ACTIVATIONS[name][1](y) * scale.astype(ct)
+    out = tx.astype(ct) * slope
+    return lax.select(keep, out, jnp.zeros_like(out)).astype(tx.dtype)
+
+
+# Linearizing the tangent rule keeps only its non-linear inputs, i.e. the seed
+# words, the scalars and the output ``z`` (which the next layer keeps anyway):
+# neither the mask nor the activation's own output is stored.
+_activation_tangent_remat = jax.checkpoint(
+    _activation_tangent,
+    policy=jax.checkpoint_policies.nothing_saveable,
+    static_argnums=(7, 8),
+)
+
+
+@_activation_select.defjvp
+def _activation_select_jvp(name, mask_shape, primals, tangents):
+    # The scale comes from the rounded threshold, so its derivative is zero and
+    # only the tangent of x contributes.
+    seed, t, drop_all, scale, unscale, x = primals
+    z = _activation_select(seed, t, drop_all, scale, unscale, x, name, mask_shape)
+    tz = _activation_tangent_remat(
+        seed, t, drop_all, scale, unscale, z, tangents[5], name, mask_shape
+    )
+    return z, tz
+
+
+_activation_select_jit = jax.jit(_activation_select, static_argnums=(6, 7))
+
+
+def masked_activation_scale(
+    key, x: jax.Array, rate, scale, unscale, activation: str, *, broadcast_dims=()
+) -> jax.Array:
+    """``where(keep_mask(key, x.shape, rate, ...), f(x) * scale, 0)`` in one pass.
+
+    ``f`` is the registered ``activation`` (a name from :func:`activation_name`).
+    Like :func:`masked_scale` the mask is regenerated in the backward pass, and
+    in addition the activation's output is not kept: the derivative is computed
+    from the returned array. ``unscale`` is ``1 / scale`` (0 when ``scale`` is 0).
+    """
+    shape = tuple(x.shape)
+    mask_shape = tuple(1 if i in broadcast_dims else s for i, s in enumerate(shape))
+    t, drop_all = _threshold_arrays(rate)
+    return _activation_select_jit(
+        _seed(key),
+        jnp.asarray(t),
+        jnp.asarray(drop_all),
+        lax.stop_gradient(jnp.asarray(scale, jnp.float32)),
+        lax.stop_gradient(jnp.asarray(unscale, jnp.float32)),
+        x,
+        activation,
+        mask_shape,
     )
 
 

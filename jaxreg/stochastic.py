@@ -29,7 +29,15 @@ from jaxreg._checks import (
     static_value,
 )
 from jaxreg._keys import as_key
-from jaxreg._sampler import keep_mask, keep_probability, masked_scale, masked_select
+from jaxreg._sampler import (
+    activation_fn,
+    activation_name,
+    keep_mask,
+    keep_probability,
+    masked_activation_scale,
+    masked_scale,
+    masked_select,
+)
 
 __all__ = [
     "alpha_dropout",
@@ -100,6 +108,7 @@ def dropout(
     broadcast_dims: Sequence[int] = (),
     deterministic: bool = False,
     inverted: bool = True,
+    activation=None,
 ) -> jax.Array:
     """Dropout: zero each element with probability ``rate``.
 
@@ -119,13 +128,24 @@ def dropout(
         axis for variational RNN dropout).
       deterministic: if True, return the inference output and ignore ``key``.
       inverted: inverted (scale at training) or classic (scale at inference).
+      activation: None, or an elementwise activation applied to ``x`` *before*
+        dropping, fused with it: ``"tanh"``, ``"sigmoid"``, ``"relu"``,
+        ``"elu"``, ``"softplus"`` or the matching function (``jnp.tanh``,
+        ``jax.nn.relu``, ``flax.linen.sigmoid``, ...). The result is
+        ``dropout(key, f(x), rate, ...)`` (up to one rounding, as ``f`` is
+        computed in at least float32), but the backward pass keeps only the
+        output: these activations' derivatives are functions of their output,
+        which can be read off the kept elements, and the dropped elements get
+        no gradient. Applying ``f`` separately makes autodiff keep both ``f(x)``
+        and the dropout output, one extra activation-sized buffer per layer.
 
     Returns:
       An array with the shape and dtype of ``x``.
 
     Raises:
       ValueError: ``rate`` outside ``[0, 1]`` or NaN; ``broadcast_dims`` out of
-        range; a missing or batched ``key`` on the stochastic path.
+        range; a missing or batched ``key`` on the stochastic path; an
+        ``activation`` that cannot be fused.
       TypeError: non-float ``x``; ``key`` not a PRNG key.
 
     Examples:
@@ -137,6 +157,9 @@ def dropout(
       Array([1., 1., 1.], dtype=float32)
       >>> jaxreg.dropout(None, jnp.ones(3), 0.5, deterministic=True, inverted=False)
       Array([0.5, 0.5, 0.5], dtype=float32)
+      >>> x = jnp.array([-1.0, 0.0, 2.0])
+      >>> jaxreg.dropout(None, x, 0.5, deterministic=True, activation="relu")
+      Array([0., 0., 2.], dtype=float32)
 
     References:
       Srivastava, Hinton, Krizhevsky, Sutskever, Salakhutdinov. "Dropout: A Simple
@@ -148,16 +171,22 @@ def dropout(
     dims = check_broadcast_dims(broadcast_dims, x.ndim)
     _check_deterministic(deterministic, key)
     check_bool(inverted, "inverted")
+    name = activation_name(activation)
     keep = keep_probability(rate)
-    if deterministic:
-        return x if inverted else _scaled(x, keep)
-    edge = _static_edge(x, rate)
-    if edge is not None:
-        return edge
+    if deterministic or static_value(rate) == 0.0:
+        fx = x if name is None else activation_fn(name)(x)
+        return fx if inverted or not deterministic else _scaled(fx, keep)
+    if static_value(rate) == 1.0:
+        return jnp.zeros_like(x)
     # The mask is regenerated from the key's seed words in the backward pass
     # (never stored); it is exactly keep_mask(key, x.shape, rate, ...).
     scale = _safe_inverse(keep) if inverted else 1.0
-    return masked_scale(key, x, rate, scale, broadcast_dims=dims)
+    if name is None:
+        return masked_scale(key, x, rate, scale, broadcast_dims=dims)
+    unscale = keep if inverted else 1.0
+    return masked_activation_scale(
+        key, x, rate, scale, unscale, name, broadcast_dims=dims
+    )
 
 
 def spatial_dropout(
