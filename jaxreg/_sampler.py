@@ -52,8 +52,9 @@ bit-flip permutation of another key's mask: keying the first round directly
   element and needs only the seed words, so :func:`masked_scale` (used by
   :func:`jaxreg.dropout` and hence spatial dropout and drop-path) and
   :func:`masked_select` (used by :func:`jaxreg.zoneout`) keep the seed words, not
-  the mask, for the backward pass. (Mask users that transform the mask first,
-  such as DropBlock, still store it.)
+  the mask, for the backward pass; so do :func:`masked_fill` (alpha dropout) and
+  :func:`masked_scale_blocks` (DropBlock, which regenerates the seeds and the
+  window minimum that grows them into blocks).
 * *Tested quality.* ``tests/test_generator.py`` checks byte-frequency
   chi-square, bit balance per bit position, serial correlation of neighbouring
   words and words a row apart, and cross-key correlation at every lag (also for
@@ -455,3 +456,100 @@ def keep_mask(
     t, drop_all = _threshold_arrays(rate)
     mask = _keep_jit(seed, mask_shape, t, drop_all)
     return jnp.broadcast_to(mask, shape)
+
+
+# --- Key-only helpers for the mask users of jaxreg.stochastic that do more than a
+# plain select (alpha dropout fills with a constant, DropBlock grows the mask into
+# blocks). As above, each is a jitted checkpoint with nothing saveable, so
+# differentiating keeps only the seed words and scalars, and the backward pass
+# regenerates the mask.
+
+
+def _select_fill(seed, t, drop_all, on_keep, fill, mask_shape):
+    keep = _keep(seed, mask_shape, t, drop_all)
+    return lax.select(keep, on_keep, jnp.broadcast_to(fill, on_keep.shape))
+
+
+_select_fill_remat = jax.jit(
+    jax.checkpoint(
+        _select_fill,
+        policy=jax.checkpoint_policies.nothing_saveable,
+        static_argnums=(5,),
+    ),
+    static_argnums=(5,),
+)
+
+
+def masked_fill(key, rate, on_keep: jax.Array, fill) -> jax.Array:
+    """``where(keep_mask(key, on_keep.shape, rate), on_keep, fill)``, key-only.
+
+    ``fill`` is a scalar (cast to ``on_keep.dtype``). Same mask as
+    :func:`keep_mask`, regenerated in the backward pass instead of stored.
+    ``rate`` must already be checked.
+    """
+    t, drop_all = _threshold_arrays(rate)
+    return _select_fill_remat(
+        _seed(key),
+        jnp.asarray(t),
+        jnp.asarray(drop_all),
+        on_keep,
+        jnp.asarray(fill, on_keep.dtype),
+        tuple(on_keep.shape),
+    )
+
+
+def _block_keep(seed, t, drop_all, shape, block_size):
+    """DropBlock's keep-mask of an NHWC ``shape``: a position is kept iff no seed
+    of ``keep_mask`` drops in the ``block_size x block_size`` window of the grid
+    padded by ``block_size - 1`` that ends at it.
+
+    The window minimum is separable (a minimum over rows, then over columns), so
+    it costs ``2 * block_size`` comparisons per element instead of
+    ``block_size**2``; the minimum of 0/1 values is exact, so the mask equals the
+    one of the 2-D window. ``uint8`` with the identity 255 makes it XLA's
+    min-reduce-window, on a quarter of the bytes of the ``uint32`` words.
+    """
+    n, h, w, c = shape
+    pad = block_size - 1
+    m = _keep(seed, (n, h + pad, w + pad, c), t, drop_all).astype(jnp.uint8)
+    for window in ((1, block_size, 1, 1), (1, 1, block_size, 1)):
+        m = lax.reduce_window(m, np.uint8(255), lax.min, window, (1, 1, 1, 1), "VALID")
+    return m.astype(bool)
+
+
+def _select_scaled_blocks(seed, t, drop_all, scale, x, block_size):
+    keep = _block_keep(seed, t, drop_all, x.shape, block_size)
+    ct = jnp.promote_types(x.dtype, jnp.float32)
+    y = x.astype(ct) * scale.astype(ct)
+    return lax.select(keep, y, jnp.zeros_like(y)).astype(x.dtype)
+
+
+_select_scaled_blocks_remat = jax.jit(
+    jax.checkpoint(
+        _select_scaled_blocks,
+        policy=jax.checkpoint_policies.nothing_saveable,
+        static_argnums=(5,),
+    ),
+    static_argnums=(5,),
+)
+
+
+def masked_scale_blocks(key, x: jax.Array, rate, scale, block_size: int):
+    """``where(blocks, x * scale, 0)`` for an NHWC ``x``, key-only.
+
+    ``blocks`` is the keep-mask ``keep_mask(key, (N, H + b - 1, W + b - 1, C),
+    rate)`` after a ``b x b`` window minimum (``b = block_size``), see
+    :func:`_block_keep`. Computed in (at least) float32 and rounded once to
+    ``x.dtype``; under autodiff only the seed words and scalars are kept, the
+    backward pass regenerates the blocks. ``rate`` (the seed rate) must already be
+    checked.
+    """
+    t, drop_all = _threshold_arrays(rate)
+    return _select_scaled_blocks_remat(
+        _seed(key),
+        jnp.asarray(t),
+        jnp.asarray(drop_all),
+        jnp.asarray(scale),
+        x,
+        block_size,
+    )

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxreg._checks import (
     check_axis,
@@ -32,10 +31,11 @@ from jaxreg._keys import as_key
 from jaxreg._sampler import (
     activation_fn,
     activation_name,
-    keep_mask,
     keep_probability,
     masked_activation_scale,
+    masked_fill,
     masked_scale,
+    masked_scale_blocks,
     masked_select,
 )
 
@@ -83,17 +83,6 @@ def _safe_inverse(keep):
         return 1.0 / keep if keep > 0 else 0.0
     positive = keep > 0
     return jnp.where(positive, 1.0 / jnp.where(positive, keep, 1.0), 0.0)
-
-
-def _masked_scale(mask: jax.Array, x: jax.Array, scale) -> jax.Array:
-    """``where(mask, x * scale, 0)`` computed once in (at least) float32.
-
-    One fused select (no zeros buffer, a single rounding to ``x.dtype``).
-    """
-    y = x.astype(compute_dtype(x)) * scale
-    return lax.select(jnp.broadcast_to(mask, y.shape), y, jnp.zeros_like(y)).astype(
-        x.dtype
-    )
 
 
 def _scaled(x: jax.Array, scale) -> jax.Array:
@@ -376,13 +365,14 @@ def alpha_dropout(
     if edge is not None:
         return edge
     q = keep_probability(rate)
-    mask = keep_mask(key, x.shape, rate)
     ct = compute_dtype(x)
     q = jnp.asarray(q, ct)
     safe_q = jnp.where(q > 0, q, 1.0)
     a = jnp.where(q > 0, (safe_q + _ALPHA_PRIME**2 * safe_q * (1 - safe_q)) ** -0.5, 0)
     b = -a * _ALPHA_PRIME * (1 - q)
-    y = jnp.where(mask, x.astype(ct), jnp.asarray(_ALPHA_PRIME, ct))
+    # where(keep_mask(key, x.shape, rate), x, alpha'); the mask is regenerated in
+    # the backward pass from the key's seed words instead of stored.
+    y = masked_fill(key, rate, x.astype(ct), jnp.asarray(_ALPHA_PRIME, ct))
     return (a * y + jnp.where(q > 0, b, 0.0)).astype(x.dtype)
 
 
@@ -514,20 +504,12 @@ def dropblock(
     edge = _static_edge(x, rate)
     if edge is not None:
         return edge
-    n, h, w, c = x.shape
-    pad = block_size - 1
     gamma = _dropblock_center_rate(rate, block_size)
-    seed_keep = keep_mask(key, (n, h + pad, w + pad, c), gamma)
-    kept = lax.reduce_window(
-        seed_keep.astype(jnp.uint8),
-        jnp.uint8(1),
-        lax.min,
-        (1, block_size, block_size, 1),
-        (1, 1, 1, 1),
-        "VALID",
-    ).astype(bool)
     keep = keep_probability(gamma) ** (block_size * block_size)
-    return _masked_scale(kept, x, _safe_inverse(keep))
+    # The seeds are keep_mask(key, (N, H + b - 1, W + b - 1, C), gamma), grown into
+    # blocks by a b x b window minimum; seeds and blocks are regenerated in the
+    # backward pass from the key's seed words instead of stored.
+    return masked_scale_blocks(key, x, gamma, _safe_inverse(keep), block_size)
 
 
 def zoneout(

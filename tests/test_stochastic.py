@@ -891,3 +891,269 @@ def test_key_is_checked_even_when_unused(call):
         call(123)
     with pytest.raises(ValueError, match=r"jax\.vmap"):
         call(jax.random.split(jax.random.key(0), 2))
+
+
+# --- Key-only memory of alpha dropout and DropBlock ----------------------------------
+# Both keep only the key's two seed words (and scalars) for the backward pass, which
+# regenerates the mask. The references below are the previous implementations (a
+# stored keep_mask, and for DropBlock the 2-D window minimum); outputs must be equal
+# bit for bit.
+
+
+def _alpha_from_mask(mask, x, q):
+    """The previous alpha dropout, given its mask and keep probability ``q``."""
+    ct = jnp.promote_types(x.dtype, jnp.float32)
+    q = jnp.asarray(q, ct)
+    safe_q = jnp.where(q > 0, q, 1.0)
+    alpha = jaxreg.stochastic._ALPHA_PRIME
+    a = jnp.where(q > 0, (safe_q + alpha**2 * safe_q * (1 - safe_q)) ** -0.5, 0)
+    b = -a * alpha * (1 - q)
+    y = jnp.where(mask, x.astype(ct), jnp.asarray(alpha, ct))
+    return (a * y + jnp.where(q > 0, b, 0.0)).astype(x.dtype)
+
+
+def _alpha_reference(key, x, rate):
+    return _alpha_from_mask(keep_mask(key, x.shape, rate), x, keep_probability(rate))
+
+
+def _dropblock_gamma_scale(rate, block_size):
+    gamma = jaxreg.stochastic._dropblock_center_rate(rate, block_size)
+    keep = keep_probability(gamma) ** (block_size * block_size)
+    return gamma, jaxreg.stochastic._safe_inverse(keep)
+
+
+def _dropblock_mask(key, shape, rate, block_size):
+    """The previous DropBlock mask: seeds on the padded grid, 2-D window minimum."""
+    n, h, w, c = shape
+    pad = block_size - 1
+    gamma, _ = _dropblock_gamma_scale(rate, block_size)
+    seeds = keep_mask(key, (n, h + pad, w + pad, c), gamma)
+    window = (1, block_size, block_size, 1)
+    kept = jax.lax.reduce_window(
+        seeds.astype(jnp.uint8), jnp.uint8(1), jax.lax.min, window, (1,) * 4, "VALID"
+    )
+    return kept.astype(bool)
+
+
+def _dropblock_from_mask(mask, x, scale):
+    y = x.astype(jnp.promote_types(x.dtype, jnp.float32)) * scale
+    return jax.lax.select(mask, y, jnp.zeros_like(y)).astype(x.dtype)
+
+
+def _dropblock_reference(key, x, rate, block_size):
+    _, scale = _dropblock_gamma_scale(rate, block_size)
+    return _dropblock_from_mask(
+        _dropblock_mask(key, x.shape, rate, block_size), x, scale
+    )
+
+
+def _bitwise_equal(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(
+        np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8)
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rate", [0.05, 0.3, 0.9])
+def test_alpha_dropout_key_only_equals_the_stored_mask_formula(dtype, rate):
+    key = _key(901, round(rate * 100))
+    x = _x((5, 7, 3), seed=1, dtype=dtype)
+    # Eager against eager and jit against jit: under jit XLA contracts the affine
+    # map ``a * y + b`` into a fused multiply-add and folds ``b`` itself, so jit
+    # and eager may differ in the last bit (both before and after key-only memory).
+    _bitwise_equal(alpha_dropout(key, x, rate), _alpha_reference(key, x, rate))
+    _bitwise_equal(
+        jax.jit(alpha_dropout, static_argnums=2)(key, x, rate),
+        jax.jit(_alpha_reference, static_argnums=2)(key, x, rate),
+    )
+    # A traced rate takes the traced-threshold path of the sampler.
+    traced = jax.jit(alpha_dropout)(key, x, jnp.float32(rate))
+    _bitwise_equal(traced, jax.jit(_alpha_reference)(key, x, jnp.float32(rate)))
+    # Both values of the mask occur, so the comparison covers both branches.
+    mask = keep_mask(key, x.shape, rate)
+    assert bool(mask.any()) and not bool(mask.all())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("shape", "block_size", "rate"),
+    [
+        ((2, 9, 6, 3), 1, 0.3),
+        ((2, 9, 6, 3), 2, 0.3),
+        ((2, 9, 6, 3), 3, 0.5),
+        ((1, 7, 11, 2), 5, 0.2),
+        ((1, 4, 4, 2), 7, 0.5),  # block larger than the map
+    ],
+)
+def test_dropblock_key_only_equals_the_stored_mask_formula(
+    dtype, shape, block_size, rate
+):
+    key = _key(902, block_size, round(rate * 100))
+    x = _x(shape, seed=2, dtype=dtype)
+    ref = _dropblock_reference(key, x, rate, block_size)
+    _bitwise_equal(dropblock(key, x, rate, block_size=block_size), ref)
+    static = jax.jit(dropblock, static_argnums=2, static_argnames="block_size")
+    _bitwise_equal(static(key, x, rate, block_size=block_size), ref)
+    jitted = jax.jit(dropblock, static_argnames="block_size")
+    traced = jitted(key, x, jnp.float32(rate), block_size=block_size)
+    ref_traced = jax.jit(_dropblock_reference, static_argnums=3)(
+        key, x, jnp.float32(rate), block_size
+    )
+    _bitwise_equal(traced, ref_traced)
+    mask = _dropblock_mask(key, shape, rate, block_size)
+    assert bool(mask.any()) and not bool(mask.all())
+
+
+def _residual_sizes(f, x):
+    _, vjp = jax.vjp(f, x)
+    return [np.size(leaf) for leaf in jax.tree_util.tree_leaves(vjp)]
+
+
+@pytest.mark.parametrize("name", ["alpha", "dropblock"])
+def test_alpha_dropout_and_dropblock_residuals_are_seed_words(name):
+    # What the vjp closure keeps: the 2 uint32 seed words, the uint32 threshold,
+    # the bool "drop all" flag and one float scalar (alpha dropout's slope ``a``,
+    # DropBlock's scale): 6 elements in all, none of them depends on x's size.
+    # The stored-mask references keep x.size-element masks, which this check sees.
+    key = _key(903, len(name))
+    x = _x((4, 8, 8, 2), seed=3)
+    if name == "alpha":
+        new = lambda x: alpha_dropout(key, x, 0.3)  # noqa: E731
+        old = lambda x: _alpha_reference(key, x, 0.3)  # noqa: E731
+    else:
+        new = lambda x: dropblock(key, x, 0.3, block_size=3)  # noqa: E731
+        old = lambda x: _dropblock_reference(key, x, 0.3, 3)  # noqa: E731
+    sizes = _residual_sizes(new, x)
+    assert max(sizes) <= 2 and sum(sizes) <= 6, sizes
+    _, vjp = jax.vjp(new, x)
+    seed = jax.random.bits(key, (2,), jnp.uint32)
+    words = [
+        leaf
+        for leaf in jax.tree_util.tree_leaves(vjp)
+        if np.shape(leaf) == (2,) and leaf.dtype == jnp.uint32
+    ]
+    assert len(words) == 1
+    np.testing.assert_array_equal(words[0], seed)
+    assert max(_residual_sizes(old, x)) == x.size
+
+
+def test_alpha_dropout_and_dropblock_check_grads():
+    key = _key(904)
+    x = _x((2, 5, 4, 3), seed=4)
+    check_grads(
+        lambda x: alpha_dropout(key, x, 0.4), (x,), order=2, modes=["fwd", "rev"]
+    )
+    check_grads(
+        lambda x: dropblock(key, x, 0.3, block_size=2),
+        (x,),
+        order=2,
+        modes=["fwd", "rev"],
+    )
+    # The gradients are the stored-mask ones: a * mask and scale * blocks.
+    g = jax.grad(lambda x: jnp.sum(alpha_dropout(key, x, 0.4)))(x)
+    g_ref = jax.grad(lambda x: jnp.sum(_alpha_reference(key, x, 0.4)))(x)
+    _bitwise_equal(g, g_ref)
+    assert bool(jnp.all((g == 0) == ~keep_mask(key, x.shape, 0.4)))
+    g = jax.grad(lambda x: jnp.sum(dropblock(key, x, 0.3, block_size=2) * x))(x)
+    g_ref = jax.grad(lambda x: jnp.sum(_dropblock_reference(key, x, 0.3, 2) * x))(x)
+    _bitwise_equal(g, g_ref)
+
+
+@pytest.mark.parametrize("name", ["alpha", "dropblock"])
+def test_alpha_dropout_and_dropblock_jit_and_vmap_over_keys(name):
+    keys = jax.random.split(_key(905, len(name)), 3)
+    x = _x((3, 2, 6, 5, 2), seed=5)
+    if name == "alpha":
+        f = lambda k, x: alpha_dropout(k, x, 0.25)  # noqa: E731
+    else:
+        f = lambda k, x: dropblock(k, x, 0.25, block_size=3)  # noqa: E731
+    batched = jax.vmap(f)(keys, x)
+    for i in range(3):
+        eager = f(keys[i], x[i])
+        jitted = jax.jit(f)(keys[i], x[i])
+        if name == "alpha":
+            # The same mask; the affine map ``a * y + b`` is a fused multiply-add
+            # under jit (see the test above), a last-bit difference.
+            np.testing.assert_allclose(jitted, eager, rtol=1e-6, atol=1e-6)
+            dropped = ~keep_mask(keys[i], x[i].shape, 0.25)
+            assert bool(jnp.all(jnp.where(dropped, jitted == jitted[dropped][0], True)))
+        else:
+            _bitwise_equal(jitted, eager)
+        _bitwise_equal(batched[i], eager)
+    # Same for the gradients (the regenerated masks under vmap).
+    grad = jax.grad(lambda x, k: jnp.sum(f(k, x) * x))
+    gb = jax.vmap(grad)(x, keys)
+    for i in range(3):
+        _bitwise_equal(gb[i], grad(x[i], keys[i]))
+
+
+def _temp_bytes(loss, *args):
+    compiled = jax.jit(jax.grad(loss)).lower(*args).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("name", ["alpha", "dropblock"])
+def test_alpha_dropout_and_dropblock_memory_per_layer_is_that_of_a_given_mask(name):
+    # A net of `depth` layers in a scan, differentiated under jit. Within one XLA
+    # program without loops the stored-mask version costs nothing extra (XLA
+    # fuses the hash into both passes), but a scan stacks each step's residuals,
+    # so there a stored mask costs its bytes per layer. Compared: the key-only
+    # function, the same net with the masks passed in as arguments (which
+    # temp_size_in_bytes does not count), and the stored-mask reference. The
+    # depth cancels the one-layer regeneration workspace: per extra layer the
+    # key-only net may need at most 64 bytes more than the given-mask net (seed
+    # words and scalars, with alignment), the stored-mask net at least the mask.
+    rate = 0.3
+    if name == "alpha":
+        x = _x((16, 64), seed=6)
+        shape = x.shape
+        q = keep_probability(rate)
+
+        def layer(w, h):
+            return jnp.tanh(h @ w)
+
+        new = lambda k, h, m: alpha_dropout(k, h, rate)  # noqa: E731
+        old = lambda k, h, m: _alpha_reference(k, h, rate)  # noqa: E731
+        given = lambda k, h, m: _alpha_from_mask(m, h, q)  # noqa: E731
+        make_mask = lambda k: keep_mask(k, shape, rate)  # noqa: E731
+        weight = (64, 64)
+    else:
+        x = _x((2, 8, 8, 8), seed=6)
+        shape = x.shape
+        _, scale = _dropblock_gamma_scale(rate, 3)
+
+        def layer(w, h):
+            dims = ("NHWC", "HWIO", "NHWC")
+            conv = jax.lax.conv_general_dilated(h, w, (1, 1), "SAME", None, None, dims)
+            return jnp.tanh(conv)
+
+        new = lambda k, h, m: dropblock(k, h, rate, block_size=3)  # noqa: E731
+        old = lambda k, h, m: _dropblock_reference(k, h, rate, 3)  # noqa: E731
+        given = lambda k, h, m: _dropblock_from_mask(m, h, scale)  # noqa: E731
+        make_mask = lambda k: _dropblock_mask(k, shape, rate, 3)  # noqa: E731
+        weight = (3, 3, 8, 8)
+
+    def net(f, depth):
+        keys = jax.random.split(_key(906, len(name)), depth)
+        masks = jax.vmap(make_mask)(keys)
+        ws = jnp.full((depth,) + weight, 0.05, jnp.float32)
+
+        def loss(ws, x, masks):
+            def body(h, args):
+                w, k, m = args
+                return f(k, layer(w, h), m), None
+
+            h, _ = jax.lax.scan(body, x, (ws, keys, masks))
+            return jnp.sum(h**2)
+
+        return _temp_bytes(loss, ws, x, masks)
+
+    mask_bytes = math.prod(shape)  # one bool per element
+    shallow, deep = 2, 6
+    per_layer = {
+        label: (net(f, deep) - net(f, shallow)) / (deep - shallow)
+        for label, f in [("new", new), ("given", given), ("old", old)]
+    }
+    assert per_layer["new"] <= per_layer["given"] + 64, per_layer
+    assert per_layer["old"] >= per_layer["given"] + mask_bytes, per_layer
