@@ -45,6 +45,7 @@ FUNCTIONS_2D = [
     "dropout_classic",
     "dropout_traced_rate",
     "dropout_broadcast_rows",
+    "dropout_fused_tanh",
     "keep_mask",
     "drop_path",
     "gaussian_dropout",
@@ -103,6 +104,8 @@ def main():
             return (lambda k, x, r: jaxreg.dropout(k, x, r)), x2
         if fn_name == "dropout_broadcast_rows":
             return (lambda k, x: jaxreg.dropout(k, x, rate, broadcast_dims=(0,))), x2
+        if fn_name == "dropout_fused_tanh":
+            return (lambda k, x: jaxreg.dropout(k, x, rate, activation="tanh")), x2
         if fn_name == "drop_path":
             return (lambda k, x: jaxreg.drop_path(k, x, rate)), x2
         if fn_name.endswith("rbg_key"):
