@@ -38,6 +38,7 @@ import jaxreg.stochastic as _stochastic
 import jaxreg.weight_dropout as _weight_dropout
 from jaxreg._checks import check_nonnegative, check_rate, static_value
 from jaxreg._keys import as_key
+from jaxreg._sampler import activation_name
 
 __all__ = [
     "ActivityRegularization",
@@ -76,6 +77,15 @@ def _validated(module, check, value, name: str, **kwargs):
 def _check_rate_field(module, name: str = "rate", *, allow_one: bool = True):
     """Validate a rate attribute at construction (traced values pass through)."""
     _validated(module, check_rate, getattr(module, name), name, allow_one=allow_one)
+
+
+def _check_activation(module, activation):
+    """Validate a fusable dropout ``activation`` (the check of :func:`jaxreg.dropout`,
+    ValueError prefixed with the module); returns it unchanged."""
+    _validated(
+        module, lambda value, _: activation_name(value), activation, "activation"
+    )
+    return activation
 
 
 def _merge_deterministic(module, deterministic) -> bool:
@@ -166,7 +176,8 @@ class Dropout(nn.Module):
     ``rate == 1`` returns zeros with finite gradients, neither draws a key); the
     mask comes from :func:`jaxreg.dropout`, whose scaling uses the keep probability
     the sampler realises, so ``E[output] == inputs`` exactly. Training output:
-    ``inputs * mask / (1 - rate)``.
+    ``inputs * mask / (1 - rate)``. With ``activation`` set, ``f(inputs)`` takes
+    the place of ``inputs`` throughout, computed fused with the mask.
 
     Attributes:
       rate: the dropout probability (not the keep rate!), in ``[0, 1]``.
@@ -177,10 +188,21 @@ class Dropout(nn.Module):
       rng_collection: the rng collection the key is drawn from.
       inverted: if False use classic dropout (``inputs * mask`` when training,
         ``inputs * (1 - rate)`` at inference), see :func:`jaxreg.dropout`.
+      activation: None, or an elementwise activation the module applies to its
+        inputs *before* dropping them, fused with the dropout: ``"tanh"``,
+        ``"sigmoid"``, ``"relu"``, ``"elu"``, ``"softplus"`` or the matching
+        function (``nn.tanh``, ``nn.relu``, ``jnp.tanh``, ...). The output is
+        that of the unfused ``Dropout(...)(f(inputs))`` (``f(inputs)`` when
+        deterministic, times ``1 - rate`` if ``inverted=False``), but the reason
+        to fuse is memory: under autodiff the layer keeps only its output for
+        the backward pass, where ``Dense -> f -> Dropout`` also keeps ``f``'s
+        output, one more activation-sized buffer per layer. See the
+        ``activation`` argument of :func:`jaxreg.dropout`.
 
     Raises:
-      ValueError: at construction, ``rate`` outside ``[0, 1]`` or NaN; at call,
-        ``deterministic`` given nowhere or twice.
+      ValueError: at construction, ``rate`` outside ``[0, 1]`` or NaN, or an
+        ``activation`` that cannot be fused; at call, ``deterministic`` given
+        nowhere or twice.
       flax.errors.InvalidRngError: the ``rng_collection`` key was not passed to
         ``apply`` (and no ``rng`` was given).
 
@@ -198,6 +220,17 @@ class Dropout(nn.Module):
       >>> y.shape
       (1, 4)
 
+      The fused activation (``Dense -> tanh -> Dropout`` in one layer):
+
+      >>> layer = jl.Dropout(0.5, activation="tanh")
+      >>> pre = jnp.array([-1.0, 0.0, 2.0])
+      >>> bool(jnp.all(layer.apply({}, pre, deterministic=True) == jnp.tanh(pre)))
+      True
+      >>> y = layer.apply({}, pre, deterministic=False,
+      ...                 rngs={"dropout": jax.random.key(1)})
+      >>> bool(jnp.all((y == 0) | (y == 2 * jnp.tanh(pre))))
+      True
+
     References:
       Srivastava et al. "Dropout: A Simple Way to Prevent Neural Networks from
       Overfitting." JMLR 15, 2014. https://jmlr.org/papers/v15/srivastava14a.html
@@ -208,14 +241,16 @@ class Dropout(nn.Module):
     deterministic: bool | None = None
     rng_collection: str = "dropout"
     inverted: bool = True
+    activation: str | Callable | None = None
 
     def __post_init__(self):
         _check_rate_field(self)
+        _check_activation(self, self.activation)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng=None):
-        """Apply dropout to ``inputs``.
+        """Apply dropout to ``inputs`` (to ``activation(inputs)``, fused, if set).
 
         Args:
           inputs: floating array.
@@ -235,6 +270,7 @@ class Dropout(nn.Module):
             rng,
             broadcast_dims=self.broadcast_dims,
             inverted=self.inverted,
+            activation=self.activation,
         )
 
 

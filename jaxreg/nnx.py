@@ -43,6 +43,7 @@ from jaxreg._checks import check_nonnegative, check_rate
 from jaxreg._keys import as_key
 from jaxreg.linen import (
     _activity_penalty,
+    _check_activation,
     _check_activity_fields,
     _check_dropconnect_fields,
     _check_rate_tree,
@@ -257,8 +258,9 @@ class Dropout(_Stochastic):
     with finite gradients; neither draws a key). The mask comes from
     :func:`jaxreg.dropout`, whose scaling uses the keep probability the sampler
     realises, so ``E[output] == inputs`` exactly. Training output:
-    ``inputs * mask / (1 - rate)``. Unlike ``nnx.Dropout``, ``rngs`` may also be a
-    raw key at construction.
+    ``inputs * mask / (1 - rate)``. With ``activation`` set, ``f(inputs)`` takes
+    the place of ``inputs`` throughout, computed fused with the mask. Unlike
+    ``nnx.Dropout``, ``rngs`` may also be a raw key at construction.
 
     Args:
       rate: the dropout probability (not the keep rate!), in ``[0, 1]``.
@@ -269,10 +271,21 @@ class Dropout(_Stochastic):
       rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None (then pass ``rngs``
         at call time).
       inverted: if False use classic dropout (see :func:`jaxreg.dropout`).
+      activation: None, or an elementwise activation the module applies to its
+        inputs *before* dropping them, fused with the dropout: ``"tanh"``,
+        ``"sigmoid"``, ``"relu"``, ``"elu"``, ``"softplus"`` or the matching
+        function (``nnx.tanh``, ``nnx.relu``, ``jnp.tanh``, ...). The output is
+        that of the unfused ``Dropout(...)(f(inputs))`` (``f(inputs)`` when
+        deterministic, times ``1 - rate`` if ``inverted=False``), but the reason
+        to fuse is memory: under autodiff the layer keeps only its output for
+        the backward pass, where ``Linear -> f -> Dropout`` also keeps ``f``'s
+        output, one more activation-sized buffer per layer. See the
+        ``activation`` argument of :func:`jaxreg.dropout`.
 
     Raises:
-      ValueError: ``rate`` outside ``[0, 1]`` or NaN; at call time, no
-        ``deterministic`` anywhere, or no key on the stochastic path.
+      ValueError: ``rate`` outside ``[0, 1]`` or NaN, or an ``activation`` that
+        cannot be fused; at call time, no ``deterministic`` anywhere, or no key
+        on the stochastic path.
       TypeError: ``rngs`` of another type.
 
     Examples:
@@ -295,6 +308,16 @@ class Dropout(_Stochastic):
       >>> bool(jnp.all((y == 0) | (y == z)))
       True
 
+      The fused activation (``Linear -> tanh -> Dropout`` in one layer):
+
+      >>> layer = jn.Dropout(0.5, activation="tanh", rngs=nnx.Rngs(0))
+      >>> pre = jnp.array([-1.0, 0.0, 2.0])
+      >>> bool(jnp.all(layer(pre, deterministic=True) == jnp.tanh(pre)))
+      True
+      >>> y = layer(pre)
+      >>> bool(jnp.all((y == 0) | (y == 2 * jnp.tanh(pre))))
+      True
+
     References:
       Srivastava et al. "Dropout: A Simple Way to Prevent Neural Networks from
       Overfitting." JMLR 15, 2014. https://jmlr.org/papers/v15/srivastava14a.html
@@ -309,12 +332,14 @@ class Dropout(_Stochastic):
         rng_collection: str = "dropout",
         rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
         inverted: bool = True,
+        activation: str | Callable | None = None,
     ):
         self.rate = _rate(self, rate)
         if isinstance(broadcast_dims, list):
             broadcast_dims = tuple(broadcast_dims)
         self.broadcast_dims = broadcast_dims
         self.inverted = inverted
+        self.activation = _check_activation(self, activation)
         self._init_stochastic(deterministic, rng_collection, rngs)
 
     def __call__(
@@ -324,7 +349,10 @@ class Dropout(_Stochastic):
         deterministic: bool | None = None,
         rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
     ) -> jax.Array:
-        """Apply dropout; ``deterministic`` and ``rngs`` override the attributes."""
+        """Apply dropout (to ``activation(inputs)``, fused, if it is set).
+
+        ``deterministic`` and ``rngs`` given here override the attributes.
+        """
         return self._apply(
             _stochastic.dropout,
             inputs,
@@ -333,6 +361,7 @@ class Dropout(_Stochastic):
             rngs,
             broadcast_dims=self.broadcast_dims,
             inverted=self.inverted,
+            activation=self.activation,
         )
 
 
