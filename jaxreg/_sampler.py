@@ -161,29 +161,37 @@ def _keep(seed, shape, t, drop_all) -> jax.Array:
     return (_bits(seed, shape) >= t) & ~drop_all
 
 
-def _select_scaled(seed, t, drop_all, scale, x, mask_shape):
-    """``where(keep, x * scale, 0)`` with the mask regenerated from the seed.
+def _key_only(fn, static_argnum: int = 5):
+    """``fn`` jitted as a checkpoint that saves nothing.
 
-    Computed in (at least) float32 and rounded once to ``x.dtype``.
+    Differentiating through it saves only its non-linear inputs (the seed words,
+    the threshold and scalars such as the scale): the backward pass regenerates
+    the mask instead of storing it. Unlike a custom_vjp this keeps forward-mode
+    autodiff (jvp, jacfwd, hessian) working. The jit makes the eager path one
+    dispatch. Argument ``static_argnum`` (a shape or block size) is static.
     """
-    keep = jnp.broadcast_to(_keep(seed, mask_shape, t, drop_all), x.shape)
+    static = (static_argnum,)
+    policy = jax.checkpoint_policies.nothing_saveable
+    return jax.jit(
+        jax.checkpoint(fn, policy=policy, static_argnums=static),
+        static_argnums=static,
+    )
+
+
+def _scale_where(keep, x, scale):
+    """``where(keep, x * scale, 0)`` in (at least) float32, rounded once."""
     ct = jnp.promote_types(x.dtype, jnp.float32)
     y = x.astype(ct) * scale.astype(ct)
+    keep = jnp.broadcast_to(keep, y.shape)
     return lax.select(keep, y, jnp.zeros_like(y)).astype(x.dtype)
 
 
-# Differentiating through the checkpoint saves only its non-linear inputs (the
-# seed words, the threshold and the scale): the backward pass regenerates the mask
-# instead of storing it. Unlike a custom_vjp this keeps forward-mode autodiff
-# (jvp, jacfwd, hessian) working. The jit makes the eager path one dispatch.
-_select_scaled_remat = jax.jit(
-    jax.checkpoint(
-        _select_scaled,
-        policy=jax.checkpoint_policies.nothing_saveable,
-        static_argnums=(5,),
-    ),
-    static_argnums=(5,),
-)
+def _select_scaled(seed, t, drop_all, scale, x, mask_shape):
+    """``where(keep, x * scale, 0)`` with the mask regenerated from the seed."""
+    return _scale_where(_keep(seed, mask_shape, t, drop_all), x, scale)
+
+
+_select_scaled_remat = _key_only(_select_scaled)
 _keep_jit = jax.jit(_keep, static_argnums=(1,))
 
 
@@ -192,14 +200,7 @@ def _select_keep(seed, t, drop_all, on_keep, on_drop, mask_shape):
     return lax.select(keep, on_keep, on_drop)
 
 
-_select_keep_remat = jax.jit(
-    jax.checkpoint(
-        _select_keep,
-        policy=jax.checkpoint_policies.nothing_saveable,
-        static_argnums=(5,),
-    ),
-    static_argnums=(5,),
-)
+_select_keep_remat = _key_only(_select_keep)
 
 
 def masked_scale(key, x: jax.Array, rate, scale, *, broadcast_dims=()) -> jax.Array:
@@ -248,9 +249,13 @@ def masked_select(key, rate, on_keep: jax.Array, on_drop: jax.Array) -> jax.Arra
 # Fused with dropout, they need only the dropout output for the backward pass
 # (where an element was dropped its incoming gradient is zero anyway, and where it
 # was kept ``y`` is the output divided by the scale). Each entry: the activation
-# and its derivative written in terms of ``y``, both as JAX itself computes them.
+# and its derivative written in terms of ``y`` (for tanh and sigmoid the forms of
+# JAX's default-accuracy rules). As ``y`` is recovered from the rounded, scaled
+# output, it can be one rounding further from f(x) than the activation's own
+# output; where the activation saturates (``|tanh| -> 1``) the derivative's relative
+# error grows like that rounding over ``1 - |y|``, as it does for JAX's rules.
 _ACTIVATIONS = {
-    "tanh": (jnp.tanh, lambda y: 1 - y * y),
+    "tanh": (jnp.tanh, lambda y: (1 + y) * (1 - y)),
     "sigmoid": (jax.nn.sigmoid, lambda y: y * (1 - y)),
     "relu": (jax.nn.relu, lambda y: (y > 0).astype(y.dtype)),
     "elu": (jax.nn.elu, lambda y: jnp.where(y > 0, 1, y + 1).astype(y.dtype)),
@@ -304,21 +309,19 @@ def _activation_select(seed, t, drop_all, scale, unscale, x, name, mask_shape):
     """``where(keep, f(x) * scale, 0)``; ``unscale`` (``1 / scale``, or 0 when
     ``scale`` is 0) only serves the derivative rule."""
     del unscale
-    keep = jnp.broadcast_to(_keep(seed, mask_shape, t, drop_all), x.shape)
+    keep = _keep(seed, mask_shape, t, drop_all)
     ct = jnp.promote_types(x.dtype, jnp.float32)
-    y = _ACTIVATIONS[name][0](x.astype(ct)) * scale.astype(ct)
-    return lax.select(keep, y, jnp.zeros_like(y)).astype(x.dtype)
+    fx = _ACTIVATIONS[name][0](x.astype(ct))
+    return _scale_where(keep, fx, scale).astype(x.dtype)
 
 
 def _activation_tangent(seed, t, drop_all, scale, unscale, z, tx, name, mask_shape):
     """Tangent ``where(keep, tx * scale * f'(x), 0)`` with ``f'(x)`` computed from
     the kept output ``z = f(x) * scale`` and the mask regenerated from the seed."""
-    keep = jnp.broadcast_to(_keep(seed, mask_shape, t, drop_all), z.shape)
+    keep = _keep(seed, mask_shape, t, drop_all)
     ct = jnp.promote_types(z.dtype, jnp.float32)
-    y = z.astype(ct) * unscale.astype(ct)
-    slope = _ACTIVATIONS[name][1](y) * scale.astype(ct)
-    out = tx.astype(ct) * slope
-    return lax.select(keep, out, jnp.zeros_like(out)).astype(tx.dtype)
+    slope = _ACTIVATIONS[name][1](z.astype(ct) * unscale.astype(ct))
+    return _scale_where(keep, tx.astype(ct) * slope, scale).astype(tx.dtype)
 
 
 # Linearizing the tangent rule keeps only its non-linear inputs, i.e. the seed
@@ -470,14 +473,7 @@ def _select_fill(seed, t, drop_all, on_keep, fill, mask_shape):
     return lax.select(keep, on_keep, jnp.broadcast_to(fill, on_keep.shape))
 
 
-_select_fill_remat = jax.jit(
-    jax.checkpoint(
-        _select_fill,
-        policy=jax.checkpoint_policies.nothing_saveable,
-        static_argnums=(5,),
-    ),
-    static_argnums=(5,),
-)
+_select_fill_remat = _key_only(_select_fill)
 
 
 def masked_fill(key, rate, on_keep: jax.Array, fill) -> jax.Array:
@@ -518,20 +514,10 @@ def _block_keep(seed, t, drop_all, shape, block_size):
 
 
 def _select_scaled_blocks(seed, t, drop_all, scale, x, block_size):
-    keep = _block_keep(seed, t, drop_all, x.shape, block_size)
-    ct = jnp.promote_types(x.dtype, jnp.float32)
-    y = x.astype(ct) * scale.astype(ct)
-    return lax.select(keep, y, jnp.zeros_like(y)).astype(x.dtype)
+    return _scale_where(_block_keep(seed, t, drop_all, x.shape, block_size), x, scale)
 
 
-_select_scaled_blocks_remat = jax.jit(
-    jax.checkpoint(
-        _select_scaled_blocks,
-        policy=jax.checkpoint_policies.nothing_saveable,
-        static_argnums=(5,),
-    ),
-    static_argnums=(5,),
-)
+_select_scaled_blocks_remat = _key_only(_select_scaled_blocks)
 
 
 def masked_scale_blocks(key, x: jax.Array, rate, scale, block_size: int):

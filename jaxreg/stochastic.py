@@ -127,6 +127,10 @@ def dropout(
         which can be read off the kept elements, and the dropped elements get
         no gradient. Applying ``f`` separately makes autodiff keep both ``f(x)``
         and the dropout output, one extra activation-sized buffer per layer.
+        Gradients equal the composition's up to rounding: the derivative is
+        computed from the rounded output, so where ``f`` saturates (``tanh`` or
+        ``sigmoid`` near their bounds) its relative error grows like one
+        rounding over the distance to the bound, as for JAX's own rules.
 
     Returns:
       An array with the shape and dtype of ``x``.
