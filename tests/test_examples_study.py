@@ -194,6 +194,27 @@ def test_study_forward_is_plain_mlp_when_everything_is_off():
     )
 
 
+def test_study_forward_random_shift_row_shifts_the_inputs():
+    # The "random shift" row (shift = 1) must see jaxreg.random_shift of the
+    # inputs, drawn from the key the forward pass derives for it, and nothing
+    # else; shift = 0 must leave them alone.
+    study = _load("mnist1d_study")
+    common = _load("common")
+    params = common.init_mlp(0, (40, 8, 10))
+    x = jnp.linspace(-1, 1, 3 * 40).reshape(3, 40)
+    key = jax.random.key(3)
+    hp = {k: jnp.asarray(v, jnp.float32) for k, v in study.OFF.items()}
+    off = study.forward(params, x, key, hp)
+    on = study.forward(params, x, key, {**hp, "shift": jnp.float32(1.0)})
+    k_in = jax.random.split(key, 3)[0]
+    k_shift = jax.random.split(k_in)[1]
+    shifted = jaxreg.random_shift(k_shift, x, max_shift=study.SHIFT, mode="wrap")
+    assert not bool(jnp.all(shifted == x))  # the key really moves something
+    np.testing.assert_allclose(on, common.mlp_apply(params, shifted), rtol=1e-6)
+    np.testing.assert_allclose(off, common.mlp_apply(params, x), rtol=1e-6)
+    assert not np.allclose(on, off)
+
+
 # ---------------------------------------------------------------------- guides
 def test_guide_inference_quick(tmp_path, cache):
     guide = _load("guide_inference")
