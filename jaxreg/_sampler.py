@@ -55,6 +55,12 @@ bit-flip permutation of another key's mask: keying the first round directly
   the mask, for the backward pass; so do :func:`masked_fill` (alpha dropout) and
   :func:`masked_scale_blocks` (DropBlock, which regenerates the seeds and the
   window minimum that grows them into blocks).
+  :func:`masked_activation_scale` (``jaxreg.dropout(..., activation=f)``) goes
+  one step further for activations whose derivative is a function of their
+  output (tanh, sigmoid, relu, elu, softplus): a ``custom_jvp`` whose tangent
+  rule is such a checkpoint reads ``f'`` off the dropout output itself, so the
+  backward pass keeps neither the mask nor ``f(x)``, only the output the next
+  layer keeps anyway.
 * *Tested quality.* ``tests/test_generator.py`` checks byte-frequency
   chi-square, bit balance per bit position, serial correlation of neighbouring
   words and words a row apart, and cross-key correlation at every lag (also for
