@@ -64,3 +64,23 @@ def assert_binomial(kept, n, p):
     assert abs(kept - n * p) < 4 * sigma, (
         f"kept {kept} of {n}, expected {n * p:.1f} +- 4*{sigma:.1f}"
     )
+
+
+# The activations jaxreg.dropout(activation=...) fuses: name -> the function an
+# unfused reference applies first (flax.linen and flax.nnx export these objects).
+FUSABLE = {
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "relu": jax.nn.relu,
+    "elu": jax.nn.elu,
+    "softplus": jax.nn.softplus,
+}
+# Each fusable activation given by name, then as the function object, with the
+# function the unfused reference applies: ``(activation, f)`` pairs.
+FUSED_CASES = [(n, f) for n, f in FUSABLE.items()] + [(f, f) for f in FUSABLE.values()]
+FUSED_IDS = [n for n in FUSABLE] + [f"fn-{n}" for n in FUSABLE]
+# Pre-activations in [-1, 1]: the fused backward pass reads the derivative off the
+# output (tanh' = (1 + y)(1 - y)), which agrees with JAX's own rule to rtol 1e-6
+# away from saturation (up to ~5e-6 for tanh at |x| ~ 2.5, where both are correct
+# to ~8 float32 ulps of 1 in absolute terms).
+X_PRE = jax.random.uniform(jax.random.key(11), (4, 6, 6, 3), minval=-1.0, maxval=1.0)

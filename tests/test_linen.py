@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import digits
+from _helpers import FUSED_CASES, FUSED_IDS, X_PRE, digits
 
 import jaxreg
 import jaxreg.linen as jl
@@ -311,32 +311,8 @@ def test_traced_rate_schedule_under_jit():
 # Dropout(activation=...): the fused activation + dropout.
 # ---------------------------------------------------------------------------------
 
-# Each fusable activation, given by name and as the function object Flax exports,
-# with the function the unfused reference applies first.
-FUSED = [
-    ("tanh", jnp.tanh),
-    ("sigmoid", jax.nn.sigmoid),
-    ("relu", jax.nn.relu),
-    ("elu", jax.nn.elu),
-    ("softplus", jax.nn.softplus),
-    (nn.tanh, jnp.tanh),
-    (nn.sigmoid, jax.nn.sigmoid),
-    (nn.relu, jax.nn.relu),
-    (nn.elu, jax.nn.elu),
-    (nn.softplus, jax.nn.softplus),
-]
-# Pre-activations in [-1, 1]: the fused backward pass reads the derivative off the
-# output (e.g. tanh' = 1 - y**2), which keeps rtol 1e-6 against JAX's own rule
-# only away from saturation (measured: <= 0.6e-6 here; up to ~5e-6 for tanh
-# at |x| ~ 2.5, where both are correct to ~8 float32 ulps of 1 in absolute terms).
-X_PRE = jax.random.uniform(jax.random.key(11), (4, 6, 6, 3), minval=-1.0, maxval=1.0)
 
-
-def _fused_id(case):
-    return case if isinstance(case, str) else getattr(case, "__name__", str(case))
-
-
-@pytest.mark.parametrize("activation, f", FUSED, ids=[_fused_id(a) for a, _ in FUSED])
+@pytest.mark.parametrize("activation, f", FUSED_CASES, ids=FUSED_IDS)
 @pytest.mark.parametrize("rate, dims, inverted", [(0.3, (), True), (0.5, (1,), False)])
 def test_dropout_activation_equals_fused_function_and_unfused_module(
     activation, f, rate, dims, inverted
@@ -368,7 +344,7 @@ def test_dropout_activation_equals_fused_function_and_unfused_module(
     assert not bool(jnp.all(y == f(X)))  # something was dropped
 
 
-@pytest.mark.parametrize("activation, f", FUSED[:5], ids=[a for a, _ in FUSED[:5]])
+@pytest.mark.parametrize("activation, f", FUSED_CASES[:5], ids=FUSED_IDS[:5])
 def test_dropout_activation_deterministic_rate_zero_and_one(activation, f):
     fx = f(X)
     for where in ("constructor", "call"):
@@ -392,7 +368,7 @@ def test_dropout_activation_deterministic_rate_zero_and_one(activation, f):
     np.testing.assert_array_equal(np.asarray(y1), 0.0)
 
 
-@pytest.mark.parametrize("activation, f", FUSED[:5], ids=[a for a, _ in FUSED[:5]])
+@pytest.mark.parametrize("activation, f", FUSED_CASES[:5], ids=FUSED_IDS[:5])
 @pytest.mark.parametrize("inverted", [True, False])
 def test_dropout_activation_gradients_equal_unfused(activation, f, inverted):
     key = jax.random.key(5)
@@ -481,8 +457,14 @@ def test_dropout_activation_under_jit_in_a_model():
     pairs = zip(
         jax.tree.leaves(grads(True)), jax.tree.leaves(grads(False)), strict=True
     )
+    # Parameter gradients are sums over the batch of per-element derivatives that
+    # agree to about one float32 rounding (checked per element above); where the
+    # sum cancels, that rounding is relative to the leaf's scale, not its value.
     for a, b in pairs:
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+        scale = float(np.max(np.abs(np.asarray(b))))
+        np.testing.assert_allclose(
+            np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6 * scale
+        )
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import digits
+from _helpers import FUSED_CASES, FUSED_IDS, X_PRE, digits
 from flax import nnx
 
 import jaxreg
@@ -554,32 +554,8 @@ def test_zoneout_cell_equals_pure_function_per_carry_leaf():
 # Dropout(activation=...): the fused activation + dropout.
 # ---------------------------------------------------------------------------------
 
-# Each fusable activation, given by name and as the function object NNX exports,
-# with the function the unfused reference applies first.
-FUSED = [
-    ("tanh", jnp.tanh),
-    ("sigmoid", jax.nn.sigmoid),
-    ("relu", jax.nn.relu),
-    ("elu", jax.nn.elu),
-    ("softplus", jax.nn.softplus),
-    (nnx.tanh, jnp.tanh),
-    (nnx.sigmoid, jax.nn.sigmoid),
-    (nnx.relu, jax.nn.relu),
-    (nnx.elu, jax.nn.elu),
-    (nnx.softplus, jax.nn.softplus),
-]
-# Pre-activations in [-1, 1]: the fused backward pass reads the derivative off the
-# output (e.g. tanh' = 1 - y**2), which keeps rtol 1e-6 against JAX's own rule
-# only away from saturation (measured: <= 0.6e-6 here; up to ~5e-6 for tanh
-# at |x| ~ 2.5, where both are correct to ~8 float32 ulps of 1 in absolute terms).
-X_PRE = jax.random.uniform(jax.random.key(11), (4, 6, 6, 3), minval=-1.0, maxval=1.0)
 
-
-def _fused_id(case):
-    return case if isinstance(case, str) else getattr(case, "__name__", str(case))
-
-
-@pytest.mark.parametrize("activation, f", FUSED, ids=[_fused_id(a) for a, _ in FUSED])
+@pytest.mark.parametrize("activation, f", FUSED_CASES, ids=FUSED_IDS)
 @pytest.mark.parametrize("rate, dims, inverted", [(0.3, (), True), (0.5, (1,), False)])
 def test_dropout_activation_equals_fused_function_and_unfused_module(
     activation, f, rate, dims, inverted
@@ -630,7 +606,7 @@ def test_dropout_activation_equals_fused_function_and_unfused_module(
     assert not bool(jnp.all(y == f(X)))  # something was dropped
 
 
-@pytest.mark.parametrize("activation, f", FUSED[:5], ids=[a for a, _ in FUSED[:5]])
+@pytest.mark.parametrize("activation, f", FUSED_CASES[:5], ids=FUSED_IDS[:5])
 @pytest.mark.parametrize("how", ["constructor", "call", "eval", "view"])
 def test_dropout_activation_deterministic_rate_zero_and_one(activation, f, how):
     fx = f(X)
@@ -661,7 +637,7 @@ def test_dropout_activation_deterministic_rate_zero_and_one(activation, f, how):
     )
 
 
-@pytest.mark.parametrize("activation, f", FUSED[:5], ids=[a for a, _ in FUSED[:5]])
+@pytest.mark.parametrize("activation, f", FUSED_CASES[:5], ids=FUSED_IDS[:5])
 @pytest.mark.parametrize("inverted", [True, False])
 def test_dropout_activation_gradients_equal_unfused(activation, f, inverted):
     key = jax.random.key(5)

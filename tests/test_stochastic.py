@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _helpers import assert_binomial, fold_key
+from _helpers import FUSABLE, assert_binomial, fold_key
 from jax.test_util import check_grads
 
 import jaxreg
@@ -1160,14 +1160,6 @@ def test_alpha_dropout_and_dropblock_memory_per_layer_is_that_of_a_given_mask(na
 
 
 # --- dropout(activation=...): the fused activation + dropout --------------------
-
-FUSABLE = {
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "relu": jax.nn.relu,
-    "elu": jax.nn.elu,
-    "softplus": jax.nn.softplus,
-}
 
 
 def _fused_inputs(dtype=jnp.float32, shape=(48, 37)):
