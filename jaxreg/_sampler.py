@@ -52,9 +52,10 @@ bit-flip permutation of another key's mask: keying the first round directly
   element and needs only the seed words, so :func:`masked_scale` (used by
   :func:`jaxreg.dropout` and hence spatial dropout and drop-path) and
   :func:`masked_select` (used by :func:`jaxreg.zoneout`) keep the seed words, not
-  the mask, for the backward pass; so do :func:`masked_fill` (alpha dropout) and
-  :func:`masked_scale_blocks` (DropBlock, which regenerates the seeds and the
-  window minimum that grows them into blocks).
+  the mask, for the backward pass (:func:`masked_select` also serves alpha
+  dropout, with a scalar fill value); so does :func:`masked_scale_blocks`
+  (DropBlock, which regenerates the seeds and the window minimum that grows them
+  into blocks).
   :func:`masked_activation_scale` (``jaxreg.dropout(..., activation=f)``) goes
   one step further for activations whose derivative is a function of their
   output (tanh, sigmoid, relu, elu, softplus): a ``custom_jvp`` whose tangent
@@ -203,7 +204,7 @@ _keep_jit = jax.jit(_keep, static_argnums=(1,))
 
 def _select_keep(seed, t, drop_all, on_keep, on_drop, mask_shape):
     keep = jnp.broadcast_to(_keep(seed, mask_shape, t, drop_all), on_keep.shape)
-    return lax.select(keep, on_keep, on_drop)
+    return lax.select(keep, on_keep, jnp.broadcast_to(on_drop, on_keep.shape))
 
 
 _select_keep_remat = _key_only(_select_keep)
@@ -233,13 +234,15 @@ def masked_select(key, rate, on_keep: jax.Array, on_drop: jax.Array) -> jax.Arra
 
     Same mask as :func:`keep_mask`; like :func:`masked_scale` it is regenerated
     in the backward pass instead of stored. ``rate`` must already be checked;
-    ``on_keep`` and ``on_drop`` have the same shape and dtype.
+    ``on_drop`` has the dtype of ``on_keep`` and its shape, or is a scalar (a
+    fill value, broadcast inside the region so that no array of that shape is
+    kept for the backward pass).
     """
     value = static_value(rate)
     if value == 0.0:
         return on_keep
     if value == 1.0:
-        return on_drop
+        return jnp.broadcast_to(on_drop, on_keep.shape)
     t, drop_all = _threshold_arrays(rate)
     return _select_keep_remat(
         _seed(key),
@@ -467,37 +470,9 @@ def keep_mask(
     return jnp.broadcast_to(mask, shape)
 
 
-# --- Key-only helpers for the mask users of jaxreg.stochastic that do more than a
-# plain select (alpha dropout fills with a constant, DropBlock grows the mask into
-# blocks). As above, each is a jitted checkpoint with nothing saveable, so
-# differentiating keeps only the seed words and scalars, and the backward pass
-# regenerates the mask.
-
-
-def _select_fill(seed, t, drop_all, on_keep, fill, mask_shape):
-    keep = _keep(seed, mask_shape, t, drop_all)
-    return lax.select(keep, on_keep, jnp.broadcast_to(fill, on_keep.shape))
-
-
-_select_fill_remat = _key_only(_select_fill)
-
-
-def masked_fill(key, rate, on_keep: jax.Array, fill) -> jax.Array:
-    """``where(keep_mask(key, on_keep.shape, rate), on_keep, fill)``, key-only.
-
-    ``fill`` is a scalar (cast to ``on_keep.dtype``). Same mask as
-    :func:`keep_mask`, regenerated in the backward pass instead of stored.
-    ``rate`` must already be checked.
-    """
-    t, drop_all = _threshold_arrays(rate)
-    return _select_fill_remat(
-        _seed(key),
-        jnp.asarray(t),
-        jnp.asarray(drop_all),
-        on_keep,
-        jnp.asarray(fill, on_keep.dtype),
-        tuple(on_keep.shape),
-    )
+# --- DropBlock, which grows the mask into blocks before the select. As above, a
+# jitted checkpoint with nothing saveable: differentiating keeps only the seed
+# words and scalars, and the backward pass regenerates the blocks.
 
 
 def _block_keep(seed, t, drop_all, shape, block_size):

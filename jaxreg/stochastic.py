@@ -33,7 +33,6 @@ from jaxreg._sampler import (
     activation_name,
     keep_probability,
     masked_activation_scale,
-    masked_fill,
     masked_scale,
     masked_scale_blocks,
     masked_select,
@@ -376,7 +375,7 @@ def alpha_dropout(
     b = -a * _ALPHA_PRIME * (1 - q)
     # where(keep_mask(key, x.shape, rate), x, alpha'); the mask is regenerated in
     # the backward pass from the key's seed words instead of stored.
-    y = masked_fill(key, rate, x.astype(ct), jnp.asarray(_ALPHA_PRIME, ct))
+    y = masked_select(key, rate, x.astype(ct), jnp.asarray(_ALPHA_PRIME, ct))
     return (a * y + jnp.where(q > 0, b, 0.0)).astype(x.dtype)
 
 
