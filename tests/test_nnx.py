@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import FUSED_CASES, FUSED_IDS, X_PRE, digits
+from _helpers import FUSED_CASES, FUSED_IDS, X_PRE, activation_sized, digits
 from flax import nnx
 
 import jaxreg
@@ -659,18 +659,13 @@ def test_dropout_activation_gradients_equal_unfused(activation, f, inverted):
     np.testing.assert_array_equal(np.asarray(g), np.asarray(g_pure))
 
 
-def _activation_sized(vjp, x):
-    """The leaves of a vjp closure with as many elements as ``x``."""
-    return [leaf for leaf in jax.tree_util.tree_leaves(vjp) if np.size(leaf) == x.size]
-
-
 def test_dropout_activation_keeps_only_its_output_for_the_backward_pass():
     key = jax.random.key(8)
     x = jax.random.normal(jax.random.key(9), (32, 64))
     fused = jn.Dropout(0.3, activation="tanh")
     unfused = jn.Dropout(0.3)
     y, vjp = jax.vjp(lambda x: fused(x, rngs=key), x)
-    kept = _activation_sized(vjp, x)
+    kept = activation_sized(vjp, x)
     # The only activation-sized residual is the output (which the next layer
     # keeps anyway); neither tanh(x) nor x nor a mask is stored.
     assert len(kept) == 1
@@ -678,7 +673,7 @@ def test_dropout_activation_keeps_only_its_output_for_the_backward_pass():
     # tanh then dropout keeps two activation-sized arrays besides its output,
     # one of them tanh(x).
     y_unfused, vjp_unfused = jax.vjp(lambda x: unfused(jnp.tanh(x), rngs=key), x)
-    kept = _activation_sized(vjp_unfused, x)
+    kept = activation_sized(vjp_unfused, x)
     assert len(kept) == 2
     assert not any(bool(jnp.array_equal(leaf, y_unfused)) for leaf in kept)
     assert any(bool(jnp.array_equal(leaf, jnp.tanh(x))) for leaf in kept)
