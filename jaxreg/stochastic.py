@@ -165,10 +165,11 @@ def dropout(
     check_bool(inverted, "inverted")
     name = activation_name(activation)
     keep = keep_probability(rate)
-    if deterministic or static_value(rate) == 0.0:
+    value = static_value(rate)
+    if deterministic or value == 0.0:  # a rate of 0 drops nothing, scales by 1
         fx = x if name is None else activation_fn(name)(x)
-        return fx if inverted or not deterministic else _scaled(fx, keep)
-    if static_value(rate) == 1.0:
+        return _scaled(fx, keep) if deterministic and not inverted else fx
+    if value == 1.0:
         return jnp.zeros_like(x)
     # The mask is regenerated from the key's seed words in the backward pass
     # (never stored); it is exactly keep_mask(key, x.shape, rate, ...).
