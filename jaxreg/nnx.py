@@ -194,6 +194,18 @@ class _Stochastic(nnx.Module):
             f"{source!r}."
         )
 
+    def _init_bias(self, use_bias, bias_init, params_key, features, param_dtype):
+        """A dense layer's ``bias`` exactly as ``nnx.Linear`` draws it, or None."""
+        if use_bias:
+            self.bias = nnx.Param(bias_init(params_key(), (features,), param_dtype))
+        else:
+            self.bias = nnx.data(None)
+
+    def _promoted(self, inputs):
+        """``(inputs, kernel, bias)`` promoted to ``self.dtype`` as in ``nnx.Linear``."""
+        bias = None if self.bias is None else self.bias[...]
+        return promote_dtype((inputs, self.kernel[...], bias), dtype=self.dtype)
+
     def _params_stream(self, rngs, deterministic, rng_collection: str):
         """``(rngs, params stream)`` for a layer that initializes parameters.
 
@@ -756,19 +768,13 @@ class DropConnectDense(_Stochastic):
         self.kernel = nnx.Param(
             kernel_init(params_key(), (in_features, out_features), param_dtype)
         )
-        if use_bias:
-            self.bias = nnx.Param(bias_init(params_key(), (out_features,), param_dtype))
-        else:
-            self.bias = nnx.data(None)
+        self._init_bias(use_bias, bias_init, params_key, out_features, param_dtype)
         self._init_stochastic(deterministic, rng_collection, rngs)
 
     def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
         """Apply the layer to ``inputs`` of shape ``(..., in_features)``."""
         det = self._resolve_deterministic(deterministic)
-        bias = None if self.bias is None else self.bias[...]
-        x, kernel, bias = promote_dtype(
-            (inputs, self.kernel[...], bias), dtype=self.dtype
-        )
+        x, kernel, bias = self._promoted(inputs)
         return _dropconnect_apply(
             self, lambda: self._call_key(rngs), x, kernel, bias, det
         )
@@ -1136,19 +1142,13 @@ class SparseVariationalDense(_Stochastic):
         shape = (in_features, out_features)
         self.kernel = nnx.Param(kernel_init(params_key(), shape, param_dtype))
         self.log_sigma2 = nnx.Param(jnp.full(shape, log_sigma2_init, param_dtype))
-        if use_bias:
-            self.bias = nnx.Param(bias_init(params_key(), (out_features,), param_dtype))
-        else:
-            self.bias = nnx.data(None)
+        self._init_bias(use_bias, bias_init, params_key, out_features, param_dtype)
         self._init_stochastic(deterministic, rng_collection, rngs)
 
     def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
         """Apply the layer to ``inputs`` of shape ``(..., in_features)``."""
         det = self._resolve_deterministic(deterministic)
-        bias = None if self.bias is None else self.bias[...]
-        x, kernel, bias = promote_dtype(
-            (inputs, self.kernel[...], bias), dtype=self.dtype
-        )
+        x, kernel, bias = self._promoted(inputs)
         log_sigma2 = self.log_sigma2[...]
         key = None if det else self._call_key(rngs)
         kl = _bayesian.sparse_vd_kl(_bayesian.sparse_vd_log_alpha(kernel, log_sigma2))
