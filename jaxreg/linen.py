@@ -88,6 +88,14 @@ def _check_activation(module, activation):
     return activation
 
 
+def _dense_bias(module):
+    """A dense module's ``bias`` parameter as ``nn.Dense`` creates it, or None."""
+    if not module.use_bias:
+        return None
+    shape = (module.features,)
+    return module.param("bias", module.bias_init, shape, module.param_dtype)
+
+
 def _merge_deterministic(module, deterministic) -> bool:
     """``merge_param`` for ``deterministic``, with an error that says what to do."""
     try:
@@ -713,11 +721,7 @@ class DropConnectDense(nn.Module):
             (jnp.shape(inputs)[-1], self.features),
             self.param_dtype,
         )
-        bias = None
-        if self.use_bias:
-            bias = self.param(
-                "bias", self.bias_init, (self.features,), self.param_dtype
-            )
+        bias = _dense_bias(self)
         inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         return _dropconnect_apply(
             self, lambda: _key(self, rng), inputs, kernel, bias, det
@@ -1140,11 +1144,7 @@ class SparseVariationalDense(nn.Module):
             shape,
             self.param_dtype,
         )
-        bias = None
-        if self.use_bias:
-            bias = self.param(
-                "bias", self.bias_init, (self.features,), self.param_dtype
-            )
+        bias = _dense_bias(self)
         inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         key = None if det else _key(self, rng)
         kl = _bayesian.sparse_vd_kl(_bayesian.sparse_vd_log_alpha(kernel, log_sigma2))
