@@ -287,6 +287,15 @@ class History:
         record["seconds"] = self.seconds
         return record
 
+    def report(self, label: str) -> None:
+        """Print one progress line: test and train accuracy over the runs, time."""
+        f = self.final
+        print(
+            f"{label}: test {mean_spread(f['test_acc'])}, train "
+            f"{mean_spread(f['train_acc'])} ({self.seconds:.0f} s)",
+            flush=True,
+        )
+
     def select(self, runs: Sequence[int] | slice, name: str) -> History:
         """The sub-history of some runs (e.g. one configuration of a batched
         :func:`train` call with ``hparams``), renamed ``name``."""

@@ -152,12 +152,7 @@ def main(argv=None) -> dict:
         )
         hist.extra.update(method=method, rate=rate)
         histories.append(hist)
-        f = hist.final
-        print(
-            f"{name}: test {common.mean_spread(f['test_acc'])}, train "
-            f"{common.mean_spread(f['train_acc'])} ({hist.seconds:.0f} s)",
-            flush=True,
-        )
+        hist.report(name)
 
     rows = [common.summarize(h, best=True) for h in histories]
     table = common.markdown_table(rows)

@@ -179,12 +179,7 @@ def main(argv=None) -> dict:
             progress=not args.quick,
         )
         histories[name] = hist
-        f = hist.final
-        print(
-            f"{label}: test {common.mean_spread(f['test_acc'])}, train "
-            f"{common.mean_spread(f['train_acc'])} ({hist.seconds:.0f} s)",
-            flush=True,
-        )
+        hist.report(label)
 
     # Step cost of one model (not vmapped), minimum over repeats.
     reps, steps = (1, 2) if args.quick else (5, 20)

@@ -147,12 +147,7 @@ def main(argv=None) -> dict:
             progress=not args.quick,
         )
         histories.append(hist)
-        f = hist.final
-        print(
-            f"{variant}: test {common.mean_spread(f['test_acc'])}, train "
-            f"{common.mean_spread(f['train_acc'])} ({hist.seconds:.0f} s)",
-            flush=True,
-        )
+        hist.report(variant)
 
     rows = [common.summarize(h, best=True) for h in histories]
     table = common.markdown_table(rows)
