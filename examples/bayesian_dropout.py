@@ -26,7 +26,6 @@ Figures go to ``--out`` (default ``docs/guide/figures``) as
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -386,24 +385,22 @@ def _jsonable(obj):
 
 
 def main(argv=None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.guide_parser(__doc__)
     parser.add_argument(
         "--experiment", choices=("concrete", "sparse_vd", "all"), default="all"
     )
-    parser.add_argument("--quick", action="store_true", help="tiny smoke-test run")
-    parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--out", default="docs/guide/figures")
+    parser.set_defaults(seeds=None)  # 2 with --quick, else 3
     args = parser.parse_args(argv)
 
     out = common.output_dir(args.out)
     if args.quick:
-        data = common.load_mnist1d(num_samples=600)
+        data = common.load_mnist1d(args.cache, num_samples=600)
         seeds = args.seeds or 2
         concrete_kw = dict(widths=(64, 8), epochs=args.epochs or 3)
         vd_kw = dict(widths=(32, 16), epochs=args.epochs or 4)
     else:
-        data = common.load_mnist1d()
+        data = common.load_mnist1d(args.cache)
         seeds = args.seeds or 3
         concrete_kw = dict(epochs=args.epochs or 150)
         vd_kw = dict(epochs=args.epochs or 200)

@@ -23,7 +23,6 @@ and the test-accuracy curves) to ``--out``::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -121,21 +120,19 @@ def run(
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny smoke-test run")
+    parser = common.guide_parser(__doc__)
     parser.add_argument("--rate", type=float, default=0.5, help="final drop rate")
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--seeds", type=int, default=None)
-    parser.add_argument("--out", default="docs/guide/figures")
+    parser.set_defaults(seeds=None)  # 1 with --quick, else 3
     args = parser.parse_args(argv)
     out = common.output_dir(args.out)
     if args.quick:
-        data = common.load_mnist1d(num_samples=600)
+        data = common.load_mnist1d(args.cache, num_samples=600)
         kw = dict(
             sizes=(40, 32, 32, 10), epochs=args.epochs or 2, seeds=args.seeds or 1
         )
     else:
-        data = common.load_mnist1d()
+        data = common.load_mnist1d(args.cache)
         kw = dict(epochs=args.epochs or 60, seeds=args.seeds or 3)
 
     results = {}
