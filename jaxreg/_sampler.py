@@ -156,12 +156,21 @@ def _seed(key) -> jax.Array:
     return jax.random.bits(as_key(key), (2,), jnp.uint32)
 
 
+def _hash(seed: jax.Array, index: jax.Array) -> jax.Array:
+    """The word of every element from its global linear ``index`` (uint32 array).
+
+    Elementwise in ``index``: this is what makes masks layout-independent (a
+    shard computes its block from its own indices alone).
+    """
+    return _mix(_mix(_mix(index) ^ seed[0]) ^ seed[1])
+
+
 def _bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """One uniform uint32 word per element of ``shape``, from the seed words."""
     if math.prod(shape) >= _HASH_LIMIT:
         key = jax.random.wrap_key_data(seed, impl="threefry2x32")
         return jax.random.bits(key, shape, jnp.uint32)
-    return _mix(_mix(_mix(_linear_index(shape)) ^ seed[0]) ^ seed[1])
+    return _hash(seed, _linear_index(shape))
 
 
 def _keep(seed, shape, t, drop_all) -> jax.Array:
