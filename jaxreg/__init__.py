@@ -7,6 +7,11 @@ transformations (:mod:`jaxreg.transforms`) and as Flax modules (:mod:`jaxreg.lin
 :mod:`jaxreg.nnx`; imported on demand, ``import jaxreg`` does not import Flax).
 """
 
+# Public submodules whose functions are used by module path (jaxreg.losses.*,
+# jaxreg.schedules.*); their names are not re-exported at the top level.
+from jaxreg import losses as losses
+from jaxreg import schedules as schedules
+
 # The mask sampler.
 from jaxreg._sampler import keep_mask, keep_probability
 
@@ -24,8 +29,13 @@ from jaxreg.bayesian import (
     sparse_vd_pruned_fraction,
 )
 
-# Constraints (projections), penalties and parameter masks.
+# Constraints (projections).
 from jaxreg.constraints import max_norm, min_max_norm, non_neg, unit_norm
+
+# Keys per layer and call site (scan over layers without split_rngs).
+from jaxreg.keys import derive_key, layer_keys
+
+# Penalties and parameter masks.
 from jaxreg.penalties import (
     elastic_net,
     group_lasso,
@@ -48,8 +58,13 @@ from jaxreg.stochastic import (
     zoneout,
 )
 
-# Early stopping and optax transformations.
+# Early stopping.
 from jaxreg.stopping import EarlyStopping, EarlyStoppingState, early_stopping
+
+# Token-level regularizers (PatchDropout).
+from jaxreg.tokens import patch_dropout
+
+# optax transformations.
 from jaxreg.transforms import (
     PenaltyState,
     ProxState,
@@ -139,6 +154,11 @@ __all__ = [
     "non_neg_constraint",
     "project",
     "unit_norm_constraint",
+    # tokens
+    "patch_dropout",
+    # keys
+    "derive_key",
+    "layer_keys",
     # stopping
     "EarlyStopping",
     "EarlyStoppingState",

@@ -189,3 +189,77 @@ def check_bool(value, name: str) -> bool:
 def compute_dtype(x: jax.Array):
     """The dtype arithmetic on ``x`` runs in: ``x.dtype`` promoted to float32."""
     return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def check_unit_interval(value, name: str):
+    """Check a fraction that must lie in ``[0, 1]`` (a smoothing factor, ...).
+
+    Like :func:`check_rate` but without the drop-probability wording: a concrete
+    value is returned as a Python float, a traced one unchanged.
+    """
+    _check_scalar(value, name)
+    v = static_value(value)
+    if v is None:
+        return value
+    if math.isnan(v) or not 0.0 <= v <= 1.0:
+        raise ValueError(f"`{name}` must lie in [0, 1]; got {name}={v!r}.")
+    return v
+
+
+def check_int(value, name: str, *, minimum: int | None = None) -> int:
+    """A Python (or NumPy) integer that fixes a shape or a count, returned as int.
+
+    Raises:
+      TypeError: for bools, floats and anything that is not an integer.
+      ValueError: if ``value < minimum``.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(
+            f"`{name}` must be a Python int; got {type(value).__name__} {value!r}."
+        )
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}; got {name}={int(value)}.")
+    return int(value)
+
+
+def check_class_labels(labels, num_classes: int, shape, name: str = "labels"):
+    """Integer class indices of the given ``shape``, in ``[0, num_classes)``.
+
+    The range is checked when ``labels`` is concrete; traced labels cannot be
+    (callers document what an out-of-range traced label gives).
+
+    Raises:
+      TypeError: non-array or non-integer labels (floats, bools, one-hot rows).
+      ValueError: wrong shape, or a concrete label outside ``[0, num_classes)``.
+    """
+    if not (hasattr(labels, "dtype") and hasattr(labels, "shape")):
+        if isinstance(labels, (list, tuple, int, np.integer)) and not isinstance(
+            labels, bool
+        ):
+            labels = np.asarray(labels)
+        else:
+            raise TypeError(
+                f"`{name}` must be an array of integer class indices; got "
+                f"{type(labels).__name__} {labels!r}."
+            )
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(
+            f"`{name}` must hold integer class indices; got dtype {labels.dtype}. "
+            f"Cast class indices with `{name}.astype(jnp.int32)`; for one-hot or "
+            "soft labels use `optax.softmax_cross_entropy`."
+        )
+    if tuple(labels.shape) != tuple(shape):
+        raise ValueError(
+            f"`{name}` must have shape {tuple(shape)} (the logits' shape without "
+            f"the class axis); got shape {tuple(labels.shape)}."
+        )
+    if not isinstance(labels, jax.core.Tracer) and labels.size:
+        values = np.asarray(labels)
+        bad = (values < 0) | (values >= num_classes)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"`{name}` must lie in [0, {num_classes}) for {num_classes} classes; "
+                f"got {name}[{', '.join(map(str, first))}]={int(values[first])}."
+            )
+    return jnp.asarray(labels)
