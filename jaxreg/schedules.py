@@ -208,7 +208,17 @@ def linear_ramp(rate, steps: int, *, begin: int = 0, initial_rate=0.0) -> Schedu
             [optax.constant_schedule(initial_rate), optax.constant_schedule(rate)],
             [begin],
         )
-    return optax.linear_schedule(initial_rate, rate, steps, begin)
+    ramp = optax.linear_schedule(initial_rate, rate, steps, begin)
+    low = jnp.minimum(initial_rate, rate)
+    high = jnp.maximum(initial_rate, rate)
+
+    def schedule(step):
+        # optax's interpolation can overshoot an end point by a rounding error
+        # under jit (e.g. -7e-9 at the end of a ramp down to 0); a rate never
+        # leaves the interval between the two rates.
+        return jnp.clip(ramp(step), low, high)
+
+    return schedule
 
 
 def early_dropout(rate, steps: int, *, mode: str = "constant") -> Schedule:
