@@ -14,6 +14,8 @@ compute in at least float32 and return the logits' dtype.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -86,6 +88,46 @@ def _reduce(loss: jax.Array, example_mask, reduction: str, dtype) -> jax.Array:
         count = loss.size if example_mask is None else jnp.sum(example_mask)
         loss = jnp.sum(loss) / jnp.maximum(count, 1)
     return loss.astype(dtype)
+
+
+@functools.partial(jax.jit, static_argnames="reduction")
+def _smoothed_core(logits, labels, alpha, example_mask, class_mask, reduction):
+    """The loss of :func:`smoothed_cross_entropy` from checked arguments."""
+    num_classes = logits.shape[-1]
+    ct = compute_dtype(logits)
+    z = logits.astype(ct)
+    if example_mask is not None:  # left-out rows: finite values, zero gradients
+        z = jnp.where(example_mask[..., None], z, 0.0)
+    if class_mask is not None:
+        z = jnp.where(class_mask, z, 0.0)
+        count = jnp.sum(class_mask, axis=-1)
+    else:
+        count = num_classes
+    # Shift by the (included) maximum, as log_softmax does, so that the
+    # logsumexp and the logit terms cancel without large magnitudes.
+    peak = jnp.max(z, axis=-1, keepdims=True, where=class_mask, initial=-jnp.inf)
+    s = z - jax.lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0))
+    lse = jnp.log(jnp.sum(jnp.exp(s), axis=-1, where=class_mask))
+    # The label's shifted logit, gathered (no one-hot). Negative labels are sent
+    # out of range too: "fill" then gives NaN instead of wrapping around.
+    index = jnp.where(labels < 0, num_classes, labels)[..., None]
+    s_y = jnp.take_along_axis(s, index, axis=-1, mode="fill", fill_value=jnp.nan)
+    s_y = s_y[..., 0]
+    total = jnp.sum(s, axis=-1, where=class_mask)
+    a = jnp.asarray(alpha, ct)
+    if class_mask is None:
+        loss = lse - (1 - a) * s_y - a * total / count
+    else:
+        included = jnp.take_along_axis(
+            class_mask, index, -1, mode="fill", fill_value=False
+        )
+        on_label = (1 - a) * included[..., 0]
+        safe_count = jnp.maximum(count, 1)
+        loss = (on_label + a) * lse - on_label * s_y - a * total / safe_count
+        loss = jnp.where(count > 0, loss, 0.0)
+    if example_mask is not None:
+        loss = jnp.where(example_mask, loss, 0.0)
+    return _reduce(loss, example_mask, reduction, logits.dtype)
 
 
 def smoothed_cross_entropy(
@@ -177,41 +219,24 @@ def smoothed_cross_entropy(
     reduction = _check_reduction(reduction)
     example_mask, class_mask = _split_where(where, logits)
 
-    ct = compute_dtype(logits)
-    z = logits.astype(ct)
-    if example_mask is not None:  # left-out rows: finite values, zero gradients
-        z = jnp.where(example_mask[..., None], z, 0.0)
-    if class_mask is not None:
-        z = jnp.where(class_mask, z, 0.0)
-        count = jnp.sum(class_mask, axis=-1)
-    else:
-        count = num_classes
-    # Shift by the (included) maximum, as log_softmax does, so that the
-    # logsumexp and the logit terms cancel without large magnitudes.
-    peak = jnp.max(z, axis=-1, keepdims=True, where=class_mask, initial=-jnp.inf)
-    s = z - jax.lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0))
-    lse = jnp.log(jnp.sum(jnp.exp(s), axis=-1, where=class_mask))
-    # The label's shifted logit, gathered (no one-hot). Negative labels are sent
-    # out of range too: "fill" then gives NaN instead of wrapping around.
-    index = jnp.where(labels < 0, num_classes, labels)[..., None]
-    s_y = jnp.take_along_axis(s, index, axis=-1, mode="fill", fill_value=jnp.nan)
-    s_y = s_y[..., 0]
-    total = jnp.sum(s, axis=-1, where=class_mask)
-    a = jnp.asarray(alpha, ct)
-    if class_mask is None:
-        loss = lse - (1 - a) * s_y - a * total / count
-    else:
-        fill = jnp.zeros(index.shape, bool)
-        included = jnp.take_along_axis(
-            class_mask, index, -1, mode="fill", fill_value=fill
-        )
-        on_label = (1 - a) * included[..., 0]
-        safe_count = jnp.maximum(count, 1)
-        loss = (on_label + a) * lse - on_label * s_y - a * total / safe_count
-        loss = jnp.where(count > 0, loss, 0.0)
+    return _smoothed_core(logits, labels, alpha, example_mask, class_mask, reduction)
+
+
+@functools.partial(jax.jit, static_argnames="reduction")
+def _rdrop_core(logits1, logits2, example_mask, reduction):
+    """The loss of :func:`rdrop_loss` from checked arguments."""
+    dtype = jnp.promote_types(logits1.dtype, logits2.dtype)
+    ct = jnp.promote_types(dtype, jnp.float32)
+    z1, z2 = logits1.astype(ct), logits2.astype(ct)
+    if example_mask is not None:
+        z1 = jnp.where(example_mask[..., None], z1, 0.0)
+        z2 = jnp.where(example_mask[..., None], z2, 0.0)
+    lp1 = jax.nn.log_softmax(z1, axis=-1)
+    lp2 = jax.nn.log_softmax(z2, axis=-1)
+    loss = 0.5 * jnp.sum((jnp.exp(lp1) - jnp.exp(lp2)) * (lp1 - lp2), axis=-1)
     if example_mask is not None:
         loss = jnp.where(example_mask, loss, 0.0)
-    return _reduce(loss, example_mask, reduction, logits.dtype)
+    return _reduce(loss, example_mask, reduction, dtype)
 
 
 def rdrop_loss(
@@ -295,15 +320,4 @@ def rdrop_loss(
     example_mask = None
     if where is not None:
         example_mask = _as_mask(where, logits1.shape[:-1])
-    dtype = jnp.promote_types(logits1.dtype, logits2.dtype)
-    ct = jnp.promote_types(dtype, jnp.float32)
-    z1, z2 = logits1.astype(ct), logits2.astype(ct)
-    if example_mask is not None:
-        z1 = jnp.where(example_mask[..., None], z1, 0.0)
-        z2 = jnp.where(example_mask[..., None], z2, 0.0)
-    lp1 = jax.nn.log_softmax(z1, axis=-1)
-    lp2 = jax.nn.log_softmax(z2, axis=-1)
-    loss = 0.5 * jnp.sum((jnp.exp(lp1) - jnp.exp(lp2)) * (lp1 - lp2), axis=-1)
-    if example_mask is not None:
-        loss = jnp.where(example_mask, loss, 0.0)
-    return _reduce(loss, example_mask, reduction, dtype)
+    return _rdrop_core(logits1, logits2, example_mask, reduction)
