@@ -8,6 +8,8 @@ and the saving is real compute, not masked compute.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -136,9 +138,15 @@ def patch_dropout(
         )
         return x, indices
     key = as_key(key, why="patch dropout draws which tokens to keep")
-    num_patches = num_tokens - prefix
-    keep = _num_keep(num_patches, rate)
-    words = _bits(_seed(key), (batch, num_patches))  # distinct within a row
+    keep = _num_keep(num_tokens - prefix, rate)
+    return _patch_dropout(key, x, keep, prefix, ordered)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _patch_dropout(key, x, keep: int, prefix: int, ordered: bool):
+    """Keep ``prefix`` leading tokens and ``keep`` random others of each row."""
+    batch, num_tokens = x.shape[:2]
+    words = _bits(_seed(key), (batch, num_tokens - prefix))  # distinct in a row
     _, chosen = jax.lax.top_k(words, keep)
     if ordered:
         chosen = jnp.sort(chosen, axis=-1)
