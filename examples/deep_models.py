@@ -218,15 +218,16 @@ def main(argv=None):
             "seconds": seconds,
         }
         rows.append(
-            f"| {name} | {mean_pm(acc[:, -1])} | {nll.mean():.3f} | "
-            f"{100 * np.mean(ece):.1f} | {seconds:.0f} |"
+            f"| {name} | {mean_pm(acc[:, -1])} | {mean_pm(acc.max(1))} | "
+            f"{nll.mean():.3f} | {100 * np.mean(ece):.1f} | {seconds:.0f} |"
         )
         results[name]["probs"] = probs  # for the figure (not saved)
     compilations = train._cache_size()
     table = "\n".join(
         [
-            "| configuration | final test acc (%) | test NLL | ECE (%) | time (s) |",
-            "| --- | --- | --- | --- | --- |",
+            "| configuration | final test acc (%) | best-epoch test acc (%) "
+            "| test NLL | ECE (%) | time (s) |",
+            "| --- | --- | --- | --- | --- | --- |",
             *rows,
         ]
     )

@@ -258,8 +258,18 @@ def check_class_labels(labels, num_classes: int, shape, name: str = "labels"):
         bad = (values < 0) | (values >= num_classes)
         if bad.any():
             first = tuple(int(i) for i in np.argwhere(bad)[0])
+            where = f"[{', '.join(map(str, first))}]" if first else ""
             raise ValueError(
                 f"`{name}` must lie in [0, {num_classes}) for {num_classes} classes; "
-                f"got {name}[{', '.join(map(str, first))}]={int(values[first])}."
+                f"got {name}{where}={int(values[first])}."
             )
     return jnp.asarray(labels)
+
+
+def check_same_shape(a: jax.Array, b: jax.Array, name_a: str, name_b: str) -> None:
+    """Two arrays that must have the same shape (e.g. two passes' logits)."""
+    if a.shape != b.shape:
+        raise ValueError(
+            f"`{name_a}` and `{name_b}` must have the same shape; got "
+            f"{name_a}.shape={a.shape} and {name_b}.shape={b.shape}."
+        )

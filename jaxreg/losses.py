@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jaxreg._checks import (
     check_class_labels,
     check_float_array,
+    check_same_shape,
     check_unit_interval,
     compute_dtype,
 )
@@ -311,11 +312,7 @@ def rdrop_loss(
     """
     logits1 = _check_logits(logits1, "logits1")
     logits2 = _check_logits(logits2, "logits2")
-    if logits1.shape != logits2.shape:
-        raise ValueError(
-            "`logits1` and `logits2` must have the same shape; got "
-            f"logits1.shape={logits1.shape} and logits2.shape={logits2.shape}."
-        )
+    check_same_shape(logits1, logits2, "logits1", "logits2")
     reduction = _check_reduction(reduction)
     example_mask = None
     if where is not None:

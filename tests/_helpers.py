@@ -89,3 +89,15 @@ X_PRE = jax.random.uniform(jax.random.key(11), (4, 6, 6, 3), minval=-1.0, maxval
 def activation_sized(vjp, x):
     """The leaves of a ``jax.vjp`` closure with as many elements as ``x``."""
     return [leaf for leaf in jax.tree_util.tree_leaves(vjp) if np.size(leaf) == x.size]
+
+
+def load_example(name: str):
+    """Import ``examples/<name>.py`` as a module (the scripts are not a package)."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

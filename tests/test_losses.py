@@ -238,6 +238,11 @@ def test_smoothing_bad_inputs(kwargs, err, match):
         smoothed_cross_entropy(args.pop("logits"), args.pop("labels"), alpha, **args)
 
 
+def test_single_example_label_out_of_range():
+    with pytest.raises(ValueError, match=r"\[0, 3\) for 3 classes; got labels=3\."):
+        smoothed_cross_entropy(jnp.zeros(3), jnp.int32(3), 0.1)
+
+
 def test_scalar_logits_are_an_error():
     with pytest.raises(ValueError, match=r"non-empty class axis .* got shape \(\)"):
         smoothed_cross_entropy(jnp.float32(1.0), jnp.int32(0), 0.1)
