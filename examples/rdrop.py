@@ -12,7 +12,7 @@ a traced input, so ``alpha = 0`` (two dropout passes, no consistency term) and
 on a 500-example subset of the digits (so that it overfits), prints test
 accuracy and NLL for both, and writes ``rdrop.json`` to ``--out``::
 
-    python examples/rdrop.py                     # about a minute on 2 cores
+    python examples/rdrop.py                     # about 30 s of CPU time
     python examples/rdrop.py --quick --out /tmp/rdrop
 """
 

@@ -19,7 +19,9 @@ Distinct paths give independent keys: every path element is folded in with
 :func:`jax.random.fold_in` (a keyed pseudo-random function), names and indices
 are mapped to disjoint sets of 32-bit words (indices to ``[0, 2**31)``, names to
 ``[2**31, 2**32)`` by a stable hash of their UTF-8 bytes), so a name never aliases
-an index, and the path ``(a, b)`` differs from ``(b, a)`` and from ``(a,)``.
+an index, and the path ``(a, b)`` differs from ``(b, a)`` and from ``(a,)``. (Two
+distinct names share a word with probability ``2**-31``; the hash is the same in
+every process and Python version, unlike ``hash(str)``.)
 """
 
 from __future__ import annotations
