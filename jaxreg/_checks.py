@@ -14,15 +14,19 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 __all__ = [
     "check_axis",
     "check_broadcast_dims",
     "check_float_array",
     "check_nonnegative",
+    "check_out_sharding",
     "check_positive",
     "check_rate",
+    "check_shard_spec",
     "is_static",
+    "spec_entries",
     "static_value",
 ]
 
@@ -273,3 +277,103 @@ def check_same_shape(a: jax.Array, b: jax.Array, name_a: str, name_b: str) -> No
             f"`{name_a}` and `{name_b}` must have the same shape; got "
             f"{name_a}.shape={a.shape} and {name_b}.shape={b.shape}."
         )
+
+
+def spec_entries(spec, ndim: int) -> tuple[tuple[str, ...], ...]:
+    """The mesh axis names splitting each of ``ndim`` axes, from a PartitionSpec."""
+    entries = tuple(spec) + (None,) * (ndim - len(spec))
+    return tuple(
+        () if e is None else (tuple(e) if isinstance(e, (tuple, list)) else (e,))
+        for e in entries
+    )
+
+
+def _check_spec_rank(spec, ndim: int, name: str) -> None:
+    if len(spec) > ndim:
+        raise ValueError(
+            f"`{name}`={spec} has {len(spec)} entries, more than the {ndim} axes "
+            "of the array it describes."
+        )
+
+
+def check_shard_spec(shard_spec, ndim: int, name: str = "shard_spec"):
+    """Check the PartitionSpec of a shard's block inside ``jax.shard_map``.
+
+    Returns None for None, else per axis the tuple of the manual mesh axes that
+    split it (padded with ``()`` to ``ndim`` axes).
+
+    Raises:
+      TypeError: ``shard_spec`` is not a ``PartitionSpec``.
+      ValueError: more entries than axes; used outside ``shard_map``; an axis
+        name the mesh lacks, one that is not manual in the enclosing
+        ``shard_map``, or one used twice.
+    """
+    if shard_spec is None:
+        return None
+    if not isinstance(shard_spec, PartitionSpec):
+        raise TypeError(
+            f"`{name}` must be a jax.sharding.PartitionSpec (the `in_specs` entry "
+            f"of the data in the enclosing jax.shard_map); got "
+            f"{type(shard_spec).__name__} {shard_spec!r}."
+        )
+    _check_spec_rank(shard_spec, ndim, name)
+    mesh = jax.sharding.get_abstract_mesh()
+    types = dict(zip(mesh.axis_names, mesh.axis_types, strict=True))
+    manual = [n for n, t in types.items() if t == AxisType.Manual]
+    if not manual:
+        raise ValueError(
+            f"`{name}`={shard_spec} is only meaningful inside jax.shard_map, where "
+            "the array is one shard's block; here no mesh axis is manual. Outside "
+            f"shard_map drop `{name}`: under jit the global array already gives "
+            "every element its global index (on an Explicit mesh the result keeps "
+            "the input's sharding)."
+        )
+    entries = spec_entries(shard_spec, ndim)
+    seen = set()
+    for axis in (a for entry in entries for a in entry):
+        if axis not in types:
+            raise ValueError(
+                f"`{name}`={shard_spec} names mesh axis {axis!r}, which the mesh "
+                f"lacks; its axes are {tuple(types)}."
+            )
+        if types[axis] != AxisType.Manual:
+            raise ValueError(
+                f"`{name}`={shard_spec} names mesh axis {axis!r}, which is not "
+                f"manual in the enclosing jax.shard_map (manual axes: "
+                f"{tuple(manual)}); name only the axes that shard_map splits."
+            )
+        if axis in seen:
+            raise ValueError(f"`{name}`={shard_spec} uses mesh axis {axis!r} twice.")
+        seen.add(axis)
+    return entries
+
+
+def check_out_sharding(out_sharding, ndim: int, name: str = "out_sharding"):
+    """Check an output sharding: None, a NamedSharding, or a PartitionSpec of
+    the mesh set with ``jax.set_mesh`` (returned as a NamedSharding).
+
+    Raises:
+      TypeError: another type.
+      ValueError: a spec with more entries than axes; a PartitionSpec without a
+        mesh set.
+    """
+    if out_sharding is None:
+        return None
+    if isinstance(out_sharding, NamedSharding) and not out_sharding.mesh.axis_names:
+        return None  # the sharding of an array outside any mesh
+    if isinstance(out_sharding, PartitionSpec):
+        mesh = jax.sharding.get_abstract_mesh()
+        if not mesh.axis_names:
+            raise ValueError(
+                f"`{name}`={out_sharding} is a PartitionSpec but no mesh is set; "
+                "call it under `with jax.set_mesh(mesh):` or pass "
+                "`jax.sharding.NamedSharding(mesh, spec)`."
+            )
+        out_sharding = NamedSharding(mesh, out_sharding)
+    if not isinstance(out_sharding, NamedSharding):
+        raise TypeError(
+            f"`{name}` must be None, a jax.sharding.NamedSharding or a "
+            f"PartitionSpec; got {type(out_sharding).__name__} {out_sharding!r}."
+        )
+    _check_spec_rank(out_sharding.spec, ndim, name)
+    return out_sharding

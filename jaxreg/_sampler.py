@@ -82,13 +82,23 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from jaxreg._checks import check_broadcast_dims, check_rate, static_value
+from jaxreg._checks import (
+    check_broadcast_dims,
+    check_out_sharding,
+    check_rate,
+    check_shard_spec,
+    spec_entries,
+    static_value,
+)
 from jaxreg._keys import as_key
 
 __all__ = ["keep_mask", "keep_probability"]
@@ -139,15 +149,76 @@ def _mix(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def _linear_index(shape: tuple[int, ...]) -> jax.Array:
-    """Row-major linear index of every element, as uint32 (``size < 2**32``)."""
-    index = jnp.zeros(shape, jnp.uint32)
+class _Layout(NamedTuple):
+    """Where the drawn array lies in the global mask (static and hashable).
+
+    ``shape`` is the shape of the array drawn: the whole mask, or inside
+    ``jax.shard_map`` this shard's block (size 1 on broadcast axes). ``manual`` is
+    None, or per axis the names of the manual mesh axes that split the global
+    mask along it (see :func:`jaxreg._checks.check_shard_spec`). ``halo`` is
+    per axis the number of elements a block has beyond its share of the global
+    axis (DropBlock's padding, shared by neighbouring blocks), or ``()``.
+    """
+
+    shape: tuple[int, ...]
+    manual: tuple[tuple[str, ...], ...] | None = None
+    halo: tuple[int, ...] = ()
+
+
+def _shard_block(layout: _Layout):
+    """``(global_shape, offsets)`` of this shard's block, inside ``shard_map``.
+
+    Along an axis split over manual mesh axes ``(a, b, ...)`` the shard's
+    position is the row-major index of its coordinates ``(axis_index(a), ...)``
+    (JAX's order for a tuple entry of a PartitionSpec), its block starts at that
+    position times its share, and the global axis is the share times the number
+    of shards, plus the halo.
+    """
+    sizes = dict(jax.sharding.get_abstract_mesh().shape)
+    halo = layout.halo or (0,) * len(layout.shape)
+    global_shape, offsets = [], []
+    for size, axes, extra in zip(layout.shape, layout.manual, halo, strict=True):
+        share = size - extra
+        count = math.prod(sizes[name] for name in axes)
+        global_shape.append(share * count + extra)
+        offsets.append(shard_position(axes, jnp.uint32) * share if axes else 0)
+    return tuple(global_shape), tuple(offsets)
+
+
+def shard_position(axes: tuple[str, ...], dtype=jnp.int32) -> jax.Array:
+    """This shard's position along an array axis split over the manual mesh
+    ``axes`` (inside ``shard_map``): the row-major index of its coordinates
+    ``(axis_index(a) for a in axes)``, JAX's order for a tuple entry of a
+    PartitionSpec."""
+    sizes = dict(jax.sharding.get_abstract_mesh().shape)
+    position = jnp.zeros((), dtype)
+    for name in axes:
+        position = position * sizes[name] + lax.axis_index(name).astype(dtype)
+    return position
+
+
+def _linear_index(shape: tuple[int, ...], *, sharding=None, block=None) -> jax.Array:
+    """Global row-major linear index of every element, as uint32 (``size < 2**32``).
+
+    The array built has shape ``shape``; it is the whole mask (``block=None``) or
+    the block at ``offsets`` of a mask of ``global_shape``
+    (``block=(global_shape, offsets)``, see :func:`_shard_block`). ``sharding``
+    is the explicit sharding of the array built (None: unconstrained), given to
+    every iota so that each device builds only its own indices.
+    """
+    global_shape, offsets = block if block is not None else (shape, (0,) * len(shape))
+    index = None
     stride = 1
     for d in reversed(range(len(shape))):
-        if shape[d] > 1:
-            iota = lax.broadcasted_iota(jnp.uint32, shape, d)
-            index = index + (iota * np.uint32(stride) if stride > 1 else iota)
-        stride *= shape[d]
+        if global_shape[d] > 1:
+            iota = lax.broadcasted_iota(jnp.uint32, shape, d, out_sharding=sharding)
+            if not isinstance(offsets[d], int) or offsets[d]:
+                iota = iota + offsets[d]
+            term = iota * np.uint32(stride) if stride > 1 else iota
+            index = term if index is None else index + term
+        stride *= global_shape[d]
+    if index is None:
+        index = jnp.zeros(shape, jnp.uint32, out_sharding=sharding)
     return index
 
 
@@ -165,16 +236,72 @@ def _hash(seed: jax.Array, index: jax.Array) -> jax.Array:
     return _mix(_mix(_mix(index) ^ seed[0]) ^ seed[1])
 
 
-def _bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """One uniform uint32 word per element of ``shape``, from the seed words."""
-    if math.prod(shape) >= _HASH_LIMIT:
+def _bits(seed: jax.Array, shape, *, sharding=None, block=None) -> jax.Array:
+    """One uniform uint32 word per element of ``shape``, from the seed words.
+
+    ``sharding`` and ``block`` as in :func:`_linear_index`.
+    """
+    shape = tuple(shape)
+    size = math.prod(block[0] if block is not None else shape)
+    if size >= _HASH_LIMIT:
+        if block is not None:
+            raise ValueError(
+                f"A mask of {size} elements (2**32 or more) cannot be drawn block by "
+                "block inside shard_map; draw it outside shard_map, on the global "
+                "array under jit."
+            )
         key = jax.random.wrap_key_data(seed, impl="threefry2x32")
-        return jax.random.bits(key, shape, jnp.uint32)
-    return _hash(seed, _linear_index(shape))
+        return jax.random.bits(key, shape, jnp.uint32, out_sharding=sharding)
+    return _hash(seed, _linear_index(shape, sharding=sharding, block=block))
 
 
-def _keep(seed, shape, t, drop_all) -> jax.Array:
-    return (_bits(seed, shape) >= t) & ~drop_all
+def _keep(seed, layout: _Layout, t, drop_all, sharding=None) -> jax.Array:
+    """The keep decisions of the elements of ``layout`` (an array of its shape)."""
+    block = _shard_block(layout) if layout.manual is not None else None
+    bits = _bits(seed, layout.shape, sharding=sharding, block=block)
+    return (bits >= t) & ~drop_all
+
+
+def explicit_sharding(x):
+    """The sharding of ``x`` over Explicit mesh axes, or None when it has none."""
+    sharding = jax.typeof(x).sharding
+    spec = getattr(sharding, "spec", None)
+    if spec is None or all(entry is None for entry in spec):
+        return None
+    return sharding
+
+
+def _restrict(sharding, shape: tuple[int, ...]):
+    """``sharding`` (of the data) for an array of ``shape`` that broadcasts to them.
+
+    Axes of size 1 (broadcast axes of a mask) are not split; None when nothing
+    remains split.
+    """
+    if sharding is None:
+        return None
+    spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+    entries = [None if size == 1 else e for e, size in zip(spec, shape, strict=True)]
+    if all(e is None for e in entries):
+        return None
+    return NamedSharding(sharding.mesh, P(*entries))
+
+
+def _broadcast_like(a: jax.Array, like: jax.Array) -> jax.Array:
+    """``a`` broadcast to the shape of ``like``, with ``like``'s explicit sharding.
+
+    Broadcasting a size-1 axis onto an axis split over devices is local (each
+    device repeats its own values), so no collective is needed.
+    """
+    if a.shape == like.shape:
+        return a
+    sharding = explicit_sharding(like)
+    return jnp.broadcast_to(a, like.shape, out_sharding=sharding)
+
+
+def _keep_like(seed, layout: _Layout, t, drop_all, like: jax.Array) -> jax.Array:
+    """The keep decisions of ``layout``, laid out like the data ``like``."""
+    sharding = _restrict(explicit_sharding(like), layout.shape)
+    return _keep(seed, layout, t, drop_all, sharding)
 
 
 def _key_only(fn, static_argnum: int = 5):
@@ -184,7 +311,7 @@ def _key_only(fn, static_argnum: int = 5):
     the threshold and scalars such as the scale): the backward pass regenerates
     the mask instead of storing it. Unlike a custom_vjp this keeps forward-mode
     autodiff (jvp, jacfwd, hessian) working. The jit makes the eager path one
-    dispatch. Argument ``static_argnum`` (a shape or block size) is static.
+    dispatch. Argument ``static_argnum`` (a :class:`_Layout`) is static.
     """
     static = (static_argnum,)
     policy = jax.checkpoint_policies.nothing_saveable
@@ -198,28 +325,38 @@ def _scale_where(keep, x, scale):
     """``where(keep, x * scale, 0)`` in (at least) float32, rounded once."""
     ct = jnp.promote_types(x.dtype, jnp.float32)
     y = x.astype(ct) * scale.astype(ct)
-    keep = jnp.broadcast_to(keep, y.shape)
+    keep = _broadcast_like(keep, y)
     return lax.select(keep, y, jnp.zeros_like(y)).astype(x.dtype)
 
 
-def _select_scaled(seed, t, drop_all, scale, x, mask_shape):
+def _select_scaled(seed, t, drop_all, scale, x, layout):
     """``where(keep, x * scale, 0)`` with the mask regenerated from the seed."""
-    return _scale_where(_keep(seed, mask_shape, t, drop_all), x, scale)
+    return _scale_where(_keep_like(seed, layout, t, drop_all, x), x, scale)
 
 
 _select_scaled_remat = _key_only(_select_scaled)
-_keep_jit = jax.jit(_keep, static_argnums=(1,))
 
 
-def _select_keep(seed, t, drop_all, on_keep, on_drop, mask_shape):
-    keep = jnp.broadcast_to(_keep(seed, mask_shape, t, drop_all), on_keep.shape)
-    return lax.select(keep, on_keep, jnp.broadcast_to(on_drop, on_keep.shape))
+def _select_keep(seed, t, drop_all, on_keep, on_drop, layout):
+    keep = _broadcast_like(_keep_like(seed, layout, t, drop_all, on_keep), on_keep)
+    return lax.select(keep, on_keep, _broadcast_like(on_drop, on_keep))
 
 
 _select_keep_remat = _key_only(_select_keep)
 
 
-def masked_scale(key, x: jax.Array, rate, scale, *, broadcast_dims=()) -> jax.Array:
+def _mask_layout(shape, broadcast_dims=(), manual=None) -> _Layout:
+    """The :class:`_Layout` of the mask of data of ``shape`` (size 1 on the
+    ``broadcast_dims``, which no shard splits)."""
+    mask_shape = tuple(1 if i in broadcast_dims else s for i, s in enumerate(shape))
+    if manual is not None:
+        manual = tuple(() if i in broadcast_dims else a for i, a in enumerate(manual))
+    return _Layout(mask_shape, manual)
+
+
+def masked_scale(
+    key, x: jax.Array, rate, scale, *, broadcast_dims=(), manual=None
+) -> jax.Array:
     """``where(keep_mask(key, x.shape, rate, ...), x * scale, 0)`` in one pass.
 
     The mask is exactly the one :func:`keep_mask` draws for the same arguments,
@@ -227,31 +364,34 @@ def masked_scale(key, x: jax.Array, rate, scale, *, broadcast_dims=()) -> jax.Ar
     autodiff only the key's two seed words are kept for the backward pass.
     ``rate`` must already be checked (a float in ``[0, 1)`` or a traced scalar) and
     ``broadcast_dims`` normalised; ``scale`` is a float or a scalar array (no
-    gradient flows to it through the rate's rounding).
+    gradient flows to it through the rate's rounding). ``manual`` is a checked
+    ``shard_spec`` (:func:`jaxreg._checks.check_shard_spec`): ``x`` is then this
+    shard's block and the mask is its block of the global mask.
     """
-    shape = tuple(x.shape)
-    mask_shape = tuple(1 if i in broadcast_dims else s for i, s in enumerate(shape))
+    layout = _mask_layout(x.shape, broadcast_dims, manual)
     t, drop_all = _threshold_arrays(rate)
     seed = _seed(key)
     return _select_scaled_remat(
-        seed, jnp.asarray(t), jnp.asarray(drop_all), jnp.asarray(scale), x, mask_shape
+        seed, jnp.asarray(t), jnp.asarray(drop_all), jnp.asarray(scale), x, layout
     )
 
 
-def masked_select(key, rate, on_keep: jax.Array, on_drop: jax.Array) -> jax.Array:
+def masked_select(
+    key, rate, on_keep: jax.Array, on_drop: jax.Array, *, manual=None
+) -> jax.Array:
     """``where(keep_mask(key, on_keep.shape, rate), on_keep, on_drop)``, key-only.
 
     Same mask as :func:`keep_mask`; like :func:`masked_scale` it is regenerated
     in the backward pass instead of stored. ``rate`` must already be checked;
     ``on_drop`` has the dtype of ``on_keep`` and its shape, or is a scalar (a
     fill value, broadcast inside the region so that no array of that shape is
-    kept for the backward pass).
+    kept for the backward pass). ``manual`` as in :func:`masked_scale`.
     """
     value = static_value(rate)
     if value == 0.0:
         return on_keep
     if value == 1.0:
-        return jnp.broadcast_to(on_drop, on_keep.shape)
+        return _broadcast_like(on_drop, on_keep)
     t, drop_all = _threshold_arrays(rate)
     return _select_keep_remat(
         _seed(key),
@@ -259,7 +399,7 @@ def masked_select(key, rate, on_keep: jax.Array, on_drop: jax.Array) -> jax.Arra
         jnp.asarray(drop_all),
         on_keep,
         on_drop,
-        tuple(on_keep.shape),
+        _mask_layout(on_keep.shape, (), manual),
     )
 
 
@@ -323,20 +463,20 @@ def activation_fn(name: str):
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(6, 7))
-def _activation_select(seed, t, drop_all, scale, unscale, x, name, mask_shape):
+def _activation_select(seed, t, drop_all, scale, unscale, x, name, layout):
     """``where(keep, f(x) * scale, 0)``; ``unscale`` (``1 / scale``, or 0 when
     ``scale`` is 0) only serves the derivative rule."""
     del unscale
-    keep = _keep(seed, mask_shape, t, drop_all)
+    keep = _keep_like(seed, layout, t, drop_all, x)
     ct = jnp.promote_types(x.dtype, jnp.float32)
     fx = _ACTIVATIONS[name][0](x.astype(ct))
     return _scale_where(keep, fx, scale).astype(x.dtype)
 
 
-def _activation_tangent(seed, t, drop_all, scale, unscale, z, tx, name, mask_shape):
+def _activation_tangent(seed, t, drop_all, scale, unscale, z, tx, name, layout):
     """Tangent ``where(keep, tx * scale * f'(x), 0)`` with ``f'(x)`` computed from
     the kept output ``z = f(x) * scale`` and the mask regenerated from the seed."""
-    keep = _keep(seed, mask_shape, t, drop_all)
+    keep = _keep_like(seed, layout, t, drop_all, z)
     ct = jnp.promote_types(z.dtype, jnp.float32)
     slope = _ACTIVATIONS[name][1](z.astype(ct) * unscale.astype(ct))
     return _scale_where(keep, tx.astype(ct) * slope, scale).astype(tx.dtype)
@@ -353,13 +493,13 @@ _activation_tangent_remat = jax.checkpoint(
 
 
 @_activation_select.defjvp
-def _activation_select_jvp(name, mask_shape, primals, tangents):
+def _activation_select_jvp(name, layout, primals, tangents):
     # The scale comes from the rounded threshold, so its derivative is zero and
     # only the tangent of x contributes.
     seed, t, drop_all, scale, unscale, x = primals
-    z = _activation_select(seed, t, drop_all, scale, unscale, x, name, mask_shape)
+    z = _activation_select(seed, t, drop_all, scale, unscale, x, name, layout)
     tz = _activation_tangent_remat(
-        seed, t, drop_all, scale, unscale, z, tangents[5], name, mask_shape
+        seed, t, drop_all, scale, unscale, z, tangents[5], name, layout
     )
     return z, tz
 
@@ -368,17 +508,24 @@ _activation_select_jit = jax.jit(_activation_select, static_argnums=(6, 7))
 
 
 def masked_activation_scale(
-    key, x: jax.Array, rate, scale, unscale, activation: str, *, broadcast_dims=()
+    key,
+    x: jax.Array,
+    rate,
+    scale,
+    unscale,
+    activation: str,
+    *,
+    broadcast_dims=(),
+    manual=None,
 ) -> jax.Array:
     """``where(keep_mask(key, x.shape, rate, ...), f(x) * scale, 0)`` in one pass.
 
     ``f`` is the registered ``activation`` (a name from :func:`activation_name`).
     Like :func:`masked_scale` the mask is regenerated in the backward pass, and
     in addition the activation's output is not kept: the derivative is computed
-    from the returned array. ``unscale`` is ``1 / scale`` (0 when ``scale`` is 0).
+    from the returned array. ``unscale`` is ``1 / scale`` (0 when ``scale`` is 0);
+    ``manual`` as in :func:`masked_scale`.
     """
-    shape = tuple(x.shape)
-    mask_shape = tuple(1 if i in broadcast_dims else s for i, s in enumerate(shape))
     t, drop_all = _threshold_arrays(rate)
     return _activation_select_jit(
         _seed(key),
@@ -388,7 +535,7 @@ def masked_activation_scale(
         lax.stop_gradient(jnp.asarray(unscale, jnp.float32)),
         x,
         activation,
-        mask_shape,
+        _mask_layout(x.shape, broadcast_dims, manual),
     )
 
 
@@ -419,8 +566,35 @@ def keep_probability(rate):
     return _threshold(rate)[1]
 
 
+def _is_explicit(sharding) -> bool:
+    """True if ``sharding`` splits over at least one Explicit mesh axis."""
+    types = dict(zip(sharding.mesh.axis_names, sharding.mesh.axis_types, strict=True))
+    names = [n for e in sharding.spec for n in (e if isinstance(e, tuple) else (e,))]
+    return any(types.get(n) == AxisType.Explicit for n in names if n is not None)
+
+
+def _keep_mask(seed, t, drop_all, layout, shape, sharding):
+    """The mask of ``layout`` broadcast to ``shape``, laid out by ``sharding``."""
+    if sharding is not None and _is_explicit(sharding):
+        mask = _keep(seed, layout, t, drop_all, _restrict(sharding, layout.shape))
+        return jnp.broadcast_to(mask, shape, out_sharding=sharding)
+    mask = jnp.broadcast_to(_keep(seed, layout, t, drop_all), shape)
+    if sharding is not None:  # Auto axes: a constraint the partitioner follows
+        mask = lax.with_sharding_constraint(mask, sharding)
+    return mask
+
+
+_keep_mask_jit = jax.jit(_keep_mask, static_argnums=(3, 4, 5))
+
+
 def keep_mask(
-    key, shape: Sequence[int], rate, *, broadcast_dims: Sequence[int] = ()
+    key,
+    shape: Sequence[int],
+    rate,
+    *,
+    broadcast_dims: Sequence[int] = (),
+    out_sharding=None,
+    shard_spec=None,
 ) -> jax.Array:
     """Draw a Bernoulli keep-mask: ``True`` with probability ``1 - rate``.
 
@@ -430,28 +604,59 @@ def keep_mask(
     ``keep_probability(rate) = (2**32 - t) / 2**32`` and the realised rate deviates
     from ``rate`` by at most ``2**-33``.
 
+    The word of an element depends only on the key and the element's global
+    index, so a mask is the same whatever its layout: laid out over devices with
+    ``out_sharding`` (each device computes its own part, no communication), or
+    drawn shard by shard inside ``jax.shard_map`` with ``shard_spec``.
+
     Args:
       key: a PRNG key (``jax.random.key`` or ``jax.random.PRNGKey``, any
         implementation). The same key gives the same mask.
-      shape: shape of the mask.
+      shape: shape of the mask (with ``shard_spec``: of this shard's block).
       rate: drop probability in ``[0, 1]``: a Python float (validated now) or a
         traced scalar (not validated; values outside ``[0, 1]`` act as the
         nearest end point). Note: the rate is not the keep rate!
       broadcast_dims: axes along which the mask is shared (drawn with size 1 and
         broadcast), e.g. the time axis for variational RNN dropout.
+      out_sharding: None, or the sharding of the result: a ``NamedSharding`` or
+        a ``PartitionSpec`` of the mesh set with ``jax.set_mesh`` (as for
+        ``jax.random.bits``). Over Explicit mesh axes the result has this
+        sharding in its type; over Auto axes it is a sharding constraint. Pass
+        ``jax.typeof(x).sharding`` to get a mask laid out like ``x``.
+      shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` (over
+        the manual mesh axes) by which the global mask is split into the blocks
+        the shards draw, i.e. the ``in_specs`` entry of the data the mask goes
+        with. Each shard then gets its block of the mask that the same call
+        outside ``shard_map`` draws for the global shape, with no
+        communication. Broadcast axes are shared by all shards along them.
 
     Returns:
       A boolean array of shape ``shape``.
 
     Raises:
-      ValueError: bad ``rate`` or ``broadcast_dims``, missing or batched ``key``.
-      TypeError: ``key`` is not a PRNG key.
+      ValueError: bad ``rate``, ``broadcast_dims`` or ``shard_spec`` (rank
+        larger than the mask's, an unknown or non-manual mesh axis, an axis
+        used twice, used outside ``shard_map``), an ``out_sharding`` spec of
+        larger rank than the mask, missing or batched ``key``.
+      TypeError: ``key`` is not a PRNG key; ``out_sharding`` or ``shard_spec``
+        of the wrong type.
 
     Examples:
       >>> import jax, jaxreg
       >>> m = jaxreg.keep_mask(jax.random.key(0), (2, 3), 0.5, broadcast_dims=(0,))
       >>> m.shape, bool((m[0] == m[1]).all())
       ((2, 3), True)
+
+      Inside ``shard_map``, each shard draws its block of the global mask:
+
+      >>> from jax.sharding import PartitionSpec as P
+      >>> mesh = jax.make_mesh((1,), ("data",))
+      >>> key = jax.random.key(0)
+      >>> @jax.shard_map(mesh=mesh, in_specs=(), out_specs=P("data"))
+      ... def block():
+      ...     return jaxreg.keep_mask(key, (8,), 0.5, shard_spec=P("data"))
+      >>> bool((block() == jaxreg.keep_mask(key, (8,), 0.5)).all())
+      True
 
     References:
       Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from
@@ -465,18 +670,17 @@ def keep_mask(
     if any(s < 0 for s in shape):
         raise ValueError(f"`shape` must not have negative sizes; got shape={shape}.")
     dims = check_broadcast_dims(broadcast_dims, len(shape))
+    sharding = check_out_sharding(out_sharding, len(shape))
+    manual = check_shard_spec(shard_spec, len(shape))
     if key is not None:  # checked even where rate 0 or 1 makes it unused
         as_key(key)
     value = static_value(rate)
-    if value == 0.0:
-        return jnp.ones(shape, bool)
-    if value == 1.0:
-        return jnp.zeros(shape, bool)
-    seed = _seed(key)
-    mask_shape = tuple(1 if i in dims else s for i, s in enumerate(shape))
+    if sharding is None and value in (0.0, 1.0):
+        return jnp.full(shape, value == 0.0)
+    seed = _seed(key) if value not in (0.0, 1.0) else jnp.zeros(2, jnp.uint32)
     t, drop_all = _threshold_arrays(rate)
-    mask = _keep_jit(seed, mask_shape, t, drop_all)
-    return jnp.broadcast_to(mask, shape)
+    layout = _mask_layout(shape, dims, manual)
+    return _keep_mask_jit(seed, t, drop_all, layout, shape, sharding)
 
 
 # --- DropBlock, which grows the mask into blocks before the select. As above, a
@@ -484,8 +688,8 @@ def keep_mask(
 # words and scalars, and the backward pass regenerates the blocks.
 
 
-def _block_keep(seed, t, drop_all, shape, block_size):
-    """DropBlock's keep-mask of an NHWC ``shape``: a position is kept iff no seed
+def _block_keep(seed, t, drop_all, x, block_size, manual):
+    """DropBlock's keep-mask of an NHWC ``x``: a position is kept iff no seed
     of ``keep_mask`` drops in the ``block_size x block_size`` window of the grid
     padded by ``block_size - 1`` that ends at it.
 
@@ -494,23 +698,54 @@ def _block_keep(seed, t, drop_all, shape, block_size):
     ``block_size**2``; the minimum of 0/1 values is exact, so the mask equals the
     one of the 2-D window. ``uint8`` with the identity 255 makes it XLA's
     min-reduce-window, on a quarter of the bytes of the ``uint32`` words.
+
+    Inside ``shard_map`` (``manual`` not None) a shard draws the seeds of its
+    block of the padded grid: its own positions plus the ``block_size - 1``
+    rows and columns after them (the halo, which its neighbour draws too), so
+    blocks that cross shard borders are whole without communication.
     """
-    n, h, w, c = shape
+    n, h, w, c = x.shape
     pad = block_size - 1
-    m = _keep(seed, (n, h + pad, w + pad, c), t, drop_all).astype(jnp.uint8)
+    halo = (0, pad, pad, 0) if manual is not None else ()
+    layout = _Layout((n, h + pad, w + pad, c), manual, halo)
+    m = _keep_like(seed, layout, t, drop_all, x).astype(jnp.uint8)
     for window in ((1, block_size, 1, 1), (1, 1, block_size, 1)):
         m = lax.reduce_window(m, np.uint8(255), lax.min, window, (1, 1, 1, 1), "VALID")
     return m.astype(bool)
 
 
-def _select_scaled_blocks(seed, t, drop_all, scale, x, block_size):
-    return _scale_where(_block_keep(seed, t, drop_all, x.shape, block_size), x, scale)
+def _select_scaled_blocks(seed, t, drop_all, scale, x, params):
+    block_size, manual = params
+    sharding = explicit_sharding(x)
+    split = None if sharding is None else spec_entries(sharding.spec, 4)
+    if split is None or not (split[1] or split[2]):
+        keep = _block_keep(seed, t, drop_all, x, block_size, manual)
+        return _scale_where(keep, x, scale)
+    # The spatial axes are split over Explicit mesh axes: blocks cross device
+    # borders, so each device draws its block with its halo, as inside
+    # shard_map (the shard's position along an axis is major over the outer
+    # shard_map's axes, minor over these).
+    outer = manual if manual is not None else ((),) * 4
+    inner = tuple(a + b for a, b in zip(outer, split, strict=True))
+
+    def local(seed, t, drop_all, scale, x):
+        keep = _block_keep(seed, t, drop_all, x, block_size, inner)
+        return _scale_where(keep, x, scale)
+
+    spec = P(*sharding.spec)
+    return jax.shard_map(
+        local,
+        mesh=sharding.mesh,
+        in_specs=(P(), P(), P(), P(), spec),
+        out_specs=spec,
+        axis_names={name for entry in split for name in entry},
+    )(seed, t, drop_all, scale, x)
 
 
 _select_scaled_blocks_remat = _key_only(_select_scaled_blocks)
 
 
-def masked_scale_blocks(key, x: jax.Array, rate, scale, block_size: int):
+def masked_scale_blocks(key, x: jax.Array, rate, scale, block_size: int, manual=None):
     """``where(blocks, x * scale, 0)`` for an NHWC ``x``, key-only.
 
     ``blocks`` is the keep-mask ``keep_mask(key, (N, H + b - 1, W + b - 1, C),
@@ -518,7 +753,7 @@ def masked_scale_blocks(key, x: jax.Array, rate, scale, block_size: int):
     :func:`_block_keep`. Computed in (at least) float32 and rounded once to
     ``x.dtype``; under autodiff only the seed words and scalars are kept, the
     backward pass regenerates the blocks. ``rate`` (the seed rate) must already be
-    checked.
+    checked; ``manual`` as in :func:`masked_scale`.
     """
     t, drop_all = _threshold_arrays(rate)
     return _select_scaled_blocks_remat(
@@ -527,5 +762,5 @@ def masked_scale_blocks(key, x: jax.Array, rate, scale, block_size: int):
         jnp.asarray(drop_all),
         jnp.asarray(scale),
         x,
-        block_size,
+        (block_size, manual),
     )

@@ -32,9 +32,12 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxreg._checks import check_float_array, check_positive, compute_dtype
 from jaxreg._keys import as_key
+from jaxreg._sampler import explicit_sharding
 
 __all__ = ["cutmix", "cutout", "mixup", "random_shift"]
 
@@ -93,6 +96,25 @@ def _check_sizes(value, name: str, n: int, minimum: int) -> tuple[int, ...]:
             raise ValueError(f"`{name}` must be >= {minimum}; got {name}={value!r}.")
         out.append(int(v))
     return tuple(out)
+
+
+def _batch_sharding(x: jax.Array, ndim: int):
+    """The explicit sharding of a new ``ndim``-d per-example array for ``x``: its
+    axis 0 split like the batch axis of ``x`` (None when that is not split)."""
+    sharding = explicit_sharding(x)
+    if sharding is None or not sharding.spec or sharding.spec[0] is None:
+        return None
+    return NamedSharding(sharding.mesh, P(sharding.spec[0], *(None,) * (ndim - 1)))
+
+
+def _partners(a: jax.Array, perm: jax.Array) -> jax.Array:
+    """``a[perm]`` (the partner of every example), laid out like ``a``.
+
+    Over a batch split across devices, a partner may live on another device, so
+    this gather moves rows between devices (the only communication in the
+    augmentations).
+    """
+    return a.at[perm].get(out_sharding=explicit_sharding(a))
 
 
 def _mix(a: jax.Array, b: jax.Array, lam) -> jax.Array:
@@ -156,7 +178,7 @@ def mixup(
     k_lam, k_perm = jax.random.split(key)
     lam = jax.random.beta(k_lam, alpha, alpha, dtype=jnp.float32)
     perm = jax.random.permutation(k_perm, x.shape[0])
-    return _mix(x, x[perm], lam), _mix(y, y[perm], lam)
+    return _mix(x, _partners(x, perm), lam), _mix(y, _partners(y, perm), lam)
 
 
 def cutmix(
@@ -233,8 +255,8 @@ def cutmix(
         inside = inside & (pos >= lo) & (pos < hi)
         cut_count = cut_count * (hi - lo).astype(jnp.float32)
     lam = 1.0 - cut_count / float(math.prod(dims))
-    x_mixed = jnp.where(inside, x[perm], x)
-    return x_mixed, _mix(y, y[perm], lam)
+    x_mixed = jnp.where(inside, _partners(x, perm), x)
+    return x_mixed, _mix(y, _partners(y, perm), lam)
 
 
 def cutout(key, x: jax.typing.ArrayLike, *, size) -> jax.Array:
@@ -276,7 +298,9 @@ def cutout(key, x: jax.typing.ArrayLike, *, size) -> jax.Array:
     key = as_key(key)
     dims = [x.shape[a] for a in axes]
     n = x.shape[0]
-    centres = jax.random.randint(key, (n, len(axes)), 0, jnp.asarray(dims))
+    centres = jax.random.randint(
+        key, (n, len(axes)), 0, jnp.asarray(dims), out_sharding=_batch_sharding(x, 2)
+    )
     inside = jnp.ones((n,) + (1,) * (x.ndim - 1), bool)
     for j, (a, d, s) in enumerate(zip(axes, dims, sizes, strict=True)):
         lo = centres[:, j] - s // 2
@@ -352,7 +376,9 @@ def random_shift(
     padded = jnp.pad(x, pad, mode=mode)
     lows = jnp.asarray([-s for s in shifts])
     highs = jnp.asarray([s + 1 for s in shifts])
-    offsets = jax.random.randint(key, (n, len(axes)), lows, highs)
+    offsets = jax.random.randint(
+        key, (n, len(axes)), lows, highs, out_sharding=_batch_sharding(x, 2)
+    )
     sizes = list(x.shape[1:])
 
     def one(example, offset):

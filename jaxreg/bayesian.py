@@ -33,6 +33,7 @@ from jaxreg._checks import (
     compute_dtype,
 )
 from jaxreg._keys import as_key
+from jaxreg._sampler import explicit_sharding
 
 __all__ = [
     "concrete_dropout",
@@ -160,7 +161,11 @@ def concrete_dropout(
         return x
     key = as_key(key)
     ct = jnp.promote_types(compute_dtype(x), logit_p.dtype)
-    u = jax.random.uniform(key, x.shape, ct, minval=jnp.finfo(ct).tiny, maxval=1.0)
+    tiny = jnp.finfo(ct).tiny
+    sharding = explicit_sharding(x)
+    u = jax.random.uniform(
+        key, x.shape, ct, minval=tiny, maxval=1.0, out_sharding=sharding
+    )
     logit = logit_p.astype(ct)
     z = (logit + jnp.log(u) - jnp.log1p(-u)) / jnp.asarray(temperature, ct)
     keep_relaxed = jax.nn.sigmoid(-z)  # 1 - drop indicator
@@ -556,7 +561,7 @@ def sparse_vd_dense(
         key = as_key(key)
         mu = xc @ wc
         var = (xc * xc) @ jnp.exp(jnp.asarray(log_sigma2).astype(ct))
-        eps = jax.random.normal(key, mu.shape, ct)
+        eps = jax.random.normal(key, mu.shape, ct, out_sharding=explicit_sharding(mu))
         y = mu + jnp.sqrt(var + _EPS) * eps
     if bias is not None:
         y = y + bias.astype(ct)

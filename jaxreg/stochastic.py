@@ -24,6 +24,7 @@ from jaxreg._checks import (
     check_float_array,
     check_nonnegative,
     check_rate,
+    check_shard_spec,
     compute_dtype,
     static_value,
 )
@@ -31,6 +32,7 @@ from jaxreg._keys import as_key
 from jaxreg._sampler import (
     activation_fn,
     activation_name,
+    explicit_sharding,
     keep_probability,
     masked_activation_scale,
     masked_scale,
@@ -97,6 +99,7 @@ def dropout(
     deterministic: bool = False,
     inverted: bool = True,
     activation=None,
+    shard_spec=None,
 ) -> jax.Array:
     """Dropout: zero each element with probability ``rate``.
 
@@ -130,6 +133,11 @@ def dropout(
         computed from the rounded output, so where ``f`` saturates (``tanh`` or
         ``sigmoid`` near their bounds) its relative error grows like one
         rounding over the distance to the bound, as for JAX's own rules.
+      shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` of
+        ``x`` (its ``in_specs`` entry, over the manual mesh axes): ``x`` is
+        then one shard's block and gets exactly the output that the same call
+        on the global array under ``jit`` gives that block, with no
+        communication (see :func:`jaxreg.keep_mask`).
 
     Returns:
       An array with the shape and dtype of ``x``.
@@ -137,7 +145,8 @@ def dropout(
     Raises:
       ValueError: ``rate`` outside ``[0, 1]`` or NaN; ``broadcast_dims`` out of
         range; a missing or batched ``key`` on the stochastic path; an
-        ``activation`` that cannot be fused.
+        ``activation`` that cannot be fused; a bad ``shard_spec`` (see
+        :func:`jaxreg.keep_mask`).
       TypeError: non-float ``x``; ``key`` not a PRNG key.
 
     Examples:
@@ -161,6 +170,7 @@ def dropout(
     x = check_float_array(x)
     rate = check_rate(rate)
     dims = check_broadcast_dims(broadcast_dims, x.ndim)
+    manual = check_shard_spec(shard_spec, x.ndim)
     _check_deterministic(deterministic, key)
     check_bool(inverted, "inverted")
     name = activation_name(activation)
@@ -175,10 +185,10 @@ def dropout(
     # (never stored); it is exactly keep_mask(key, x.shape, rate, ...).
     scale = _safe_inverse(keep) if inverted else 1.0
     if name is None:
-        return masked_scale(key, x, rate, scale, broadcast_dims=dims)
+        return masked_scale(key, x, rate, scale, broadcast_dims=dims, manual=manual)
     unscale = keep if inverted else 1.0
     return masked_activation_scale(
-        key, x, rate, scale, unscale, name, broadcast_dims=dims
+        key, x, rate, scale, unscale, name, broadcast_dims=dims, manual=manual
     )
 
 
@@ -189,6 +199,7 @@ def spatial_dropout(
     *,
     channel_axis: int = -1,
     deterministic: bool = False,
+    shard_spec=None,
 ) -> jax.Array:
     """Spatial (channel-wise) dropout for 1-D, 2-D and 3-D feature maps.
 
@@ -203,6 +214,11 @@ def spatial_dropout(
       rate: drop probability in ``[0, 1]``.
       channel_axis: the channel axis (not 0, the batch axis).
       deterministic: return ``x`` unchanged.
+      shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` of
+        ``x`` (its ``in_specs`` entry, over the manual mesh axes): ``x`` is
+        then one shard's block and gets exactly the output that the same call
+        on the global array under ``jit`` gives that block, with no
+        communication (see :func:`jaxreg.keep_mask`).
 
     Returns:
       An array with the shape and dtype of ``x``.
@@ -235,7 +251,14 @@ def spatial_dropout(
             "axis 0 and channels elsewhere (e.g. channel_axis=-1 or 1)."
         )
     spatial = tuple(i for i in range(1, x.ndim) if i != ch)
-    return dropout(key, x, rate, broadcast_dims=spatial, deterministic=deterministic)
+    return dropout(
+        key,
+        x,
+        rate,
+        broadcast_dims=spatial,
+        deterministic=deterministic,
+        shard_spec=shard_spec,
+    )
 
 
 def gaussian_dropout(
@@ -281,7 +304,7 @@ def gaussian_dropout(
     finite = r < 1.0  # only a traced rate can reach 1 here
     safe_r = jnp.where(finite, r, 0.0)
     std = jnp.sqrt(safe_r / (1.0 - safe_r))
-    eps = jax.random.normal(key, x.shape, ct)
+    eps = jax.random.normal(key, x.shape, ct, out_sharding=explicit_sharding(x))
     y = jnp.where(finite, x.astype(ct) * (1.0 + std * eps), 0.0)
     return y.astype(x.dtype)
 
@@ -319,12 +342,12 @@ def gaussian_noise(
         return x
     key = as_key(key)
     ct = compute_dtype(x)
-    eps = jax.random.normal(key, x.shape, ct)
+    eps = jax.random.normal(key, x.shape, ct, out_sharding=explicit_sharding(x))
     return (x.astype(ct) + jnp.asarray(stddev, ct) * eps).astype(x.dtype)
 
 
 def alpha_dropout(
-    key, x: jax.typing.ArrayLike, rate, *, deterministic: bool = False
+    key, x: jax.typing.ArrayLike, rate, *, deterministic: bool = False, shard_spec=None
 ) -> jax.Array:
     """Alpha dropout for self-normalizing (SELU) networks.
 
@@ -341,12 +364,17 @@ def alpha_dropout(
       x: floating array.
       rate: drop probability in ``[0, 1]``.
       deterministic: return ``x`` unchanged.
+      shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` of
+        ``x`` (its ``in_specs`` entry, over the manual mesh axes): ``x`` is
+        then one shard's block and gets exactly the output that the same call
+        on the global array under ``jit`` gives that block, with no
+        communication (see :func:`jaxreg.keep_mask`).
 
     Returns:
       An array with the shape and dtype of ``x``.
 
     Raises:
-      ValueError: bad ``rate``, missing key.
+      ValueError: bad ``rate`` or ``shard_spec``, missing key.
       TypeError: non-float ``x``.
 
     Examples:
@@ -363,6 +391,7 @@ def alpha_dropout(
     """
     x = check_float_array(x)
     rate = check_rate(rate)
+    manual = check_shard_spec(shard_spec, x.ndim)
     if _check_deterministic(deterministic, key):
         return x
     edge = _static_edge(x, rate)
@@ -376,7 +405,8 @@ def alpha_dropout(
     b = -a * _ALPHA_PRIME * (1 - q)
     # where(keep_mask(key, x.shape, rate), x, alpha'); the mask is regenerated in
     # the backward pass from the key's seed words instead of stored.
-    y = masked_select(key, rate, x.astype(ct), jnp.asarray(_ALPHA_PRIME, ct))
+    alpha = jnp.asarray(_ALPHA_PRIME, ct)
+    y = masked_select(key, rate, x.astype(ct), alpha, manual=manual)
     return (a * y + jnp.where(q > 0, b, 0.0)).astype(x.dtype)
 
 
@@ -387,6 +417,7 @@ def drop_path(
     *,
     mode: str = "row",
     deterministic: bool = False,
+    shard_spec=None,
 ) -> jax.Array:
     """Stochastic depth: drop a whole residual branch.
 
@@ -402,6 +433,11 @@ def drop_path(
         torchvision); ``"batch"`` drops the branch for the whole batch at once (as
         in Huang et al. 2016).
       deterministic: return ``x`` unchanged.
+      shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` of
+        ``x`` (its ``in_specs`` entry, over the manual mesh axes): ``x`` is
+        then one shard's block and gets exactly the output that the same call
+        on the global array under ``jit`` gives that block, with no
+        communication (see :func:`jaxreg.keep_mask`).
 
     Returns:
       An array with the shape and dtype of ``x``.
@@ -433,7 +469,14 @@ def drop_path(
         dims = tuple(range(x.ndim))
     else:
         raise ValueError(f"`mode` must be 'row' or 'batch'; got mode={mode!r}.")
-    return dropout(key, x, rate, broadcast_dims=dims, deterministic=deterministic)
+    return dropout(
+        key,
+        x,
+        rate,
+        broadcast_dims=dims,
+        deterministic=deterministic,
+        shard_spec=shard_spec,
+    )
 
 
 def _dropblock_center_rate(rate, block_size: int):
@@ -453,6 +496,7 @@ def dropblock(
     *,
     block_size: int = 7,
     deterministic: bool = False,
+    shard_spec=None,
 ) -> jax.Array:
     """DropBlock: drop contiguous ``block_size x block_size`` regions (NHWC).
 
@@ -471,6 +515,13 @@ def dropblock(
       rate: drop probability of each position, in ``[0, 1]``.
       block_size: side of the square blocks, ``>= 1`` (1 is plain dropout).
       deterministic: return ``x`` unchanged.
+      shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` of
+        ``x`` (its ``in_specs`` entry, over the manual mesh axes): ``x`` is
+        then one shard's block and gets exactly the output that the same call
+        on the global array under ``jit`` gives that block, with no
+        communication (see :func:`jaxreg.keep_mask`).
+        Blocks that cross shard borders stay whole: each shard also draws the
+        ``block_size - 1`` seed rows and columns past its block.
 
     Returns:
       An array with the shape and dtype of ``x``.
@@ -503,6 +554,7 @@ def dropblock(
     if block_size < 1:
         raise ValueError(f"`block_size` must be >= 1; got block_size={block_size}.")
     rate = check_rate(rate)
+    manual = check_shard_spec(shard_spec, x.ndim)
     if _check_deterministic(deterministic, key):
         return x
     edge = _static_edge(x, rate)
@@ -513,7 +565,8 @@ def dropblock(
     # The seeds are keep_mask(key, (N, H + b - 1, W + b - 1, C), gamma), grown into
     # blocks by a b x b window minimum; seeds and blocks are regenerated in the
     # backward pass from the key's seed words instead of stored.
-    return masked_scale_blocks(key, x, gamma, _safe_inverse(keep), block_size)
+    scale = _safe_inverse(keep)
+    return masked_scale_blocks(key, x, gamma, scale, block_size, manual=manual)
 
 
 def zoneout(
@@ -523,6 +576,7 @@ def zoneout(
     rate,
     *,
     deterministic: bool = False,
+    shard_spec=None,
 ) -> jax.Array:
     """Zoneout: each unit keeps its previous value with probability ``rate``.
 
@@ -536,6 +590,11 @@ def zoneout(
       h_new: candidate new hidden state, same shape as ``h_prev``.
       rate: probability of keeping the previous value ("zoning out").
       deterministic: return the expectation instead of a sample.
+      shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` of
+        ``h_new`` (its ``in_specs`` entry, over the manual mesh axes): ``h_new`` is
+        then one shard's block and gets exactly the output that the same call
+        on the global array under ``jit`` gives that block, with no
+        communication (see :func:`jaxreg.keep_mask`).
 
     Returns:
       The next hidden state, shape and dtype of ``h_new``.
@@ -561,6 +620,7 @@ def zoneout(
             f"h_prev.shape={h_prev.shape} and h_new.shape={h_new.shape}."
         )
     rate = check_rate(rate)
+    manual = check_shard_spec(shard_spec, h_new.ndim)
     dtype = h_new.dtype
     if _check_deterministic(deterministic, key):
         p = keep_probability(rate)
@@ -569,4 +629,4 @@ def zoneout(
         return out.astype(dtype)
     # Same mask as keep_mask(key, h_new.shape, rate), regenerated in the backward
     # pass from the key's seed words instead of stored.
-    return masked_select(key, rate, h_new, h_prev.astype(dtype))
+    return masked_select(key, rate, h_new, h_prev.astype(dtype), manual=manual)

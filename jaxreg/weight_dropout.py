@@ -45,10 +45,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
-from jaxreg._checks import check_bool, check_float_array, check_rate, static_value
+from jaxreg._checks import (
+    check_bool,
+    check_float_array,
+    check_rate,
+    spec_entries,
+    static_value,
+)
 from jaxreg._keys import as_key
-from jaxreg._sampler import keep_probability
+from jaxreg._sampler import explicit_sharding, keep_probability, shard_position
 from jaxreg.stochastic import dropout
 from jaxreg.uncertainty import _check_count, mc_dropout_predict
 
@@ -255,20 +262,54 @@ def dropconnect_dense(
     batch_shape = x.shape[:-1]
     in_features, out_features = w.shape
     rows = x.reshape(-1, in_features)
-    n = rows.shape[0]
-    if n == 0:
+    if rows.shape[0] == 0:
         return _add_bias(x @ w, bias)
-    chunk = chunk_size or _default_chunk(n, in_features, out_features)
-    y = _per_example_matmul(
-        _vmap_exact_key(key),
-        rows,
-        w,
-        None if value is not None else rate,
-        static_rate=value,
-        chunk=min(chunk, n),
-        inverted=inverted,
-    )
+    y = _per_example_rows(_vmap_exact_key(key), rows, w, rate, chunk_size, inverted)
     return _add_bias(y.reshape(batch_shape + (out_features,)), bias)
+
+
+def _per_example_rows(key, rows, w, rate, chunk_size, inverted):
+    """Rows ``rows[n] @ dropconnect(fold_in(key, n), w, rate)``.
+
+    Where the rows are split over Explicit mesh axes, each device runs its own
+    rows in a ``shard_map`` over those axes: a row's mask depends only on the key
+    and the row's global number, so no communication is needed.
+    """
+    value = static_value(rate)
+    extra = () if value is not None else (rate,)
+
+    def run(key, rows, w, *extra, offset=0):
+        n = rows.shape[0]
+        chunk = chunk_size or _default_chunk(n, *w.shape)
+        traced_rate = extra[0] if extra else None
+        return _per_example_matmul(
+            key,
+            rows,
+            w,
+            traced_rate,
+            offset,
+            static_rate=value,
+            chunk=min(chunk, n),
+            inverted=inverted,
+        )
+
+    sharding = explicit_sharding(rows)
+    axes = () if sharding is None else spec_entries(sharding.spec, 2)[0]
+    if not axes:
+        return run(key, rows, w, *extra)
+
+    def local(key, rows, w, *extra):
+        offset = shard_position(axes, jnp.uint32) * rows.shape[0]
+        return run(key, rows, w, *extra, offset=offset)
+
+    spec = P(axes, None)
+    return jax.shard_map(
+        local,
+        mesh=sharding.mesh,
+        in_specs=(P(), spec, P()) + (P(),) * len(extra),
+        out_specs=spec,
+        axis_names=set(axes),
+    )(key, rows, w, *extra)
 
 
 def _vmap_exact_key(key):
@@ -287,8 +328,11 @@ def _vmap_exact_key(key):
 
 
 @partial(jax.jit, static_argnames=("static_rate", "chunk", "inverted"))
-def _per_example_matmul(key, rows, w, traced_rate, *, static_rate, chunk, inverted):
-    """Rows ``x[n] @ dropconnect(fold_in(key, n), w, rate)``, ``chunk`` at a time.
+def _per_example_matmul(
+    key, rows, w, traced_rate, offset, *, static_rate, chunk, inverted
+):
+    """Rows ``x[n] @ dropconnect(fold_in(key, offset + n), w, rate)``, ``chunk`` at
+    a time.
 
     Jitted at module level (a Python-float rate is a static argument, so it keeps
     its exact static threshold) so that eager calls hit the compilation cache.
@@ -299,7 +343,7 @@ def _per_example_matmul(key, rows, w, traced_rate, *, static_rate, chunk, invert
     padded = num_chunks * chunk
     if padded != n:
         rows = jnp.concatenate([rows, jnp.zeros((padded - n, in_features), rows.dtype)])
-    index = jnp.arange(padded, dtype=jnp.uint32)
+    index = jnp.arange(padded, dtype=jnp.uint32) + jnp.asarray(offset, jnp.uint32)
 
     @jax.checkpoint
     def run_chunk(key, w, xs, idx):
@@ -482,8 +526,11 @@ def dropconnect_inference(
     ct = jnp.promote_types(mean.dtype, jnp.float32)
     mu, sigma = mean.astype(ct), _safe_sqrt(var.astype(ct))
 
+    sharding = explicit_sharding(mu)
+
     def sample(k):
-        return activation(mu + sigma * jax.random.normal(k, mu.shape, ct))
+        eps = jax.random.normal(k, mu.shape, ct, out_sharding=sharding)
+        return activation(mu + sigma * eps)
 
     avg, _ = mc_dropout_predict(
         sample, key, num_samples=num_samples, chunk_size=chunk_size
