@@ -22,6 +22,16 @@ Input noise needs no function of its own here:
   the input, ``x * (1 + sqrt(rate / (1 - rate)) * eps)`` (mean 1, variance
   ``rate / (1 - rate)``, the moments of dropout with that rate);
 * input dropout (Bernoulli masking of input features) is :func:`jaxreg.dropout`.
+
+Sharding: the output has the sharding of ``x`` (also over Explicit mesh axes),
+and the values do not depend on the layout. Per-example random values (patch
+centres, offsets) are drawn with the batch's sharding, so each device draws
+those of its own examples. :func:`cutout` needs no communication, nor does
+:func:`random_shift` unless its spatial axes are split (a translation crosses
+the devices' borders: the maps are gathered whole along those axes first).
+:func:`mixup` and :func:`cutmix` pair every example with a partner anywhere in
+the batch, so over a batch split across devices the partners' rows are
+gathered from the other devices.
 """
 
 from __future__ import annotations
@@ -35,7 +45,12 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxreg._checks import check_float_array, check_positive, compute_dtype
+from jaxreg._checks import (
+    check_float_array,
+    check_positive,
+    compute_dtype,
+    spec_entries,
+)
 from jaxreg._keys import as_key
 from jaxreg._sampler import explicit_sharding
 
@@ -369,6 +384,20 @@ def random_shift(
     key = as_key(key)
     if all(s == 0 for s in shifts):
         return x
+    sharding = explicit_sharding(x)
+    entries = spec_entries(sharding.spec if sharding else (), x.ndim)
+    if not any(entries[a] for a in axes):
+        return _shift(key, x, axes, shifts, mode)
+    # The spatial axes are split over devices: a translation moves values
+    # across the devices' borders, so the maps are gathered whole along those
+    # axes (the one communication of this function), shifted, and split again.
+    whole = P(*(None if i in axes else (e or None) for i, e in enumerate(entries)))
+    x_whole = jax.sharding.reshard(x, NamedSharding(sharding.mesh, whole))
+    return jax.sharding.reshard(_shift(key, x_whole, axes, shifts, mode), sharding)
+
+
+def _shift(key, x, axes, shifts, mode):
+    """:func:`random_shift` of ``x`` whose spatial axes are not split."""
     n = x.shape[0]
     pad = [(0, 0)] * x.ndim
     for a, s in zip(axes, shifts, strict=True):

@@ -107,6 +107,7 @@ def dropconnect(
     *,
     inverted: bool = True,
     deterministic: bool = False,
+    shard_spec=None,
 ) -> jax.Array:
     """DropConnect on one weight array: zero each weight with probability ``rate``.
 
@@ -131,12 +132,17 @@ def dropconnect(
       inverted: scale kept weights by ``1 / p`` at training (True) or scale by
         ``p`` at inference (False).
       deterministic: return the inference output; ``key`` is ignored.
+      shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` of
+        ``w`` (its ``in_specs`` entry): ``w`` is then one shard's block of the
+        kernel (tensor parallelism) and gets exactly the block of the global
+        call's output, with no communication (see :func:`jaxreg.keep_mask`).
 
     Returns:
       An array with the shape and dtype of ``w``.
 
     Raises:
-      ValueError: ``rate`` outside ``[0, 1]`` or NaN; missing or batched ``key``.
+      ValueError: ``rate`` outside ``[0, 1]`` or NaN; missing or batched ``key``;
+        a bad ``shard_spec``.
       TypeError: non-float ``w``; ``key`` not a PRNG key; non-bool flags.
 
     Examples:
@@ -158,7 +164,14 @@ def dropconnect(
     w = check_float_array(w, "w")
     check_bool(inverted, "inverted")
     check_bool(deterministic, "deterministic")
-    return dropout(key, w, rate, deterministic=deterministic, inverted=inverted)
+    return dropout(
+        key,
+        w,
+        rate,
+        deterministic=deterministic,
+        inverted=inverted,
+        shard_spec=shard_spec,
+    )
 
 
 def _default_chunk(num_examples: int, in_features: int, out_features: int) -> int:
@@ -271,14 +284,16 @@ def dropconnect_dense(
 def _per_example_rows(key, rows, w, rate, chunk_size, inverted):
     """Rows ``rows[n] @ dropconnect(fold_in(key, n), w, rate)``.
 
-    Where the rows are split over Explicit mesh axes, each device runs its own
-    rows in a ``shard_map`` over those axes: a row's mask depends only on the key
-    and the row's global number, so no communication is needed.
+    Where the rows (examples) or the kernel's columns are split over Explicit
+    mesh axes, each device runs its own rows and columns in a ``shard_map`` over
+    those axes: a row's mask depends only on the key, the row's global number
+    and the weights' global indices, so no communication is needed. (A split of
+    the contracted axis is left to JAX: the matmul itself needs a reduction.)
     """
     value = static_value(rate)
     extra = () if value is not None else (rate,)
 
-    def run(key, rows, w, *extra, offset=0):
+    def run(key, rows, w, *extra, offset=0, kernel_spec=None):
         n = rows.shape[0]
         chunk = chunk_size or _default_chunk(n, *w.shape)
         traced_rate = extra[0] if extra else None
@@ -291,25 +306,33 @@ def _per_example_rows(key, rows, w, rate, chunk_size, inverted):
             static_rate=value,
             chunk=min(chunk, n),
             inverted=inverted,
+            kernel_spec=kernel_spec,
         )
 
-    sharding = explicit_sharding(rows)
-    axes = () if sharding is None else spec_entries(sharding.spec, 2)[0]
-    if not axes:
+    x_split, w_split = _split_entries(rows), _split_entries(w)
+    if not (x_split[0] or w_split[1]) or x_split[1] or w_split[0]:
         return run(key, rows, w, *extra)
+    row_axes, col_axes = x_split[0], w_split[1]
+    kernel_spec = P(None, col_axes or None)
 
     def local(key, rows, w, *extra):
-        offset = shard_position(axes, jnp.uint32) * rows.shape[0]
-        return run(key, rows, w, *extra, offset=offset)
+        offset = shard_position(row_axes, jnp.uint32) * rows.shape[0]
+        return run(key, rows, w, *extra, offset=offset, kernel_spec=kernel_spec)
 
-    spec = P(axes, None)
+    rows_spec = P(row_axes or None, None)
     return jax.shard_map(
         local,
-        mesh=sharding.mesh,
-        in_specs=(P(), spec, P()) + (P(),) * len(extra),
-        out_specs=spec,
-        axis_names=set(axes),
+        mesh=(explicit_sharding(rows) or explicit_sharding(w)).mesh,
+        in_specs=(P(), rows_spec, kernel_spec) + (P(),) * len(extra),
+        out_specs=P(row_axes or None, col_axes or None),
+        axis_names=set(row_axes + col_axes),
     )(key, rows, w, *extra)
+
+
+def _split_entries(a: jax.Array) -> tuple[tuple[str, ...], ...]:
+    """The Explicit mesh axes splitting each axis of ``a``."""
+    sharding = explicit_sharding(a)
+    return spec_entries(sharding.spec if sharding else (), a.ndim)
 
 
 def _vmap_exact_key(key):
@@ -327,15 +350,16 @@ def _vmap_exact_key(key):
     return jax.random.wrap_key_data(data, impl="threefry2x32")
 
 
-@partial(jax.jit, static_argnames=("static_rate", "chunk", "inverted"))
+@partial(jax.jit, static_argnames=("static_rate", "chunk", "inverted", "kernel_spec"))
 def _per_example_matmul(
-    key, rows, w, traced_rate, offset, *, static_rate, chunk, inverted
+    key, rows, w, traced_rate, offset, *, static_rate, chunk, inverted, kernel_spec
 ):
     """Rows ``x[n] @ dropconnect(fold_in(key, offset + n), w, rate)``, ``chunk`` at
     a time.
 
     Jitted at module level (a Python-float rate is a static argument, so it keeps
     its exact static threshold) so that eager calls hit the compilation cache.
+    Inside ``shard_map`` ``kernel_spec`` is the ``shard_spec`` of ``w``.
     """
     rate = static_rate if traced_rate is None else traced_rate
     n, in_features = rows.shape
@@ -348,7 +372,13 @@ def _per_example_matmul(
     @jax.checkpoint
     def run_chunk(key, w, xs, idx):
         def one(xi, i):
-            wi = dropconnect(jax.random.fold_in(key, i), w, rate, inverted=inverted)
+            wi = dropconnect(
+                jax.random.fold_in(key, i),
+                w,
+                rate,
+                inverted=inverted,
+                shard_spec=kernel_spec,
+            )
             return xi @ wi
 
         return jax.vmap(one)(xs, idx)

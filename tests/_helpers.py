@@ -101,3 +101,31 @@ def load_example(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+F32_EPS = float(np.finfo(np.float32).eps)
+
+
+def assert_matmul_close(actual, expected, x, w, *, bias=None, err_msg=""):
+    """Assert two float32 evaluations of ``x @ w (+ bias)`` agree up to rounding.
+
+    XLA may sum a dot product in another order when it is batched (``vmap``),
+    chunked, sharded, jitted or run on another CPU, so such results are compared
+    with a tolerance, never bit for bit. Each evaluation of a ``K``-term dot
+    product is within ``K * eps * (|x| @ |w|)`` of the exact value (the standard
+    worst-case bound for recursive summation, Higham, "Accuracy and Stability of
+    Numerical Algorithms", 2002, section 3.1); adding ``bias`` costs one more
+    rounding. Two evaluations therefore differ by at most twice that; ``w`` may be
+    any kernel at least as large in magnitude as the one used (e.g. the kernel
+    before dropping, divided by the keep probability).
+    """
+    x = np.abs(np.asarray(x, np.float64))
+    w = np.abs(np.asarray(w, np.float64))
+    k = w.shape[0]
+    size = x @ w + (0.0 if bias is None else np.abs(np.asarray(bias, np.float64)))
+    tol = 2 * (k + 1) * F32_EPS * size
+    diff = np.abs(np.asarray(actual, np.float64) - np.asarray(expected, np.float64))
+    assert np.all(diff <= tol), (
+        f"{err_msg} max |difference| {diff.max():.3g} exceeds the float32 "
+        f"rounding bound (largest {tol.max():.3g})"
+    )

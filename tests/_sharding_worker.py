@@ -2,164 +2,556 @@
 
 Run as a script (``python tests/_sharding_worker.py``); the parent sets
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before this process imports
-jax. For each case (function, mesh, PartitionSpec) it compiles the jitted function
-for the sharded input, runs it, and prints one JSON line with: whether the output
-equals the single-device output bit for bit, the collectives found in the compiled
-HLO text, and the output sharding. Importing this module (pytest's doctest
-collection does) runs nothing and imports nothing heavy.
+jax. Importing this module (pytest's doctest collection does) runs nothing and
+imports nothing heavy.
+
+Every randomised function of jaxreg is run on sharded inputs and compared with the
+same function on unsharded inputs (committed to one device). To keep the number
+of compilations (hence the run time) small, the functions are bundled: one
+``jax.jit`` of all of them per configuration (mode, mesh, axis types, spec):
+
+* ``jit``: the forward pass (Auto and Explicit meshes);
+* ``grad``: the VJP of every differentiable function with respect to its data
+  input (Explicit meshes);
+* ``eager``: a few functions called without ``jit`` on sharded arrays;
+* ``communicating``: the functions that must move data between devices for
+  some layouts (see ``COMMUNICATING``), compiled apart from the others;
+* ``shard_map``: the ``shard_spec=`` forms inside ``jax.shard_map`` against the
+  global ``jit`` form (and, for a shard_map over some of the mesh axes, a
+  control program that only doubles its inputs: JAX itself gathers the other
+  axes at the boundary of such a shard_map, which jaxreg must not add to).
+
+For each function the worker prints one JSON line: the largest absolute
+difference from the unsharded result and the tolerance that applies to it (0,
+i.e. bit for bit, for elementwise maths; see ``TOLERANCE``), whether the
+output's type has the input's sharding, and the collectives of the compiled
+bundle's HLO (a bundle with any is compiled again function by function to say
+which function has them).
 """
 
 import json
 import os
 import re
 import sys
+import time
 
 MESHES = {"8": (8,), "2x4": (2, 4), "4x2": (4, 2)}
 
-# spec name -> PartitionSpec entries, per mesh rank (axes named "i", "j")
-SPECS_2D = {
-    1: {"rows": ("i", None), "cols": (None, "i"), "replicated": ()},
-    2: {
-        "rows": ("i", None),
-        "cols": (None, "j"),
-        "2d": ("i", "j"),
-        "2d_transposed": ("j", "i"),
-        "rows_both_axes": (("i", "j"), None),
-        "replicated": (),
+# Per spec name, the PartitionSpec entries of each input (mesh axes "i", "j";
+# on the 1-D mesh "j" is read as "i"). x2 is (batch, features); x4 is NHWC
+# (features = channels); xm (the values of x2) and w, the (in, out) kernel, are
+# the inputs of the matmul functions: xm split over the batch only and w
+# column-wise where the features are, so that no split axis is contracted.
+SPECS = {
+    "batch": {"x2": ("i", None), "x4": ("i",), "xm": ("i",), "w": ()},
+    "features": {
+        "x2": (None, "j"),
+        "x4": (None, None, None, "j"),
+        "xm": (),
+        "w": (None, "j"),
     },
-}
-# spatial_dropout / dropblock inputs are NHWC: shard batch and channels.
-SPECS_4D = {
-    1: {"batch": ("i",), "channels": (None, None, None, "i"), "replicated": ()},
-    2: {
-        "batch": ("i",),
-        "channels": (None, None, None, "j"),
-        "batch_channels": ("i", None, None, "j"),
-        "replicated": (),
+    "both": {
+        "x2": ("i", "j"),
+        "x4": ("i", None, None, "j"),
+        "xm": ("i",),
+        "w": (None, "j"),
     },
+    # the spatial axes of the feature maps split (DropBlock's blocks and the
+    # shifts of random_shift cross devices)
+    "spatial": {"x2": (("i", "j"), None), "x4": (None, "i", "j"), "xm": (), "w": ()},
 }
-# dropout runs on every mesh and spec above; the other functions (to keep the
-# number of compilations, hence the run time, down) on one spec per mesh.
-FUNCTIONS_2D = [
-    "dropout",
-    "dropout_classic",
-    "dropout_traced_rate",
-    "dropout_broadcast_rows",
-    "dropout_fused_tanh",
-    "keep_mask",
-    "drop_path",
-    "gaussian_dropout",
-    "dropout_rbg_key",
-    "dropout_unsafe_rbg_key",
-]
-FUNCTIONS_4D = ["spatial_dropout", "dropblock"]
-SUBSET = {
-    2: [("8", "cols"), ("2x4", "2d"), ("4x2", "rows_both_axes")],
-    4: [("8", "channels"), ("2x4", "batch_channels"), ("4x2", "batch")],
+# (mode, mesh, axis types) -> the specs run
+CONFIGS = {
+    ("jit", "8", "Explicit"): ["batch", "features"],
+    ("jit", "2x4", "Explicit"): ["both", "batch", "features", "spatial"],
+    ("jit", "4x2", "Explicit"): ["both", "batch", "features"],
+    ("jit", "8", "Auto"): ["features"],
+    ("jit", "2x4", "Auto"): ["both"],
+    ("jit", "4x2", "Auto"): ["batch"],
+    ("grad", "8", "Explicit"): ["features"],
+    ("grad", "2x4", "Explicit"): ["spatial", "both"],
+    ("grad", "4x2", "Explicit"): ["batch"],
+    ("communicating", "2x4", "Explicit"): ["both", "spatial"],
+    ("communicating", "4x2", "Explicit"): ["batch"],
+    ("eager", "2x4", "Explicit"): ["both"],
+    ("shard_map", "8", "Auto"): ["batch"],
+    ("shard_map", "2x4", "Explicit"): ["both", "partial"],
+    ("shard_map", "2x4", "Auto"): ["spatial"],
+    ("shard_map", "4x2", "Auto"): ["features"],
 }
 
+# Every function runs in the first configuration of each (mode, mesh, axis
+# types); the later specs of the same run only these (the mask layouts), to keep
+# the compilations small.
+CORE = [
+    "dropout",
+    "dropout_broadcast_batch",
+    "dropout_broadcast_features",
+    "keep_mask",
+    "keep_mask_broadcast",
+    "drop_path",
+    "zoneout",
+    "spatial_dropout",
+    "dropblock",
+    "cutout",
+    "dropconnect_dense_per_example",
+]
+
+# Functions whose result is not bit-exact across layouts, with the reason.
+# "fma": a multiply-add whose fusion into one FMA instruction XLA:CPU decides per
+# compiled loop shape (alpha dropout's affine map, additive/multiplicative noise,
+# the mixing of examples, the variance of MC samples), so results may differ by
+# a few roundings: tolerance 4 float32 ulps of the largest output. "matmul": a
+# dot product over K terms, reordered by the per-device shapes: the float32
+# worst-case bound K * eps * (|x| @ |w|) (see ``matmul_tol`` below).
+TOLERANCE = {
+    "alpha_dropout": "fma",
+    "gaussian_dropout": "fma",
+    "gaussian_noise": "fma",
+    "concrete_dropout": "fma",
+    "mc_dropout_predict": "fma",
+    "mixup": "fma",
+    "cutmix": "fma",
+    "dropconnect_dense": "matmul",
+    "dropconnect_dense_per_example": "matmul",
+    "dropconnect_inference": "matmul",
+    "sparse_vd_dense": "matmul",
+}
+# Where communication cannot be avoided: (function, axis types, spec) -> reason.
+# None matches any axis types or spec.
+COMMUNICATING = {
+    ("mixup", None, None): "partners are drawn from the whole batch",
+    ("cutmix", None, None): "partners are drawn from the whole batch",
+    ("random_shift", None, "spatial"): "a shift crosses the devices' borders",
+    # On Auto axes the sharding is not part of the traced type, so jaxreg cannot
+    # run these per device (Explicit axes or shard_map can).
+    ("dropconnect_dense_per_example", "Auto", None): "lax.map over split rows",
+    ("dropblock", "Auto", "spatial"): "blocks cross the devices' borders",
+}
+# not differentiable (bool output)
+NO_GRAD = {"keep_mask", "keep_mask_broadcast"}
+# the matmul functions contract the kernel's split columns in the backward pass
+MATMUL = {f for f, kind in TOLERANCE.items() if kind == "matmul"}
+EAGER = ["dropout", "dropout_broadcast_batch", "drop_path", "keep_mask", "dropblock"]
+# the functions of the shard_map bundle, and the input each is laid out like
+# (0: x2, 1: x4, 2: w)
+SHARD_MAP_FUNCTIONS = [
+    "dropout",
+    "dropout_broadcast_batch",
+    "dropout_broadcast_features",
+    "dropout_fused_tanh",
+    "dropout_rbg_key",
+    "keep_mask",
+    "drop_path",
+    "alpha_dropout",
+    "zoneout",
+    "dropconnect",
+    "spatial_dropout",
+    "dropblock",
+    "dropconnect_kernel",
+]
+SHARD_MAP_INPUT = {"spatial_dropout": 1, "dropblock": 1, "dropconnect_kernel": 2}
+INPUTS = ("x2", "x4", "w")
 COLLECTIVES = r"all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter"
+RATE = 0.3
+
+
+def communicating(name, mode, axis_type, spec_name):
+    """Why ``name`` must communicate in this configuration (None: it must not)."""
+    if mode == "shard_map":  # the shard_spec forms never communicate
+        return None
+    for (f, types, spec), reason in COMMUNICATING.items():
+        if f == name and types in (None, axis_type) and spec in (None, spec_name):
+            return reason
+    return None
 
 
 def cases():
-    """All (function, mesh, spec) triples; needs no jax."""
-    out = [
-        ("dropout", mesh_name, spec_name)
-        for mesh_name, mesh_shape in MESHES.items()
-        for spec_name in SPECS_2D[len(mesh_shape)]
-    ]
-    out += [(f, m, s) for f in FUNCTIONS_2D[1:] for m, s in SUBSET[2]]
-    out += [(f, m, s) for f in FUNCTIONS_4D for m, s in SUBSET[4]]
-    return out
+    """The (mode, mesh, axis types, spec) configurations; needs no jax."""
+    return [(*key, spec) for key, specs in CONFIGS.items() for spec in specs]
 
 
 def main():
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import AxisType, NamedSharding
     from jax.sharding import PartitionSpec as P
 
     import jaxreg
 
     assert jax.device_count() == 8, jax.devices()
-    keys = {
-        "default": jax.random.key(42),
-        "dropout_rbg_key": jax.random.key(42, impl="rbg"),
-        "dropout_unsafe_rbg_key": jax.random.key(42, impl="unsafe_rbg"),
+    start = time.perf_counter()
+    eps32 = float(np.finfo(np.float32).eps)
+    keys = {"threefry": jax.random.key(42), "rbg": jax.random.key(42, impl="rbg")}
+    data = {
+        "x2": jax.random.normal(jax.random.key(1), (64, 128)),
+        "x4": jax.random.normal(jax.random.key(2), (16, 8, 8, 32)),
+        "w": jax.random.normal(jax.random.key(3), (128, 32)) / 8,
     }
-    x2 = jax.random.normal(jax.random.key(1), (64, 128))
-    x4 = jax.random.normal(jax.random.key(2), (16, 8, 8, 32))
-    rate = 0.3
+    data["xm"] = data["x2"]
+    ls2 = jnp.full((128, 32), -4.0)
+    onehot2 = jax.nn.one_hot(jnp.arange(64) % 10, 10)
+    onehot4 = jax.nn.one_hot(jnp.arange(16) % 10, 10)
 
-    def make(fn_name):
-        """(jitted function, args builder) for a function name."""
-        if fn_name == "keep_mask":
-            return (lambda k, x: jaxreg.keep_mask(k, x.shape, rate)), x2
-        if fn_name == "dropout":
-            return (lambda k, x: jaxreg.dropout(k, x, rate)), x2
-        if fn_name == "dropout_classic":
-            return (lambda k, x: jaxreg.dropout(k, x, rate, inverted=False)), x2
-        if fn_name == "dropout_traced_rate":
-            return (lambda k, x, r: jaxreg.dropout(k, x, r)), x2
-        if fn_name == "dropout_broadcast_rows":
-            return (lambda k, x: jaxreg.dropout(k, x, rate, broadcast_dims=(0,))), x2
-        if fn_name == "dropout_fused_tanh":
-            return (lambda k, x: jaxreg.dropout(k, x, rate, activation="tanh")), x2
-        if fn_name == "drop_path":
-            return (lambda k, x: jaxreg.drop_path(k, x, rate)), x2
-        if fn_name.endswith("rbg_key"):
-            return (lambda k, x: jaxreg.dropout(k, x, rate)), x2
-        if fn_name == "gaussian_dropout":
-            return (lambda k, x: jaxreg.gaussian_dropout(k, x, rate)), x2
-        if fn_name == "spatial_dropout":
-            return (lambda k, x: jaxreg.spatial_dropout(k, x, rate)), x4
-        if fn_name == "dropblock":
-            return (lambda k, x: jaxreg.dropblock(k, x, rate, block_size=3)), x4
-        raise KeyError(fn_name)
-
-    references = {}
-    meshes = {
-        name: Mesh(np.array(jax.devices()).reshape(shape), ("i", "j")[: len(shape)])
-        for name, shape in MESHES.items()
-    }
-    for fn_name, mesh_name, spec_name in cases():
-        fn, x = make(fn_name)
-        extra = (jnp.float32(rate),) if fn_name == "dropout_traced_rate" else ()
-        key = keys.get(fn_name, keys["default"])
-        if fn_name not in references:
-            # single-device reference: committed to device 0
-            x0 = jax.device_put(x, jax.devices()[0])
-            references[fn_name] = np.asarray(jax.jit(fn)(key, x0, *extra))
-        mesh = meshes[mesh_name]
-        specs = (SPECS_4D if x.ndim == 4 else SPECS_2D)[len(mesh.devices.shape)]
-        sharding = NamedSharding(mesh, P(*specs[spec_name]))
-        xs = jax.device_put(x, sharding)
-        if fn_name == "keep_mask":
-            # no data input: ask for a sharded output instead
-            jitted = jax.jit(fn, out_shardings=sharding)
-        else:
-            jitted = jax.jit(fn)
-        compiled = jitted.lower(key, xs, *extra).compile()
-        out = compiled(key, xs, *extra)
-        hlo = compiled.as_text()
-        record = {
-            "case": [fn_name, mesh_name, spec_name],
-            "equal": bool(np.array_equal(np.asarray(out), references[fn_name])),
-            "collectives": sorted(set(re.findall(COLLECTIVES, hlo))),
-            "out_spec": str(out.sharding.spec),
-            "in_spec": str(sharding.spec),
-        }
-        print(json.dumps(record), flush=True)
-    print(
-        json.dumps(
-            {
-                "done": True,
-                "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
-            }
+    tf = "threefry"
+    # name -> (f(keys, inputs, traced rate, out_sharding), the input it is like)
+    table = {
+        "dropout": (lambda k, d, r, s: jaxreg.dropout(k[tf], d["x2"], RATE), "x2"),
+        "dropout_classic": (
+            lambda k, d, r, s: jaxreg.dropout(k[tf], d["x2"], RATE, inverted=False),
+            "x2",
         ),
-        flush=True,
-    )
+        "dropout_traced_rate": (
+            lambda k, d, r, s: jaxreg.dropout(k[tf], d["x2"], r),
+            "x2",
+        ),
+        "dropout_broadcast_batch": (
+            lambda k, d, r, s: jaxreg.dropout(k[tf], d["x2"], RATE, broadcast_dims=0),
+            "x2",
+        ),
+        "dropout_broadcast_features": (
+            lambda k, d, r, s: jaxreg.dropout(k[tf], d["x2"], RATE, broadcast_dims=1),
+            "x2",
+        ),
+        "dropout_fused_tanh": (
+            lambda k, d, r, s: jaxreg.dropout(k[tf], d["x2"], RATE, activation="tanh"),
+            "x2",
+        ),
+        "dropout_rbg_key": (
+            lambda k, d, r, s: jaxreg.dropout(k["rbg"], d["x2"], RATE),
+            "x2",
+        ),
+        "keep_mask": (
+            lambda k, d, r, s: jaxreg.keep_mask(
+                k[tf], d["x2"].shape, RATE, out_sharding=s
+            ),
+            "x2",
+        ),
+        "keep_mask_broadcast": (
+            lambda k, d, r, s: jaxreg.keep_mask(
+                k[tf], d["x2"].shape, RATE, broadcast_dims=0, out_sharding=s
+            ),
+            "x2",
+        ),
+        "drop_path": (lambda k, d, r, s: jaxreg.drop_path(k[tf], d["x2"], RATE), "x2"),
+        "alpha_dropout": (
+            lambda k, d, r, s: jaxreg.alpha_dropout(k[tf], d["x2"], RATE),
+            "x2",
+        ),
+        "zoneout": (
+            lambda k, d, r, s: jaxreg.zoneout(k[tf], 0.5 * d["x2"], d["x2"], RATE),
+            "x2",
+        ),
+        "gaussian_dropout": (
+            lambda k, d, r, s: jaxreg.gaussian_dropout(k[tf], d["x2"], RATE),
+            "x2",
+        ),
+        "gaussian_noise": (
+            lambda k, d, r, s: jaxreg.gaussian_noise(k[tf], d["x2"], RATE),
+            "x2",
+        ),
+        "concrete_dropout": (
+            lambda k, d, r, s: jaxreg.concrete_dropout(k[tf], d["x2"], -1.0),
+            "x2",
+        ),
+        "dropconnect": (
+            lambda k, d, r, s: jaxreg.dropconnect(k[tf], d["x2"], RATE),
+            "x2",
+        ),
+        "dropconnect_params": (
+            lambda k, d, r, s: jaxreg.dropconnect_params(
+                k[tf], {"a": d["x2"], "b": 2 * d["x2"]}, RATE
+            )["b"],
+            "x2",
+        ),
+        "mc_dropout_predict": (
+            lambda k, d, r, s: jaxreg.mc_dropout_predict(
+                lambda kk, xx: jaxreg.dropout(kk, xx, RATE),
+                k[tf],
+                d["x2"],
+                num_samples=3,
+            )[1],
+            "x2",
+        ),
+        "spatial_dropout": (
+            lambda k, d, r, s: jaxreg.spatial_dropout(k[tf], d["x4"], RATE),
+            "x4",
+        ),
+        "dropblock": (
+            lambda k, d, r, s: jaxreg.dropblock(k[tf], d["x4"], RATE, block_size=3),
+            "x4",
+        ),
+        "cutout": (lambda k, d, r, s: jaxreg.cutout(k[tf], d["x4"], size=3), "x4"),
+        "random_shift": (
+            lambda k, d, r, s: jaxreg.random_shift(k[tf], d["x4"], max_shift=2),
+            "x4",
+        ),
+        "dropconnect_dense": (
+            lambda k, d, r, s: jaxreg.dropconnect_dense(k[tf], d["xm"], d["w"], RATE),
+            "xm",
+        ),
+        "dropconnect_dense_per_example": (
+            lambda k, d, r, s: jaxreg.dropconnect_dense(
+                k[tf], d["xm"], d["w"], RATE, per_example=True, chunk_size=4
+            ),
+            "xm",
+        ),
+        "dropconnect_inference": (
+            lambda k, d, r, s: jaxreg.dropconnect_inference(
+                k[tf], d["xm"], d["w"], RATE, jax.nn.relu, num_samples=4
+            ),
+            "xm",
+        ),
+        "sparse_vd_dense": (
+            lambda k, d, r, s: jaxreg.sparse_vd_dense(k[tf], d["xm"], d["w"], ls2),
+            "xm",
+        ),
+    }
+    mixers = {
+        "mixup": (
+            lambda k, d, r, s: jaxreg.mixup(k[tf], d["x2"], onehot2, alpha=0.4)[0],
+            "x2",
+        ),
+        "cutmix": (
+            lambda k, d, r, s: jaxreg.cutmix(k[tf], d["x4"], onehot4, alpha=1.0)[0],
+            "x4",
+        ),
+    }
+
+    def bundle(functions, sharding=None):
+        """One function computing every function of ``functions``."""
+
+        def run(k, d, r):
+            return {n: f(k, d, r, sharding) for n, (f, _) in functions.items()}
+
+        return run
+
+    def gradients(names):
+        """The VJP (cotangent: ones) of each function w.r.t. its data input."""
+
+        def run(k, d, r):
+            grads = {}
+            for name in names:
+                f, like = table[name]
+
+                def g(x, f=f, like=like):
+                    return f(k, dict(d, **{like: x}), r, None)
+
+                y, vjp = jax.vjp(g, d[like])
+                (grads[name],) = vjp(jnp.ones_like(y))
+            return grads
+
+        return run
+
+    def shard_mapped(k, x2, x4, w, specs):
+        """The shard_spec forms; ``specs`` are the in_specs of x2, x4 and w."""
+        s2, s4, sw = specs
+        return {
+            "dropout": jaxreg.dropout(k["threefry"], x2, RATE, shard_spec=s2),
+            "dropout_broadcast_batch": jaxreg.dropout(
+                k["threefry"], x2, RATE, broadcast_dims=(0,), shard_spec=s2
+            ),
+            "dropout_broadcast_features": jaxreg.dropout(
+                k["threefry"], x2, RATE, broadcast_dims=(1,), shard_spec=s2
+            ),
+            "dropout_fused_tanh": jaxreg.dropout(
+                k["threefry"], x2, RATE, activation="tanh", shard_spec=s2
+            ),
+            "dropout_rbg_key": jaxreg.dropout(k["rbg"], x2, RATE, shard_spec=s2),
+            "keep_mask": jaxreg.keep_mask(k["threefry"], x2.shape, RATE, shard_spec=s2),
+            "drop_path": jaxreg.drop_path(k["threefry"], x2, RATE, shard_spec=s2),
+            "alpha_dropout": jaxreg.alpha_dropout(
+                k["threefry"], x2, RATE, shard_spec=s2
+            ),
+            "zoneout": jaxreg.zoneout(k["threefry"], 0.5 * x2, x2, RATE, shard_spec=s2),
+            "dropconnect": jaxreg.dropconnect(k["threefry"], x2, RATE, shard_spec=s2),
+            "spatial_dropout": jaxreg.spatial_dropout(
+                k["threefry"], x4, RATE, shard_spec=s4
+            ),
+            "dropblock": jaxreg.dropblock(
+                k["threefry"], x4, RATE, block_size=3, shard_spec=s4
+            ),
+            "dropconnect_kernel": jaxreg.dropconnect(
+                k["threefry"], w, RATE, shard_spec=sw
+            ),
+        }
+
+    # ---- unsharded references (inputs committed to device 0)
+    dev0 = jax.devices()[0]
+    ref_in = {n: jax.device_put(a, dev0) for n, a in data.items()}
+    rate = jnp.float32(RATE)
+    everything = table | mixers
+    differentiable = [n for n in table if n not in NO_GRAD]
+    ref = jax.jit(bundle(everything))(keys, ref_in, rate)
+    ref_grad = jax.jit(gradients(differentiable))(keys, ref_in, rate)
+    ref["dropconnect_kernel"] = jax.jit(
+        lambda k, w: jaxreg.dropconnect(k[tf], w, RATE)
+    )(keys, ref_in["w"])
+    # float32 worst case of a K-term dot product: K * eps * (|x| @ |w|), with
+    # the kept weights scaled by 1 / (1 - rate); doubled for the functions that
+    # combine two products (the moments' mean and variance)
+    magnitude = float((jnp.abs(data["xm"]) @ jnp.abs(data["w"])).max())
+    matmul_tol = 2 * data["w"].shape[0] * eps32 * magnitude / (1 - RATE)
+
+    def tolerance(name, r):
+        kind = TOLERANCE.get(name)
+        if kind == "fma":
+            return 4 * eps32 * float(np.abs(r).max())
+        if kind == "matmul":
+            return matmul_tol
+        return 0.0
+
+    def compiled(fn, *args):
+        c = jax.jit(fn).lower(*args).compile()
+        return c(*args), c.as_text()
+
+    def found(hlo):
+        return sorted(set(re.findall(COLLECTIVES, hlo))) if hlo else []
+
+    def report(case, outs, reference, hlo, likes=None, alone=None, control=None):
+        """One record per output. ``alone(name)`` compiles one function by
+        itself, to attribute the collectives of a bundle that has any;
+        ``control`` lists the collectives of the control program."""
+        collectives = found(hlo)
+        for name, y in outs.items():
+            mine = collectives
+            if collectives and alone is not None:
+                mine = found(alone(name))
+            r = np.asarray(reference[name])
+            got = np.asarray(y)
+            diff = np.abs(got.astype(np.float64) - r.astype(np.float64))
+            like = None if likes is None else likes[name]
+            record = {
+                "case": [*case, name],
+                "max_err": float(diff.max()) if diff.size else 0.0,
+                "tol": tolerance(name, r),
+                "same_sharding": None
+                if like is None
+                else bool(jax.typeof(y).sharding == jax.typeof(like).sharding),
+                "out_spec": str(jax.typeof(y).sharding.spec),
+                "collectives": mine,
+                "control_collectives": control,
+                "communicates": communicating(name, *case),
+            }
+            print(json.dumps(record), flush=True)
+
+    meshes = {}
+    print(json.dumps({"references_seconds": time.perf_counter() - start}))
+    for mode, mesh_name, axis_type, spec_name in cases():
+        begin = time.perf_counter()
+        mesh_shape = MESHES[mesh_name]
+        names = ("i", "j")[: len(mesh_shape)]
+        if (mesh_name, axis_type) not in meshes:
+            types = (getattr(AxisType, axis_type),) * len(mesh_shape)
+            meshes[mesh_name, axis_type] = jax.make_mesh(
+                mesh_shape, names, axis_types=types
+            )
+        mesh = meshes[mesh_name, axis_type]
+
+        def spec_of(entries, names=names):
+            if len(names) == 1:  # a 1-D mesh: "j" is the one axis too
+                entries = tuple("i" if e == "j" else e for e in entries)
+            return P(*entries)
+
+        case = (mode, mesh_name, axis_type, spec_name)
+        base = SPECS["both" if spec_name == "partial" else spec_name]
+        specs = {n: spec_of(e) for n, e in base.items()}
+        with jax.set_mesh(mesh):
+            d = {n: jax.device_put(a, specs[n]) for n, a in data.items()}
+            # keep_mask's out_sharding: the type's sharding on an Explicit mesh,
+            # a constraint on an Auto one
+            sharding = NamedSharding(mesh, specs["x2"])
+            if axis_type == "Explicit":
+                sharding = jax.typeof(d["x2"]).sharding
+            # the layout each output must have: its data input's, or for a
+            # matmul the plain product's
+            likes = {n: d[like] for n, (_, like) in everything.items()}
+            likes |= dict.fromkeys(MATMUL, d["xm"] @ d["w"])
+            if axis_type == "Auto":
+                likes = None  # the type carries no sharding to compare
+            first = spec_name == CONFIGS[mode, mesh_name, axis_type][0]
+            quiet = {
+                n: f
+                for n, f in everything.items()
+                if not communicating(n, mode, axis_type, spec_name)
+                and n not in ("mixup", "cutmix")
+                and (first or n in CORE)
+            }
+            if mode == "jit":
+
+                def alone(n, d=d, s=sharding):
+                    return compiled(bundle({n: everything[n]}, s), keys, d, rate)[1]
+
+                outs, hlo = compiled(bundle(quiet, sharding), keys, d, rate)
+                report(case, outs, ref, hlo, likes, alone)
+            elif mode == "grad":
+                # the matmuls' backward pass contracts the kernel's split
+                # columns: they are differentiated only where it is not split
+                chosen = [
+                    n
+                    for n in differentiable
+                    if n in quiet and (n not in MATMUL or not any(base["w"]))
+                ]
+
+                def alone(n, d=d):
+                    return compiled(gradients([n]), keys, d, rate)[1]
+
+                outs, hlo = compiled(gradients(chosen), keys, d, rate)
+                report(case, outs, ref_grad, hlo, likes, alone)
+            elif mode == "communicating":
+                loud = {n: f for n, f in everything.items() if n not in quiet}
+                outs, hlo = compiled(bundle(loud, sharding), keys, d, rate)
+                report(case, outs, ref, hlo, likes)
+            elif mode == "eager":
+                outs = {n: table[n][0](keys, d, rate, sharding) for n in EAGER}
+                report(case, outs, ref, None, likes)
+            else:  # shard_map: each shard draws its block of the global mask
+                partial = spec_name == "partial"  # manual "i", explicit "j"
+                if partial:
+                    in_specs = (P("i"), P("i"), P())
+                else:
+                    in_specs = tuple(specs[n] for n in INPUTS)
+                out_specs = {
+                    n: in_specs[SHARD_MAP_INPUT.get(n, 0)] for n in SHARD_MAP_FUNCTIONS
+                }
+                args = [d[n] for n in INPUTS]
+                axis_names = {"i"} if partial else set(names)
+
+                def fn(k, x2, x4, w, s=in_specs):
+                    return shard_mapped(k, x2, x4, w, s)
+
+                def doubled(k, x2, x4, w, names=tuple(out_specs)):
+                    inputs = (x2, x4, w)
+                    return {n: 2 * inputs[SHARD_MAP_INPUT.get(n, 0)] for n in names}
+
+                outs, hlo = compiled(
+                    jax.shard_map(
+                        fn,
+                        in_specs=(P(),) + in_specs,
+                        out_specs=out_specs,
+                        axis_names=axis_names,
+                    ),
+                    keys,
+                    *args,
+                )
+                control = None
+                if partial:
+                    _, control_hlo = compiled(
+                        jax.shard_map(
+                            doubled,
+                            in_specs=(P(),) + in_specs,
+                            out_specs=out_specs,
+                            axis_names=axis_names,
+                        ),
+                        keys,
+                        *args,
+                    )
+                    control = found(control_hlo)
+                report(case, outs, ref, hlo, control=control)
+        print(json.dumps({"config": case, "seconds": time.perf_counter() - begin}))
+    seconds = time.perf_counter() - start
+    print(json.dumps({"done": True, "seconds": seconds}), flush=True)
 
 
 if __name__ == "__main__":

@@ -205,17 +205,16 @@ _SHARDING_SCRIPT = textwrap.dedent(
     w = jax.random.normal(jax.random.key(2), (16, 8))
 
     def f(key, x):
-        # Elementwise model: no matmul, whose float summation order XLA may
-        # change with the layout, so sharded and unsharded must agree exactly.
+        # Elementwise model (no matmul): the samples are the same for every
+        # layout; the statistics are sums over the samples.
         fn = lambda k, x: jnp.tanh(jaxreg.dropout(k, x, 0.3) * 2.0 + 1.0)
         return jaxreg.mc_dropout_predict(fn, key, x, num_samples=20, chunk_size=6)
 
-    # Both jitted (eager op-by-op execution may round differently from a fused
-    # program); the only difference is the input's layout.
+    # Both jitted; the only difference is the input's layout.
     ref = jax.jit(f)(jax.random.key(0), x)
     xs = jax.device_put(x, NamedSharding(mesh, P("d", None)))
     out = jax.jit(f)(jax.random.key(0), xs)
-    print(json.dumps([bool(np.array_equal(a, b)) for a, b in zip(out, ref)]))
+    print(json.dumps([float(np.abs(a - b).max()) for a, b in zip(out, ref)]))
     """
 )
 
@@ -223,7 +222,14 @@ _SHARDING_SCRIPT = textwrap.dedent(
 def test_sharded_inputs_give_the_same_statistics():
     out = run_on_8_cpu_devices(_SHARDING_SCRIPT)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, True]
+    mean_err, var_err = json.loads(out.stdout.strip().splitlines()[-1])
+    # The per-device loops may contract a*b+c into fused multiply-adds
+    # differently (XLA:CPU decides per loop shape), so the T = 20 sample sums
+    # agree up to rounding: float32 bound 2 T eps max|term|, with |tanh| <= 1 for
+    # the mean and squared deviations <= 4 for the variance.
+    eps = np.finfo(np.float32).eps
+    assert mean_err <= 2 * 20 * eps
+    assert var_err <= 2 * 20 * eps * 4
 
 
 def test_bad_inputs():
