@@ -45,9 +45,27 @@ bit-flip permutation of another key's mask: keying the first round directly
   ``k1``; as ``k1`` is a uniform word, ``u(i)`` is exactly uniform over the
   ``2**32`` words, so every element is kept with probability exactly
   ``keep_probability(rate)`` over the key (``E[output] == input`` exactly).
-* *Elementwise.* The hash only needs the element's global index (an ``iota``), so
-  under ``jit`` with sharded inputs each device computes its own block with no
-  collective, and the mask is identical for every mesh layout.
+* *Elementwise, hence layout-free.* The hash only needs the element's global
+  index (an ``iota``), so the mask is identical for every layout and every
+  device computes its own block with no communication (:func:`_linear_index`
+  builds the indices, in one place):
+
+  - under ``jit`` on an Auto mesh, XLA's partitioner splits the iota like the
+    data;
+  - on an Explicit mesh (``jax.set_mesh``), the iotas are built with the data's
+    sharding (``out_sharding``) and the mask is broadcast onto the data with it,
+    so the output's type keeps the input's sharding, also where the mask is
+    shared along a split axis (``broadcast_dims``); :func:`keep_mask` takes
+    ``out_sharding=`` for a mask without data;
+  - inside ``jax.shard_map``, ``shard_spec=`` (the data's ``in_specs`` entry)
+    gives each shard its block's offset in the global mask (from
+    ``lax.axis_index`` and the mesh's axis sizes, :func:`_shard_block`), so the
+    shard_map program draws exactly the mask of the global ``jit`` program;
+    DropBlock's shards also draw the ``block_size - 1`` seed rows and columns
+    past their block (a halo), and on an Explicit mesh whose spatial axes are
+    split DropBlock runs that shard_map form itself;
+  - across processes (``jax.distributed``) nothing changes: a device's block
+    depends only on the key and the global indices it holds.
 * *Key-only memory.* Regenerating a mask costs about 30 integer operations per
   element and needs only the seed words, so :func:`masked_scale` (used by
   :func:`jaxreg.dropout` and hence spatial dropout and drop-path) and
