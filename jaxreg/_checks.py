@@ -377,3 +377,101 @@ def check_out_sharding(out_sharding, ndim: int, name: str = "out_sharding"):
         )
     _check_spec_rank(out_sharding.spec, ndim, name)
     return out_sharding
+
+
+# --------------------------------------------------------------------------------
+# Module field checks (used by the module core, jaxreg/_layers.py, and by the pure
+# functions that take the same arguments). Added with the module core; each takes
+# the value and the argument name and returns the value normalized.
+# --------------------------------------------------------------------------------
+
+
+def short_repr(value, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_choice(value, name: str, choices: Sequence[str]) -> str:
+    """``value`` if it is one of the strings ``choices``, else ValueError listing them."""
+    if not isinstance(value, str) or value not in choices:
+        *rest, last = [repr(c) for c in choices]
+        listed = (
+            f"{' or '.join(rest + [last])}"
+            if len(choices) < 3
+            else (f"one of {', '.join(rest)}, {last}")
+        )
+        raise ValueError(f"`{name}` must be {listed}; got {name}={short_repr(value)}.")
+    return value
+
+
+def check_str(value, name: str) -> str:
+    """A string (e.g. the name of an rng collection)."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"`{name}` must be a str; got {type(value).__name__} {short_repr(value)}."
+        )
+    return value
+
+
+def check_callable(value, name: str, *, example: str = "jax.nn.relu"):
+    """None or a callable (e.g. an activation applied to a layer's output)."""
+    if value is not None and not callable(value):
+        raise TypeError(
+            f"`{name}` must be None or a callable such as `{example}`; got "
+            f"{type(value).__name__} {short_repr(value)}."
+        )
+    return value
+
+
+def check_flag(value, name: str):
+    """A boolean flag such as ``deterministic``, as Flax reads it, or a traced one.
+
+    Accepted: Python and NumPy bools, the integers 0 and 1, and 0-d boolean or
+    integer arrays. A concrete value is returned as a Python bool (it selects the
+    code path when tracing); a traced 0-d array is returned as a traced boolean,
+    and the caller chooses the path at run time (``jax.lax.cond``).
+
+    Raises:
+      TypeError: a string, a float, a non-scalar array or any other object.
+      ValueError: an integer other than 0 or 1.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (np.ndarray, jax.Array)):
+        integral = value.dtype == bool or jnp.issubdtype(value.dtype, jnp.integer)
+        if value.ndim != 0 or not integral:
+            raise TypeError(
+                f"`{name}` must be a bool or a 0-d boolean array; got an array of "
+                f"shape {value.shape} and dtype {value.dtype}."
+            )
+        if not is_static(value):  # traced: the path is chosen at run time
+            return value if value.dtype == bool else value != 0
+        value = value.item()
+        if isinstance(value, bool):
+            return value
+    if isinstance(value, (int, np.integer)):
+        if value not in (0, 1):
+            raise ValueError(
+                f"`{name}` must be True or False (or 1 / 0); got {name}={int(value)}."
+            )
+        return bool(value)
+    raise TypeError(
+        f"`{name}` must be a bool (True or False; NumPy bools, 0 / 1 and 0-d boolean "
+        f"arrays work too, traced ones included); got {type(value).__name__} "
+        f"{short_repr(value)}."
+    )
+
+
+def check_threshold(value, name: str = "threshold") -> float:
+    """A real Python or NumPy number that is not NaN (infinities are allowed)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(
+            f"`{name}` must be a Python number; got {type(value).__name__} "
+            f"{short_repr(value)}."
+        )
+    if value != value:
+        raise ValueError(f"`{name}` must not be NaN; got {name}={value!r}.")
+    return float(value)

@@ -1,10 +1,11 @@
 """Flax linen modules for every jaxreg technique.
 
-The modules are thin: each one resolves its ``deterministic`` flag and its PRNG key
-the way :class:`flax.linen.Dropout` does, then calls the pure function from
-:mod:`jaxreg.stochastic` (or :mod:`jaxreg.weight_dropout`, :mod:`jaxreg.penalties`),
-so the maths lives in one place. ``import jaxreg`` does not import this module;
-``import jaxreg.linen`` brings in Flax.
+The modules are thin: each one checks its fields at construction, resolves its
+``deterministic`` flag and its PRNG key the way :class:`flax.linen.Dropout` does,
+and hands the rest to the framework-free module core (``jaxreg._layers``) and the
+pure functions, so the maths lives in one place. ``import jaxreg`` does not import
+this module; ``import jaxreg.linen`` brings in ``flax.linen`` (and not ``flax.nnx``
+or Equinox).
 
 Conventions shared by all stochastic modules (the same as ``flax.linen.Dropout``):
 
@@ -13,7 +14,9 @@ Conventions shared by all stochastic modules (the same as ``flax.linen.Dropout``
   value (a schedule under ``jit``) passes through unchecked.
 * ``deterministic`` may be given to the constructor *or* to ``__call__``, exactly
   once (:func:`flax.linen.merge_param` semantics). ``True`` selects the inference
-  path, which needs no key.
+  path, which needs no key. Python and NumPy bools, 0 / 1 and 0-d boolean arrays
+  are accepted, as in Flax; beyond Flax, a *traced* flag (``train`` passed into a
+  jitted step) selects the path at run time with ``jax.lax.cond``.
 * On the stochastic path the key is ``rng`` if passed to ``__call__``, otherwise
   ``self.make_rng(self.rng_collection)`` (``"dropout"`` by default): pass it as
   ``model.apply(variables, x, rngs={"dropout": key})``. At ``rate`` 0 (and 1 where
@@ -22,9 +25,8 @@ Conventions shared by all stochastic modules (the same as ``flax.linen.Dropout``
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.errors
 import flax.linen as nn
@@ -33,71 +35,43 @@ import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 from flax.typing import Dtype, Initializer, PrecisionLike
 
-import jaxreg.penalties as _penalties
-import jaxreg.stochastic as _stochastic
-import jaxreg.weight_dropout as _weight_dropout
-from jaxreg._checks import check_nonnegative, check_rate, static_value
+from jaxreg import _layers
+from jaxreg._checks import check_flag, check_str
 from jaxreg._keys import as_key
-from jaxreg._sampler import activation_name
 
 __all__ = [
     "ActivityRegularization",
     "AlphaDropout",
+    "ConcreteDropout",
     "DropBlock",
     "DropConnectDense",
     "DropPath",
     "Dropout",
     "GaussianDropout",
     "GaussianNoise",
+    "SparseVariationalDense",
     "SpatialDropout",
     "ZoneoutCell",
 ]
 
-_INFERENCE_MODES = ("mean", "moments", "mc")
-
 
 # --------------------------------------------------------------------------------
-# Helpers shared by every module in this file (reusable by later additions).
+# Fields, the deterministic flag and keys, as Flax linen handles them.
 # --------------------------------------------------------------------------------
 
 
-def _owner(module) -> str:
-    cls = type(module)
-    return f"{cls.__module__}.{cls.__qualname__}"
+def _fields(module, checks) -> dict[str, Any]:
+    """The module's fields named in ``checks``, checked and normalized."""
+    values = {name: getattr(module, name) for name in checks}
+    return _layers.check_fields(_layers.owner(module), checks, values)
 
 
-def _validated(module, check, value, name: str, **kwargs):
-    """Run ``check(value, name, **kwargs)``, prefixing errors with the module."""
-    try:
-        return check(value, name, **kwargs)
-    except (TypeError, ValueError) as err:
-        raise type(err)(f"{_owner(module)}: {err}") from None
+def _deterministic(module, deterministic):
+    """``merge_param`` for ``deterministic``: a Python bool, or a traced flag.
 
-
-def _check_rate_field(module, name: str = "rate", *, allow_one: bool = True):
-    """Validate a rate attribute at construction (traced values pass through)."""
-    _validated(module, check_rate, getattr(module, name), name, allow_one=allow_one)
-
-
-def _check_activation(module, activation):
-    """Validate a fusable dropout ``activation`` (the check of :func:`jaxreg.dropout`,
-    ValueError prefixed with the module); returns it unchanged."""
-    _validated(
-        module, lambda value, _: activation_name(value), activation, "activation"
-    )
-    return activation
-
-
-def _dense_bias(module):
-    """A dense module's ``bias`` parameter as ``nn.Dense`` creates it, or None."""
-    if not module.use_bias:
-        return None
-    shape = (module.features,)
-    return module.param("bias", module.bias_init, shape, module.param_dtype)
-
-
-def _merge_deterministic(module, deterministic) -> bool:
-    """``merge_param`` for ``deterministic``, with an error that says what to do."""
+    Errors start with Flax's own sentence, then say how to fix it.
+    """
+    where = _layers.owner(module)
     try:
         value = nn.merge_param("deterministic", module.deterministic, deterministic)
     except ValueError as err:
@@ -115,60 +89,51 @@ def _merge_deterministic(module, deterministic) -> bool:
                 "one of the two (construct with `deterministic=None` to choose at "
                 "call time)."
             )
-        raise ValueError(f"{_owner(module)}: {err} {hint}") from err
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"{_owner(module)}: `deterministic` must be a Python bool (it selects "
-            f"the code path at trace time); got {type(value).__name__} {value!r}."
-        )
-    return value
+        raise ValueError(f"{err} {where}: {hint}") from None
+    return _layers.check_field(where, check_flag, value, "deterministic")
 
 
-def _needs_key(rate, *, zero_at_one: bool = True) -> bool:
-    """False when a concrete ``rate`` makes the output key-independent."""
-    value = static_value(rate)
-    if value is None:
-        return True
-    return not (value == 0.0 or (zero_at_one and value == 1.0))
-
-
-def _key(module, rng, collection: str | None = None):
+def _key(module, rng):
     """The key for one stochastic call: ``rng`` if given, else ``make_rng``.
 
-    Missing collections raise :class:`flax.errors.InvalidRngError` (as Flax does)
-    with a message that says how to provide the key.
+    A missing collection raises :class:`flax.errors.InvalidRngError` (as Flax
+    does) with Flax's message first, then how to provide the key.
     """
+    where = _layers.owner(module)
     if rng is not None:
-        return _validated(module, lambda k, n: as_key(k, name=n), rng, "rng")
-    collection = module.rng_collection if collection is None else collection
+        return _layers.check_field(where, lambda k, n: as_key(k, name=n), rng, "rng")
+    collection = module.rng_collection
     try:
         return module.make_rng(collection)
     except flax.errors.InvalidRngError as err:
         raise flax.errors.InvalidRngError(
-            f"{_owner(module)} (at {'/'.join(module.scope.path) or 'top level'}) "
+            f"{err} {where} (at {'/'.join(module.scope.path) or 'top level'}) "
             f'needs a PRNG key from the "{collection}" rng collection, and none was '
             f"given. Pass it to apply: `model.apply(variables, x, "
             f"rngs={{'{collection}': jax.random.key(seed)}})` (use a fresh key for "
             "every step); inside a lifted transform (nn.scan, nn.RNN, nn.vmap) "
             f"also list it in `split_rngs`, e.g. `split_rngs={{'params': False, "
             f"'{collection}': True}}`. Or pass `rng=key` when calling the module, or "
-            f"use the inference path with `deterministic=True`. Flax said: {err}"
-        ) from err
+            "use the inference path with `deterministic=True`."
+        ) from None
 
 
-def _apply_stochastic(
-    module, fn, inputs, rate, deterministic, rng, *, zero_at_one=True, **kwargs
-):
-    """``fn(key, inputs, rate, deterministic=det, **kwargs)`` for one call.
+def _dense_bias(module):
+    """A dense module's ``bias`` parameter as ``nn.Dense`` creates it, or None."""
+    if not module.use_bias:
+        return None
+    shape = (module.features,)
+    return module.param("bias", module.bias_init, shape, module.param_dtype)
 
-    ``det`` is ``deterministic`` merged with the module's field; ``key`` is None on
-    the inference path and where a concrete ``rate`` makes the output
-    key-independent (0, and 1 if ``zero_at_one``), otherwise :func:`_key`'s.
-    """
-    det = _merge_deterministic(module, deterministic)
-    needs = _needs_key(rate, zero_at_one=zero_at_one)
-    key = None if det or not needs else _key(module, rng)
-    return fn(key, inputs, rate, deterministic=det, **kwargs)
+
+def _check_module(module, value, name: str, *, optional: bool):
+    """A wrapped layer or cell must be a linen module."""
+    if (value is None and optional) or isinstance(value, nn.Module):
+        return
+    raise TypeError(
+        f"{_layers.owner(module)}: `{name}` must be a flax.linen module"
+        f"{' or None' if optional else ''}; got {type(value).__name__}."
+    )
 
 
 # --------------------------------------------------------------------------------
@@ -176,7 +141,38 @@ def _apply_stochastic(
 # --------------------------------------------------------------------------------
 
 
-class Dropout(nn.Module):
+class _Family(nn.Module):
+    """The shared body of the dropout-family modules (not public).
+
+    A subclass declares its fields and ``LAYER``, the :class:`jaxreg._layers.Layer`
+    that checks them and names the pure function it calls.
+    """
+
+    LAYER: ClassVar[_layers.Layer]
+
+    def __post_init__(self):
+        _fields(self, {**self.LAYER.fields, **_layers.STOCHASTIC})
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, inputs, deterministic: bool | None = None, rng=None):
+        """Apply the module to ``inputs``.
+
+        Args:
+          inputs: floating array.
+          deterministic: give it here only if the constructor did not (True: the
+            inference path; a traced flag selects the path at run time).
+          rng: optional key; by default ``self.make_rng(self.rng_collection)``.
+
+        Returns:
+          An array with the shape and dtype of ``inputs``.
+        """
+        det = _deterministic(self, deterministic)
+        values = _fields(self, self.LAYER.fields)
+        return self.LAYER.apply(values, inputs, det, lambda: _key(self, rng))
+
+
+class Dropout(_Family):
     """Dropout: a drop-in replacement for :class:`flax.linen.Dropout`.
 
     Same fields, same ``__call__(inputs, deterministic=None, rng=None)`` contract
@@ -210,7 +206,9 @@ class Dropout(nn.Module):
     Raises:
       ValueError: at construction, ``rate`` outside ``[0, 1]`` or NaN, or an
         ``activation`` that cannot be fused; at call, ``deterministic`` given
-        nowhere or twice.
+        nowhere or twice (Flax's message first).
+      TypeError: at construction, a non-numeric ``rate``, ``broadcast_dims`` that
+        are not ints, a non-bool ``inverted`` or ``deterministic``.
       flax.errors.InvalidRngError: the ``rng_collection`` key was not passed to
         ``apply`` (and no ``rng`` was given).
 
@@ -244,6 +242,7 @@ class Dropout(nn.Module):
       Overfitting." JMLR 15, 2014. https://jmlr.org/papers/v15/srivastava14a.html
     """
 
+    LAYER = _layers.DROPOUT
     rate: float
     broadcast_dims: Sequence[int] = ()
     deterministic: bool | None = None
@@ -251,38 +250,8 @@ class Dropout(nn.Module):
     inverted: bool = True
     activation: str | Callable | None = None
 
-    def __post_init__(self):
-        _check_rate_field(self)
-        _check_activation(self, self.activation)
-        super().__post_init__()
 
-    @nn.compact
-    def __call__(self, inputs, deterministic: bool | None = None, rng=None):
-        """Apply dropout to ``inputs`` (to ``activation(inputs)``, fused, if set).
-
-        Args:
-          inputs: floating array.
-          deterministic: overrides nothing: give it here only if the constructor
-            did not.
-          rng: optional key; by default ``self.make_rng(self.rng_collection)``.
-
-        Returns:
-          An array with the shape and dtype of ``inputs``.
-        """
-        return _apply_stochastic(
-            self,
-            _stochastic.dropout,
-            inputs,
-            self.rate,
-            deterministic,
-            rng,
-            broadcast_dims=self.broadcast_dims,
-            inverted=self.inverted,
-            activation=self.activation,
-        )
-
-
-class SpatialDropout(nn.Module):
+class SpatialDropout(_Family):
     """Spatial dropout: drop whole channels of 1-D/2-D/3-D feature maps.
 
     One keep decision per (example, channel), shared over all spatial positions;
@@ -291,7 +260,7 @@ class SpatialDropout(nn.Module):
     Attributes:
       rate: probability of dropping a channel, in ``[0, 1]``.
       channel_axis: the channel axis (``-1`` for NWC/NHWC/NDHWC, ``1`` for
-        channels-first).
+        channels-first); not 0 (the batch), within ``-4..4``.
       deterministic: if True return the inputs (constructor or call, once).
       rng_collection: the rng collection the key is drawn from.
 
@@ -308,29 +277,14 @@ class SpatialDropout(nn.Module):
       Networks." CVPR 2015. https://arxiv.org/abs/1411.4280
     """
 
+    LAYER = _layers.SPATIAL_DROPOUT
     rate: float
     channel_axis: int = -1
     deterministic: bool | None = None
     rng_collection: str = "dropout"
 
-    def __post_init__(self):
-        _check_rate_field(self)
-        super().__post_init__()
 
-    @nn.compact
-    def __call__(self, inputs, deterministic: bool | None = None, rng=None):
-        return _apply_stochastic(
-            self,
-            _stochastic.spatial_dropout,
-            inputs,
-            self.rate,
-            deterministic,
-            rng,
-            channel_axis=self.channel_axis,
-        )
-
-
-class GaussianDropout(nn.Module):
+class GaussianDropout(_Family):
     """Multiplicative Gaussian noise with mean 1 and variance ``rate / (1 - rate)``.
 
     Training: ``inputs * (1 + sqrt(rate / (1 - rate)) * eps)``, ``eps ~ N(0, 1)``;
@@ -352,28 +306,13 @@ class GaussianDropout(nn.Module):
       https://jmlr.org/papers/v15/srivastava14a.html
     """
 
+    LAYER = _layers.GAUSSIAN_DROPOUT
     rate: float
     deterministic: bool | None = None
     rng_collection: str = "dropout"
 
-    def __post_init__(self):
-        _check_rate_field(self, allow_one=False)
-        super().__post_init__()
 
-    @nn.compact
-    def __call__(self, inputs, deterministic: bool | None = None, rng=None):
-        return _apply_stochastic(
-            self,
-            _stochastic.gaussian_dropout,
-            inputs,
-            self.rate,
-            deterministic,
-            rng,
-            zero_at_one=False,
-        )
-
-
-class GaussianNoise(nn.Module):
+class GaussianNoise(_Family):
     """Additive zero-mean Gaussian noise: ``inputs + stddev * eps`` when training.
 
     See :func:`jaxreg.gaussian_noise`. The key comes from the ``"dropout"``
@@ -396,28 +335,13 @@ class GaussianNoise(nn.Module):
       Neural Computation 7(1), 1995. https://doi.org/10.1162/neco.1995.7.1.108
     """
 
+    LAYER = _layers.GAUSSIAN_NOISE
     stddev: float
     deterministic: bool | None = None
     rng_collection: str = "dropout"
 
-    def __post_init__(self):
-        _validated(self, check_nonnegative, self.stddev, "stddev")
-        super().__post_init__()
 
-    @nn.compact
-    def __call__(self, inputs, deterministic: bool | None = None, rng=None):
-        return _apply_stochastic(
-            self,
-            _stochastic.gaussian_noise,
-            inputs,
-            self.stddev,
-            deterministic,
-            rng,
-            zero_at_one=False,
-        )
-
-
-class AlphaDropout(nn.Module):
+class AlphaDropout(_Family):
     """Alpha dropout for self-normalizing (SELU) networks.
 
     Dropped units are set to the SELU saturation value and an affine correction
@@ -441,22 +365,13 @@ class AlphaDropout(nn.Module):
       https://arxiv.org/abs/1706.02515
     """
 
+    LAYER = _layers.ALPHA_DROPOUT
     rate: float
     deterministic: bool | None = None
     rng_collection: str = "dropout"
 
-    def __post_init__(self):
-        _check_rate_field(self)
-        super().__post_init__()
 
-    @nn.compact
-    def __call__(self, inputs, deterministic: bool | None = None, rng=None):
-        return _apply_stochastic(
-            self, _stochastic.alpha_dropout, inputs, self.rate, deterministic, rng
-        )
-
-
-class DropPath(nn.Module):
+class DropPath(_Family):
     """Stochastic depth: drop a whole residual branch per example (or per batch).
 
     Apply it to the branch before adding the shortcut:
@@ -482,34 +397,14 @@ class DropPath(nn.Module):
       https://arxiv.org/abs/1603.09382
     """
 
+    LAYER = _layers.DROP_PATH
     rate: float
     mode: str = "row"
     deterministic: bool | None = None
     rng_collection: str = "dropout"
 
-    def __post_init__(self):
-        _check_rate_field(self)
-        if self.mode not in ("row", "batch"):
-            raise ValueError(
-                f"{_owner(self)}: `mode` must be 'row' or 'batch'; got "
-                f"mode={self.mode!r}."
-            )
-        super().__post_init__()
 
-    @nn.compact
-    def __call__(self, inputs, deterministic: bool | None = None, rng=None):
-        return _apply_stochastic(
-            self,
-            _stochastic.drop_path,
-            inputs,
-            self.rate,
-            deterministic,
-            rng,
-            mode=self.mode,
-        )
-
-
-class DropBlock(nn.Module):
+class DropBlock(_Family):
     """DropBlock: drop contiguous ``block_size x block_size`` regions (NHWC).
 
     Each position is dropped with probability ``rate``; kept units are rescaled so
@@ -517,7 +412,7 @@ class DropBlock(nn.Module):
 
     Attributes:
       rate: per-position drop probability, in ``[0, 1]``.
-      block_size: side of the square blocks (``>= 1``).
+      block_size: side of the square blocks, an int ``>= 1`` (NumPy ints too).
       deterministic: if True return the inputs (constructor or call, once).
       rng_collection: the rng collection the key is drawn from.
 
@@ -534,107 +429,18 @@ class DropBlock(nn.Module):
       networks." NeurIPS 2018. https://arxiv.org/abs/1810.12890
     """
 
+    LAYER = _layers.DROPBLOCK
     rate: float
     block_size: int = 7
     deterministic: bool | None = None
     rng_collection: str = "dropout"
-
-    def __post_init__(self):
-        _check_rate_field(self)
-        bs = self.block_size
-        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-            raise ValueError(
-                f"{_owner(self)}: `block_size` must be an int >= 1; got "
-                f"block_size={bs!r}."
-            )
-        super().__post_init__()
-
-    @nn.compact
-    def __call__(self, inputs, deterministic: bool | None = None, rng=None):
-        return _apply_stochastic(
-            self,
-            _stochastic.dropblock,
-            inputs,
-            self.rate,
-            deterministic,
-            rng,
-            block_size=self.block_size,
-        )
 
 
 # --------------------------------------------------------------------------------
 # DropConnect.
 # --------------------------------------------------------------------------------
 
-
-def _matmul_precision(module):
-    """A context applying ``module.precision`` to the matmuls of the pure functions."""
-    precision = module.precision
-    if precision is None:
-        return contextlib.nullcontext()
-    if isinstance(precision, jax.lax.Precision):
-        return jax.default_matmul_precision(precision.name.lower())
-    if isinstance(precision, str):
-        return jax.default_matmul_precision(precision)
-    raise ValueError(
-        f"{_owner(module)}: `precision` must be None, a `jax.lax.Precision` or a "
-        f"string such as 'highest'; got precision={precision!r} (per-operand "
-        "precision pairs are not supported)."
-    )
-
-
-def _check_dropconnect_fields(module):
-    _check_rate_field(module)
-    if module.inference not in _INFERENCE_MODES:
-        raise ValueError(
-            f"{_owner(module)}: `inference` must be one of {_INFERENCE_MODES}; got "
-            f"inference={module.inference!r}."
-        )
-    if not isinstance(module.per_example, bool):
-        raise TypeError(
-            f"{_owner(module)}: `per_example` must be a bool; got "
-            f"{module.per_example!r}."
-        )
-    ns = module.num_samples
-    if isinstance(ns, bool) or not isinstance(ns, int) or ns < 1:
-        raise ValueError(
-            f"{_owner(module)}: `num_samples` must be an int >= 1; got "
-            f"num_samples={ns!r}."
-        )
-    if module.activation is not None and not callable(module.activation):
-        raise TypeError(
-            f"{_owner(module)}: `activation` must be None or a callable such as "
-            f"`jax.nn.relu`; got {module.activation!r}."
-        )
-
-
-def _dropconnect_apply(module, key_fn, x, kernel, bias, deterministic: bool):
-    """The DropConnect forward pass shared by the linen and NNX modules.
-
-    ``key_fn()`` returns the key; it is called only when one is needed.
-    """
-    act = module.activation if module.activation is not None else _identity
-    rate = module.rate
-    with _matmul_precision(module):
-        if not deterministic or module.inference == "mc":
-            key = key_fn() if _needs_key(rate) else None
-            u = _weight_dropout.dropconnect_dense(
-                key, x, kernel, rate, bias=bias, per_example=module.per_example
-            )
-            return act(u)
-        if module.inference == "mean" or not _needs_key(rate):
-            # At rate 0 or 1 the pre-activation has zero variance: exact.
-            u = _weight_dropout.dropconnect_dense(
-                None, x, kernel, rate, bias=bias, deterministic=True
-            )
-            return act(u)
-        return _weight_dropout.dropconnect_inference(
-            key_fn(), x, kernel, rate, act, bias=bias, num_samples=module.num_samples
-        )
-
-
-def _identity(u):
-    return u
+_DENSE = {"features": _layers.count_field, "use_bias": _layers.bool_field}
 
 
 class DropConnectDense(nn.Module):
@@ -659,11 +465,11 @@ class DropConnectDense(nn.Module):
       several calls, e.g. with :func:`jaxreg.mc_dropout_predict`); needs a key.
 
     Attributes:
-      features: number of output features.
+      features: number of output features, an int ``>= 1``.
       use_bias: whether to add a bias.
       dtype: computation dtype (inferred from inputs and params if None).
       param_dtype: dtype of the parameters.
-      precision: matmul precision (None, a ``jax.lax.Precision`` or a string).
+      precision: matmul precision (None, a ``jax.lax.Precision`` or its name).
       kernel_init: kernel initializer.
       bias_init: bias initializer.
       rate: probability of dropping a weight, in ``[0, 1]``.
@@ -671,9 +477,16 @@ class DropConnectDense(nn.Module):
         one mask for the batch.
       inference: ``"mean"``, ``"moments"`` or ``"mc"``, see above.
       activation: elementwise activation applied to the output, or None.
-      num_samples: Gaussian samples per unit for ``inference="moments"``.
+      num_samples: Gaussian samples per unit for ``inference="moments"``, an int
+        ``>= 1``.
       deterministic: inference path if True (constructor or call, once).
       rng_collection: the rng collection keys are drawn from.
+
+    Raises:
+      ValueError: at construction, a bad ``rate``, ``inference`` or
+        ``precision``, or ``features`` / ``num_samples`` below 1.
+      TypeError: at construction, non-int ``features`` / ``num_samples``, a
+        non-bool ``per_example`` / ``use_bias``, a non-callable ``activation``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg.linen as jl
@@ -708,13 +521,13 @@ class DropConnectDense(nn.Module):
     rng_collection: str = "dropout"
 
     def __post_init__(self):
-        _check_dropconnect_fields(self)
+        _fields(self, {**_DENSE, **_layers.DROPCONNECT, **_layers.STOCHASTIC})
         super().__post_init__()
 
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng=None):
         """Apply the layer to ``inputs`` of shape ``(..., in_features)``."""
-        det = _merge_deterministic(self, deterministic)
+        det = _deterministic(self, deterministic)
         kernel = self.param(
             "kernel",
             self.kernel_init,
@@ -723,64 +536,15 @@ class DropConnectDense(nn.Module):
         )
         bias = _dense_bias(self)
         inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        return _dropconnect_apply(
-            self, lambda: _key(self, rng), inputs, kernel, bias, det
+        values = _fields(self, _layers.DROPCONNECT)
+        return _layers.dropconnect(
+            inputs, kernel, bias, det, lambda: _key(self, rng), **values
         )
 
 
 # --------------------------------------------------------------------------------
 # Recurrent: zoneout.
 # --------------------------------------------------------------------------------
-
-
-def _check_rate_tree(module, rate, *, where: str = "rate"):
-    """Validate a scalar rate or a pytree of rates (one per carry leaf)."""
-    leaves = jax.tree_util.tree_leaves(rate)
-    if not leaves:
-        raise ValueError(
-            f"{_owner(module)}: `{where}` must be a rate or a pytree of rates; got "
-            f"{rate!r}."
-        )
-    for leaf in leaves:
-        _validated(module, check_rate, leaf, where)
-
-
-def _zoneout_carry(module, key, carry, new_carry, deterministic: bool):
-    """Apply :func:`jaxreg.zoneout` to every leaf of the carry.
-
-    ``module.rate`` is a scalar (used for every leaf) or a pytree with the carry's
-    structure. Leaf ``i`` (in ``jax.tree_util`` order) uses ``split(key, n)[i]``.
-    Returns the new carry and a map ``id(new leaf) -> zoned leaf``.
-    """
-    new_leaves, treedef = jax.tree_util.tree_flatten(new_carry)
-    old_leaves = treedef.flatten_up_to(carry)
-    rate = module.rate
-    if jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(rate)):
-        rates = [rate] * len(new_leaves)
-    else:
-        try:
-            rates = treedef.flatten_up_to(rate)
-        except (ValueError, TypeError) as err:
-            raise ValueError(
-                f"{_owner(module)}: `rate` must be one rate or a pytree with the "
-                f"structure of the cell's carry {treedef}; got rate={rate!r}."
-            ) from err
-    keys = (
-        [None] * len(new_leaves)
-        if key is None
-        else jax.random.split(key, len(new_leaves))
-    )
-    zoned = [
-        _stochastic.zoneout(k, h_prev, h_new, r, deterministic=deterministic)
-        for k, h_prev, h_new, r in zip(keys, old_leaves, new_leaves, rates, strict=True)
-    ]
-    swap = {id(a): b for a, b in zip(new_leaves, zoned, strict=True)}
-    return jax.tree_util.tree_unflatten(treedef, zoned), swap
-
-
-def _zoneout_outputs(outputs, swap):
-    """Replace outputs that *are* new carry leaves by their zoned-out values."""
-    return jax.tree_util.tree_map(lambda y: swap.get(id(y), y), outputs)
 
 
 class ZoneoutCell(nn.RNNCellBase):
@@ -830,17 +594,24 @@ class ZoneoutCell(nn.RNNCellBase):
     rng_collection: str = "dropout"
 
     def __post_init__(self):
-        _check_rate_tree(self, self.rate)
+        _check_module(self, self.cell, "cell", optional=False)
+        _fields(self, {"rate": _layers.rate_tree_field, **_layers.STOCHASTIC})
         super().__post_init__()
 
     @nn.compact
     def __call__(self, carry, inputs, deterministic: bool | None = None, rng=None):
-        det = _merge_deterministic(self, deterministic)
+        """One step: the wrapped cell's, with zoneout on the new carry."""
+        det = _deterministic(self, deterministic)
         new_carry, outputs = self.cell(carry, inputs)
-        needs = any(_needs_key(r) for r in jax.tree_util.tree_leaves(self.rate))
-        key = None if det or not needs else _key(self, rng)
-        new_carry, swap = _zoneout_carry(self, key, carry, new_carry, det)
-        return new_carry, _zoneout_outputs(outputs, swap)
+        return _layers.zoneout(
+            _layers.owner(self),
+            self.rate,
+            carry,
+            new_carry,
+            outputs,
+            det,
+            lambda: _key(self, rng),
+        )
 
     @nn.nowrap
     def initialize_carry(self, rng, input_shape):
@@ -854,30 +625,9 @@ class ZoneoutCell(nn.RNNCellBase):
 
 
 # --------------------------------------------------------------------------------
-# Activity regularization.
+# Loss terms, sown into a collection: activity regularization, concrete dropout,
+# sparse variational dropout.
 # --------------------------------------------------------------------------------
-
-
-def _check_activity_fields(module):
-    _validated(module, check_nonnegative, module.l1, "l1")
-    _validated(module, check_nonnegative, module.l2, "l2")
-
-
-def _activity_penalty(module, inputs) -> jax.Array:
-    """Keras' activity penalty ``l1 * sum|x| + l2 * sum(x**2)`` (float32 or wider).
-
-    Built on :func:`jaxreg.l1` (``sum|x|``) and :func:`jaxreg.l2`
-    (``0.5 * sum(x**2)``, hence the factor 2).
-    """
-    terms = []
-    if static_value(module.l1) != 0.0:
-        terms.append(module.l1 * _penalties.l1(inputs))
-    if static_value(module.l2) != 0.0:
-        terms.append(2.0 * module.l2 * _penalties.l2(inputs))
-    if not terms:
-        dtype = jnp.promote_types(jnp.result_type(inputs), jnp.float32)
-        return jnp.zeros((), dtype)
-    return sum(terms[1:], terms[0])
 
 
 class ActivityRegularization(nn.Module):
@@ -922,65 +672,15 @@ class ActivityRegularization(nn.Module):
     collection: str = "losses"
 
     def __post_init__(self):
-        _check_activity_fields(self)
+        _fields(self, {**_layers.ACTIVITY, "collection": check_str})
         super().__post_init__()
 
     @nn.compact
     def __call__(self, inputs):
-        self.sow(self.collection, "activity_penalty", _activity_penalty(self, inputs))
+        """Return ``inputs``; sow the penalty when the collection is mutable."""
+        penalty = _layers.activity_penalty(_fields(self, _layers.ACTIVITY), inputs)
+        self.sow(self.collection, "activity_penalty", penalty)
         return inputs
-
-
-# --------------------------------------------------------------------------------
-# Learned-rate and Bayesian dropout: concrete dropout, sparse variational dropout.
-# --------------------------------------------------------------------------------
-
-import jaxreg.bayesian as _bayesian  # noqa: E402
-from jaxreg._checks import check_positive  # noqa: E402
-
-__all__ += ["ConcreteDropout", "SparseVariationalDense"]
-
-
-def _check_concrete_fields(module):
-    """Shared field checks of the linen and NNX ``ConcreteDropout``."""
-    _validated(module, check_rate, module.init_rate, "init_rate")
-    if not 0.0 < float(module.init_rate) < 1.0:
-        raise ValueError(
-            f"{_owner(module)}: `init_rate` is the initial drop probability and must "
-            f"lie strictly between 0 and 1 (its logit is learned); got "
-            f"init_rate={module.init_rate!r}."
-        )
-    _validated(module, check_positive, module.temperature, "temperature")
-    _validated(
-        module, check_nonnegative, module.weight_regularizer, "weight_regularizer"
-    )
-    _validated(
-        module, check_nonnegative, module.dropout_regularizer, "dropout_regularizer"
-    )
-
-
-def _concrete_logit(init_rate: float) -> float:
-    return float(jnp.log(init_rate) - jnp.log1p(-init_rate))
-
-
-def _concrete_penalty(module, weights, logit_p, input_dim: int) -> jax.Array:
-    """:func:`jaxreg.concrete_dropout_regularizer` of one wrapped layer."""
-    leaves = jax.tree.leaves(weights)
-    return _bayesian.concrete_dropout_regularizer(
-        leaves if leaves else jnp.zeros(()),
-        logit_p,
-        input_dim=int(input_dim),
-        weight_regularizer=module.weight_regularizer,
-        dropout_regularizer=module.dropout_regularizer,
-    )
-
-
-def _check_vd_fields(module):
-    _validated(module, check_nonnegative, module.kl_weight, "kl_weight")
-    try:
-        _bayesian._check_threshold(module.threshold)
-    except (TypeError, ValueError) as err:
-        raise type(err)(f"{_owner(module)}: {err}") from None
 
 
 class ConcreteDropout(nn.Module):
@@ -1046,24 +746,28 @@ class ConcreteDropout(nn.Module):
     collection: str = "losses"
 
     def __post_init__(self):
-        _check_concrete_fields(self)
+        _check_module(self, self.layer, "layer", optional=True)
+        checks = {**_layers.CONCRETE, **_layers.STOCHASTIC, "collection": check_str}
+        _fields(self, checks)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng=None):
         """Drop ``inputs`` with the learned rate, then apply ``layer`` (if any)."""
-        det = _merge_deterministic(self, deterministic)
-        logit0 = _concrete_logit(self.init_rate)
+        det = _deterministic(self, deterministic)
+        values = _fields(self, _layers.CONCRETE)
+        logit0 = _layers.concrete_logit(values["init_rate"])
         logit_p = self.param("logit_p", lambda _: jnp.asarray(logit0, jnp.float32))
-        key = None if det else _key(self, rng)
-        y = _bayesian.concrete_dropout(
-            key, inputs, logit_p, temperature=self.temperature, deterministic=det
+        y = _layers.concrete_dropout(
+            values, inputs, logit_p, det, lambda: _key(self, rng)
         )
         weights = {}
         if self.layer is not None:
             y = self.layer(y)
             weights = self.layer.variables.get("params", {})
-        penalty = _concrete_penalty(self, weights, logit_p, jnp.shape(inputs)[-1])
+        penalty = _layers.concrete_penalty(
+            values, weights, logit_p, jnp.shape(inputs)[-1]
+        )
         self.sow(self.collection, "concrete_dropout", penalty)
         return y
 
@@ -1083,13 +787,13 @@ class SparseVariationalDense(nn.Module):
     ``jaxreg.sparse_vd_log_alpha(params["kernel"], params["log_sigma2"])``.
 
     Attributes:
-      features: number of output features.
+      features: number of output features, an int ``>= 1``.
       use_bias: whether to add a bias.
       dtype: computation dtype (inferred if None).
       param_dtype: dtype of the parameters.
       kernel_init: initializer of the weight means.
       bias_init: bias initializer.
-      log_sigma2_init: initial log variance of every weight.
+      log_sigma2_init: initial log variance of every weight (finite).
       threshold: log-alpha pruning threshold at inference (paper: 3).
       kl_weight: factor of the sown KL term, ``>= 0`` (``1 / N``).
       deterministic: inference path if True (constructor or call, once).
@@ -1129,13 +833,23 @@ class SparseVariationalDense(nn.Module):
     collection: str = "losses"
 
     def __post_init__(self):
-        _check_vd_fields(self)
+        _fields(
+            self,
+            {
+                **_DENSE,
+                **_layers.SPARSE_VD,
+                "log_sigma2_init": _layers.finite_field,
+                **_layers.STOCHASTIC,
+                "collection": check_str,
+            },
+        )
         super().__post_init__()
 
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng=None):
         """Apply the layer to ``inputs`` of shape ``(..., in_features)``."""
-        det = _merge_deterministic(self, deterministic)
+        det = _deterministic(self, deterministic)
+        values = _fields(self, _layers.SPARSE_VD)
         shape = (jnp.shape(inputs)[-1], self.features)
         kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
         log_sigma2 = self.param(
@@ -1146,15 +860,8 @@ class SparseVariationalDense(nn.Module):
         )
         bias = _dense_bias(self)
         inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        key = None if det else _key(self, rng)
-        kl = _bayesian.sparse_vd_kl(_bayesian.sparse_vd_log_alpha(kernel, log_sigma2))
-        self.sow(self.collection, "sparse_vd_kl", self.kl_weight * kl)
-        return _bayesian.sparse_vd_dense(
-            key,
-            inputs,
-            kernel,
-            log_sigma2,
-            bias=bias,
-            threshold=self.threshold,
-            deterministic=det,
+        kl = _layers.sparse_vd_kl(values, kernel, log_sigma2)
+        self.sow(self.collection, "sparse_vd_kl", kl)
+        return _layers.sparse_vd_dense(
+            values, inputs, kernel, log_sigma2, bias, det, lambda: _key(self, rng)
         )

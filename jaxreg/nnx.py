@@ -1,19 +1,23 @@
 """Flax NNX modules for every jaxreg technique.
 
-The modules are thin: each resolves its ``deterministic`` flag and its PRNG key the
-way :class:`flax.nnx.Dropout` does, then calls the pure function from
-:mod:`jaxreg.stochastic` (or :mod:`jaxreg.weight_dropout`, :mod:`jaxreg.penalties`),
-so the maths lives in one place. ``import jaxreg`` does not import this module;
-``import jaxreg.nnx`` brings in Flax.
+The modules are thin: each one checks its arguments at construction, resolves its
+``deterministic`` flag and its PRNG key the way :class:`flax.nnx.Dropout` does, and
+hands the rest to the framework-free module core (``jaxreg._layers``) and the pure
+functions, so the maths lives in one place. ``import jaxreg`` does not import this
+module; ``import jaxreg.nnx`` brings in ``flax.nnx`` (and not ``flax.linen`` or
+Equinox).
 
 Conventions shared by all stochastic modules (the same as ``flax.nnx.Dropout``):
 
 * ``rate`` is the probability of *dropping* a unit (the rate is not the keep
-  rate!), validated at construction.
+  rate!), validated at construction, as is every other argument.
 * ``deterministic`` (default False) is an attribute: :meth:`flax.nnx.Module.train`
   sets it to False, :meth:`flax.nnx.Module.eval` to True, and
   :func:`flax.nnx.view` (``nnx.view(model, deterministic=True)``) makes a
   switched view; a ``deterministic`` passed to ``__call__`` takes precedence.
+  Python and NumPy bools, 0 / 1 and 0-d boolean arrays are accepted, as in Flax;
+  beyond Flax, a *traced* flag (``train`` passed into an ``nnx.jit`` step) selects
+  the path at run time with ``jax.lax.cond``.
 * ``rngs`` may be an :class:`flax.nnx.Rngs` (the stream ``rngs[rng_collection]``
   is forked, as Flax does), an :class:`flax.nnx.RngStream` (forked) or a raw key
   (``jax.random.key`` or ``jax.random.PRNGKey``; it seeds a new stream), at
@@ -29,7 +33,7 @@ Conventions shared by all stochastic modules (the same as ``flax.nnx.Dropout``):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -38,26 +42,14 @@ from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 from flax.typing import Dtype, Initializer, PrecisionLike
 
-import jaxreg.stochastic as _stochastic
-from jaxreg._checks import check_nonnegative, check_rate
+from jaxreg import _layers
+from jaxreg._checks import check_flag
 from jaxreg._keys import as_key
-from jaxreg.linen import (
-    _activity_penalty,
-    _check_activation,
-    _check_activity_fields,
-    _check_dropconnect_fields,
-    _check_rate_tree,
-    _dropconnect_apply,
-    _needs_key,
-    _owner,
-    _validated,
-    _zoneout_carry,
-    _zoneout_outputs,
-)
 
 __all__ = [
     "ActivityRegularization",
     "AlphaDropout",
+    "ConcreteDropout",
     "DropBlock",
     "DropConnectDense",
     "DropPath",
@@ -65,44 +57,49 @@ __all__ = [
     "GaussianDropout",
     "GaussianNoise",
     "Loss",
+    "SparseVariationalDense",
     "SpatialDropout",
     "ZoneoutCell",
 ]
 
+_Rngs = nnx.Rngs | nnx.RngStream | jax.Array
+
 
 # --------------------------------------------------------------------------------
-# Helpers shared by every module in this file (reusable by later additions).
+# Arguments, the deterministic flag, keys and loss terms, as Flax NNX handles them.
 # --------------------------------------------------------------------------------
+
+
+def _checked(module, checks, **values) -> dict[str, Any]:
+    """``values`` checked and normalized, errors prefixed with the module."""
+    return _layers.check_fields(_layers.owner(module), checks, values)
 
 
 def _is_key_array(value) -> bool:
     return isinstance(value, (jax.Array, np.ndarray))
 
 
-def _stream_from(owner: str, rngs, collection: str):
-    """The ``RngStream`` a module stores, from the ``rngs`` given at construction."""
-    if rngs is None:
-        return nnx.data(None)
-    if isinstance(rngs, nnx.Rngs):
-        try:
-            stream = rngs[collection]
-        except (KeyError, AttributeError) as err:
-            raise ValueError(
-                f"{owner}: the `rngs` passed has no '{collection}' stream and no "
-                f"'default' stream. Create it with `nnx.Rngs({collection}=seed)` "
-                f"(or `nnx.Rngs(seed)`), or set `rng_collection` to one of its "
-                "streams."
-            ) from err
-        return stream.fork()
-    if isinstance(rngs, nnx.RngStream):
-        return rngs.fork()
-    if _is_key_array(rngs):
-        return nnx.RngStream(as_key(rngs, name="rngs"), tag=collection)
-    raise TypeError(
-        f"{owner}: `rngs` must be an `nnx.Rngs`, an `nnx.RngStream`, a PRNG key "
-        f"(`jax.random.key(seed)`) or None; got {type(rngs).__name__} {rngs!r}. "
-        "For an integer seed use `rngs=nnx.Rngs(seed)`."
+def _wrong_rngs(module, rngs, hint: str = "") -> TypeError:
+    """Flax's sentence for ``rngs`` of another type, then ours."""
+    return TypeError(
+        f"rngs must be a Rngs, RngStream or jax.Array, but got {type(rngs)}. "
+        f"{_layers.owner(module)}: `rngs` must be an `nnx.Rngs`, an "
+        f"`nnx.RngStream` or a PRNG key (`jax.random.key(seed)`){hint}; got "
+        f"{type(rngs).__name__} {rngs!r}."
     )
+
+
+def _stream(module, rngs, collection: str, *, at: str):
+    """The ``RngStream`` named ``collection`` of an ``nnx.Rngs`` (ValueError if none)."""
+    try:
+        return rngs[collection]
+    except (KeyError, AttributeError) as err:
+        raise ValueError(
+            f"{_layers.owner(module)}: the `rngs` passed {at} has no '{collection}' "
+            f"stream and no 'default' stream. Create it with "
+            f"`nnx.Rngs({collection}=seed)` (or `nnx.Rngs(seed)`), or set "
+            "`rng_collection` to one of its streams."
+        ) from err
 
 
 def _check_variable_type(module, variable_type) -> None:
@@ -110,103 +107,102 @@ def _check_variable_type(module, variable_type) -> None:
         isinstance(variable_type, type) and issubclass(variable_type, nnx.Variable)
     ):
         raise TypeError(
-            f"{_owner(module)}: `variable_type` must be an `nnx.Variable` subclass "
-            f"such as `jaxreg.nnx.Loss`; got {variable_type!r}."
+            f"{_layers.owner(module)}: `variable_type` must be an `nnx.Variable` "
+            f"subclass such as `jaxreg.nnx.Loss`; got {variable_type!r}."
         )
 
 
-def _sow_loss(module, variable_type, name: str, value) -> bool:
-    """Sow ``value`` only inside ``nnx.capture`` (legacy ``sow`` on old Flax)."""
-    if hasattr(nnx, "capture") and not hasattr(module, "__captures__"):
-        return False
-    return module.sow(variable_type, name, value)
+def _sow_loss(module, variable_type, name: str, value) -> None:
+    """Sow ``value`` when an ``nnx.capture`` of ``variable_type`` is running.
+
+    Inside ``nnx.capture(model, variable_type)`` every module holds a variable of
+    the captured type, which ``nnx.state`` shows; outside it nothing is recorded
+    (as linen's ``sow`` into an immutable collection), so the module's state never
+    changes structure. Flax versions without ``nnx.capture`` use the legacy
+    ``sow`` (retrieve the terms with ``nnx.pop``).
+    """
+    if not hasattr(nnx, "capture") or nnx.state(module, variable_type):
+        module.sow(variable_type, name, value)
 
 
 class _Stochastic(nnx.Module):
     """Shared machinery of the stochastic NNX modules (not public).
 
     Subclasses call :meth:`_init_stochastic` in ``__init__``; in ``__call__`` they
-    use :meth:`_apply` (a pure function of ``(key, inputs, rate)``) or, for other
-    call shapes, :meth:`_resolve_deterministic` and :meth:`_call_key`.
+    resolve the flag with :meth:`_resolve_deterministic` and draw keys with
+    :meth:`_call_key`, then call the module core.
     """
 
     def _init_stochastic(self, deterministic, rng_collection: str, rngs) -> None:
-        if deterministic is not None and not isinstance(deterministic, bool):
-            raise TypeError(
-                f"{_owner(self)}: `deterministic` must be a bool or None; got "
-                f"{type(deterministic).__name__} {deterministic!r}."
+        values = _checked(
+            self,
+            _layers.STOCHASTIC,
+            deterministic=deterministic,
+            rng_collection=rng_collection,
+        )
+        self.deterministic = values["deterministic"]
+        self.rng_collection = values["rng_collection"]
+        if rngs is None:
+            self.rngs = nnx.data(None)
+        elif isinstance(rngs, nnx.Rngs):
+            self.rngs = _stream(self, rngs, rng_collection, at="").fork()
+        elif isinstance(rngs, nnx.RngStream):
+            self.rngs = rngs.fork()
+        elif _is_key_array(rngs):
+            key = _layers.check_field(
+                _layers.owner(self), lambda k, n: as_key(k, name=n), rngs, "rngs"
             )
-        if not isinstance(rng_collection, str):
-            raise TypeError(
-                f"{_owner(self)}: `rng_collection` must be a str; got "
-                f"{rng_collection!r}."
-            )
-        self.deterministic = deterministic
-        self.rng_collection = rng_collection
-        self.rngs = _stream_from(_owner(self), rngs, rng_collection)
+            self.rngs = nnx.RngStream(key, tag=rng_collection)
+        else:
+            hint = " or None. For an integer seed use `rngs=nnx.Rngs(seed)`"
+            raise _wrong_rngs(self, rngs, hint)
 
-    def _resolve_deterministic(self, deterministic) -> bool:
+    def _resolve_deterministic(self, deterministic):
+        """The call's flag, else the attribute (Flax's ``first_from``)."""
         value = self.deterministic if deterministic is None else deterministic
         if value is None:
             name = type(self).__name__
             raise ValueError(
-                f"{_owner(self)}: no `deterministic` value was provided (it is None "
-                "both on the module and in the call). Choose one of:\n"
+                f"No `deterministic` argument was provided to {name}. "
+                f"{_layers.owner(self)}: `deterministic` is None both on the module "
+                "and in the call. Choose one of:\n"
                 f"  1. the constructor: `{name}(..., deterministic=False)`;\n"
-                f"  2. the call: `layer(x, deterministic=True)`;\n"
+                "  2. the call: `layer(x, deterministic=True)`;\n"
                 "  3. the model's mode: `model.train()` / `model.eval()`, or a view "
                 "`nnx.view(model, deterministic=True)`."
             )
-        if not isinstance(value, bool):
-            raise TypeError(
-                f"{_owner(self)}: `deterministic` must be a Python bool (it selects "
-                f"the code path at trace time); got {type(value).__name__} {value!r}."
-            )
-        return value
+        return _layers.check_field(
+            _layers.owner(self), check_flag, value, "deterministic"
+        )
 
-    def _call_key(self, rngs):
+    def _call_key(self, rngs, deterministic):
         """The key for one stochastic call (``rngs`` at call time wins)."""
         source = self.rngs if rngs is None else rngs
         if source is None:
+            state = (
+                "is False"
+                if isinstance(deterministic, bool)
+                else "is traced (it may be False when the step runs)"
+            )
             raise ValueError(
-                f"{_owner(self)}: `deterministic` is False, but no `rngs` were given, "
-                "neither to the constructor nor to the call. Pass "
+                f"`deterministic` {state}, but no `rngs` argument was provided to "
+                f"{type(self).__name__} as either a __call__ argument or class "
+                f"attribute. {_layers.owner(self)}: pass "
                 f"`rngs=nnx.Rngs({self.rng_collection}=seed)` (or a key) when "
                 "constructing the module, or `rngs=` when calling it; or use the "
                 "inference path with `deterministic=True` / `model.eval()`."
             )
         if isinstance(source, nnx.Rngs):
-            try:
-                return source[self.rng_collection]()
-            except (KeyError, AttributeError) as err:
-                raise ValueError(
-                    f"{_owner(self)}: the `rngs` passed to the call has no "
-                    f"'{self.rng_collection}' stream and no 'default' stream; add "
-                    f"one, e.g. `nnx.Rngs({self.rng_collection}=seed)`."
-                ) from err
+            return _stream(self, source, self.rng_collection, at="to the call")()
         if isinstance(source, nnx.RngStream):
             return source()
         if _is_key_array(source):
-            return as_key(source, name="rngs")
-        raise TypeError(
-            f"{_owner(self)}: `rngs` must be an `nnx.Rngs`, an `nnx.RngStream` or a "
-            f"PRNG key (`jax.random.key(seed)`); got {type(source).__name__} "
-            f"{source!r}."
-        )
+            return _layers.check_field(
+                _layers.owner(self), lambda k, n: as_key(k, name=n), source, "rngs"
+            )
+        raise _wrong_rngs(self, source)
 
-    def _init_bias(self, use_bias, bias_init, params_key, features, param_dtype):
-        """A dense layer's ``bias`` exactly as ``nnx.Linear`` draws it, or None."""
-        if use_bias:
-            self.bias = nnx.Param(bias_init(params_key(), (features,), param_dtype))
-        else:
-            self.bias = nnx.data(None)
-
-    def _promoted(self, inputs):
-        """``(inputs, kernel, bias)`` promoted to ``self.dtype`` as in ``nnx.Linear``."""
-        bias = None if self.bias is None else self.bias[...]
-        return promote_dtype((inputs, self.kernel[...], bias), dtype=self.dtype)
-
-    def _params_stream(self, rngs, deterministic, rng_collection: str):
+    def _params_stream(self, rngs):
         """``(rngs, params stream)`` for a layer that initializes parameters.
 
         A key becomes an ``nnx.Rngs``; parameters come from its ``params`` stream
@@ -215,32 +211,39 @@ class _Stochastic(nnx.Module):
         """
         if rngs is None:
             raise TypeError(
-                f"{_owner(self)}: `rngs` is required to initialize the parameters; "
-                "pass `rngs=nnx.Rngs(seed)` (or a key)."
+                f"{_layers.owner(self)}: `rngs` is required to initialize the "
+                "parameters; pass `rngs=nnx.Rngs(seed)` (or a key)."
             )
         if _is_key_array(rngs):
             rngs = nnx.Rngs(as_key(rngs, name="rngs"))
         if isinstance(rngs, nnx.Rngs):
-            params_key = rngs.params
-        elif isinstance(rngs, nnx.RngStream):
-            params_key = rngs
-        else:
-            self._init_stochastic(deterministic, rng_collection, rngs)  # TypeError
-        return rngs, params_key
+            return rngs, rngs.params
+        if isinstance(rngs, nnx.RngStream):
+            return rngs, rngs
+        raise _wrong_rngs(self, rngs, ". For an integer seed use `rngs=nnx.Rngs(seed)`")
 
-    def _apply(
-        self, fn, inputs, rate, deterministic, rngs, *, zero_at_one=True, **kwargs
-    ):
-        """``fn(key, inputs, rate, deterministic=det, **kwargs)`` for one call.
+    def _init_dense(self, checks, values, kernel_init, rngs):
+        """Checked dense fields as attributes, then ``kernel`` and ``bias`` drawn
+        exactly as ``nnx.Linear`` draws them (same values for the same ``rngs``).
 
-        ``det`` is the resolved ``deterministic``; ``key`` is None on the inference
-        path and where a concrete ``rate`` makes the output key-independent (0,
-        and 1 if ``zero_at_one``), otherwise the call's key.
+        Returns the ``rngs`` the dropout stream is forked from.
         """
-        det = self._resolve_deterministic(deterministic)
-        needs = _needs_key(rate, zero_at_one=zero_at_one)
-        key = None if det or not needs else self._call_key(rngs)
-        return fn(key, inputs, rate, deterministic=det, **kwargs)
+        for name, value in _checked(self, checks, **values).items():
+            setattr(self, name, value)
+        rngs, params_key = self._params_stream(rngs)
+        shape, dtype = (self.in_features, self.out_features), self.param_dtype
+        self.kernel = nnx.Param(kernel_init(params_key(), shape, dtype))
+        if self.use_bias:
+            bias = self.bias_init(params_key(), (self.out_features,), dtype)
+            self.bias = nnx.Param(bias)
+        else:
+            self.bias = nnx.data(None)
+        return rngs
+
+    def _promoted(self, inputs):
+        """``(inputs, kernel, bias)`` promoted to ``self.dtype`` as in ``nnx.Linear``."""
+        bias = None if self.bias is None else self.bias[...]
+        return promote_dtype((inputs, self.kernel[...], bias), dtype=self.dtype)
 
     def set_view(self, deterministic: bool | None = None):
         """Class method used by ``nnx.view``.
@@ -252,16 +255,40 @@ class _Stochastic(nnx.Module):
             self.deterministic = deterministic
 
 
-def _rate(owner_module, rate, *, allow_one: bool = True):
-    return _validated(owner_module, check_rate, rate, "rate", allow_one=allow_one)
-
-
 # --------------------------------------------------------------------------------
 # The dropout family on activations.
 # --------------------------------------------------------------------------------
 
 
-class Dropout(_Stochastic):
+class _Family(_Stochastic):
+    """The shared body of the dropout-family modules (not public).
+
+    A subclass sets ``LAYER``, the :class:`jaxreg._layers.Layer` that checks its
+    arguments and names the pure function, and calls :meth:`_init_family`.
+    """
+
+    LAYER: ClassVar[_layers.Layer]
+
+    def _init_family(self, deterministic, rng_collection, rngs, **fields) -> None:
+        for name, value in _checked(self, self.LAYER.fields, **fields).items():
+            setattr(self, name, value)
+        self._init_stochastic(deterministic, rng_collection, rngs)
+
+    def __call__(
+        self, inputs, *, deterministic: bool | None = None, rngs: _Rngs | None = None
+    ) -> jax.Array:
+        """Apply the module to ``inputs``.
+
+        ``deterministic`` and ``rngs`` given here take precedence over the
+        attributes (a traced ``deterministic`` selects the path at run time).
+        """
+        det = self._resolve_deterministic(deterministic)
+        fields = {name: getattr(self, name) for name in self.LAYER.fields}
+        values = _checked(self, self.LAYER.fields, **fields)
+        return self.LAYER.apply(values, inputs, det, lambda: self._call_key(rngs, det))
+
+
+class Dropout(_Family):
     """Dropout: a drop-in replacement for :class:`flax.nnx.Dropout`.
 
     Same constructor, ``__call__(inputs, *, deterministic=None, rngs=None)``,
@@ -335,6 +362,8 @@ class Dropout(_Stochastic):
       Overfitting." JMLR 15, 2014. https://jmlr.org/papers/v15/srivastava14a.html
     """
 
+    LAYER = _layers.DROPOUT
+
     def __init__(
         self,
         rate: float,
@@ -342,42 +371,22 @@ class Dropout(_Stochastic):
         broadcast_dims: Sequence[int] = (),
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
-        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+        rngs: _Rngs | None = None,
         inverted: bool = True,
         activation: str | Callable | None = None,
     ):
-        self.rate = _rate(self, rate)
-        if isinstance(broadcast_dims, list):
-            broadcast_dims = tuple(broadcast_dims)
-        self.broadcast_dims = broadcast_dims
-        self.inverted = inverted
-        self.activation = _check_activation(self, activation)
-        self._init_stochastic(deterministic, rng_collection, rngs)
-
-    def __call__(
-        self,
-        inputs,
-        *,
-        deterministic: bool | None = None,
-        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
-    ) -> jax.Array:
-        """Apply dropout (to ``activation(inputs)``, fused, if it is set).
-
-        ``deterministic`` and ``rngs`` given here override the attributes.
-        """
-        return self._apply(
-            _stochastic.dropout,
-            inputs,
-            self.rate,
+        self._init_family(
             deterministic,
+            rng_collection,
             rngs,
-            broadcast_dims=self.broadcast_dims,
-            inverted=self.inverted,
-            activation=self.activation,
+            rate=rate,
+            broadcast_dims=broadcast_dims,
+            inverted=inverted,
+            activation=activation,
         )
 
 
-class SpatialDropout(_Stochastic):
+class SpatialDropout(_Family):
     """Spatial dropout: drop whole channels of 1-D/2-D/3-D feature maps.
 
     One keep decision per (example, channel), shared over all spatial positions;
@@ -404,6 +413,8 @@ class SpatialDropout(_Stochastic):
       Networks." CVPR 2015. https://arxiv.org/abs/1411.4280
     """
 
+    LAYER = _layers.SPATIAL_DROPOUT
+
     def __init__(
         self,
         rate: float,
@@ -411,24 +422,14 @@ class SpatialDropout(_Stochastic):
         channel_axis: int = -1,
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
-        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+        rngs: _Rngs | None = None,
     ):
-        self.rate = _rate(self, rate)
-        self.channel_axis = channel_axis
-        self._init_stochastic(deterministic, rng_collection, rngs)
-
-    def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
-        return self._apply(
-            _stochastic.spatial_dropout,
-            inputs,
-            self.rate,
-            deterministic,
-            rngs,
-            channel_axis=self.channel_axis,
+        self._init_family(
+            deterministic, rng_collection, rngs, rate=rate, channel_axis=channel_axis
         )
 
 
-class GaussianDropout(_Stochastic):
+class GaussianDropout(_Family):
     """Multiplicative Gaussian noise with mean 1 and variance ``rate / (1 - rate)``.
 
     See :func:`jaxreg.gaussian_dropout`.
@@ -451,29 +452,20 @@ class GaussianDropout(_Stochastic):
       https://jmlr.org/papers/v15/srivastava14a.html
     """
 
+    LAYER = _layers.GAUSSIAN_DROPOUT
+
     def __init__(
         self,
         rate: float,
         *,
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
-        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+        rngs: _Rngs | None = None,
     ):
-        self.rate = _rate(self, rate, allow_one=False)
-        self._init_stochastic(deterministic, rng_collection, rngs)
-
-    def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
-        return self._apply(
-            _stochastic.gaussian_dropout,
-            inputs,
-            self.rate,
-            deterministic,
-            rngs,
-            zero_at_one=False,
-        )
+        self._init_family(deterministic, rng_collection, rngs, rate=rate)
 
 
-class GaussianNoise(_Stochastic):
+class GaussianNoise(_Family):
     """Additive zero-mean Gaussian noise: ``inputs + stddev * eps`` when training.
 
     See :func:`jaxreg.gaussian_noise`. The stream is ``"dropout"`` by default.
@@ -497,29 +489,20 @@ class GaussianNoise(_Stochastic):
       Neural Computation 7(1), 1995. https://doi.org/10.1162/neco.1995.7.1.108
     """
 
+    LAYER = _layers.GAUSSIAN_NOISE
+
     def __init__(
         self,
         stddev: float,
         *,
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
-        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+        rngs: _Rngs | None = None,
     ):
-        self.stddev = _validated(self, check_nonnegative, stddev, "stddev")
-        self._init_stochastic(deterministic, rng_collection, rngs)
-
-    def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
-        return self._apply(
-            _stochastic.gaussian_noise,
-            inputs,
-            self.stddev,
-            deterministic,
-            rngs,
-            zero_at_one=False,
-        )
+        self._init_family(deterministic, rng_collection, rngs, stddev=stddev)
 
 
-class AlphaDropout(_Stochastic):
+class AlphaDropout(_Family):
     """Alpha dropout for self-normalizing (SELU) networks.
 
     See :func:`jaxreg.alpha_dropout`.
@@ -544,24 +527,20 @@ class AlphaDropout(_Stochastic):
       https://arxiv.org/abs/1706.02515
     """
 
+    LAYER = _layers.ALPHA_DROPOUT
+
     def __init__(
         self,
         rate: float,
         *,
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
-        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+        rngs: _Rngs | None = None,
     ):
-        self.rate = _rate(self, rate)
-        self._init_stochastic(deterministic, rng_collection, rngs)
-
-    def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
-        return self._apply(
-            _stochastic.alpha_dropout, inputs, self.rate, deterministic, rngs
-        )
+        self._init_family(deterministic, rng_collection, rngs, rate=rate)
 
 
-class DropPath(_Stochastic):
+class DropPath(_Family):
     """Stochastic depth: drop a whole residual branch per example (or per batch).
 
     Use ``x + drop_path(branch(x))``; see :func:`jaxreg.drop_path`.
@@ -586,6 +565,8 @@ class DropPath(_Stochastic):
       https://arxiv.org/abs/1603.09382
     """
 
+    LAYER = _layers.DROP_PATH
+
     def __init__(
         self,
         rate: float,
@@ -593,28 +574,12 @@ class DropPath(_Stochastic):
         mode: str = "row",
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
-        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+        rngs: _Rngs | None = None,
     ):
-        self.rate = _rate(self, rate)
-        if mode not in ("row", "batch"):
-            raise ValueError(
-                f"{_owner(self)}: `mode` must be 'row' or 'batch'; got mode={mode!r}."
-            )
-        self.mode = mode
-        self._init_stochastic(deterministic, rng_collection, rngs)
-
-    def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
-        return self._apply(
-            _stochastic.drop_path,
-            inputs,
-            self.rate,
-            deterministic,
-            rngs,
-            mode=self.mode,
-        )
+        self._init_family(deterministic, rng_collection, rngs, rate=rate, mode=mode)
 
 
-class DropBlock(_Stochastic):
+class DropBlock(_Family):
     """DropBlock: drop contiguous ``block_size x block_size`` regions (NHWC).
 
     See :func:`jaxreg.dropblock`.
@@ -639,6 +604,8 @@ class DropBlock(_Stochastic):
       networks." NeurIPS 2018. https://arxiv.org/abs/1810.12890
     """
 
+    LAYER = _layers.DROPBLOCK
+
     def __init__(
         self,
         rate: float,
@@ -646,26 +613,10 @@ class DropBlock(_Stochastic):
         block_size: int = 7,
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
-        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+        rngs: _Rngs | None = None,
     ):
-        self.rate = _rate(self, rate)
-        bs = block_size
-        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-            raise ValueError(
-                f"{_owner(self)}: `block_size` must be an int >= 1; got "
-                f"block_size={block_size!r}."
-            )
-        self.block_size = block_size
-        self._init_stochastic(deterministic, rng_collection, rngs)
-
-    def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
-        return self._apply(
-            _stochastic.dropblock,
-            inputs,
-            self.rate,
-            deterministic,
-            rngs,
-            block_size=self.block_size,
+        self._init_family(
+            deterministic, rng_collection, rngs, rate=rate, block_size=block_size
         )
 
 
@@ -673,9 +624,13 @@ class DropBlock(_Stochastic):
 # DropConnect.
 # --------------------------------------------------------------------------------
 
-
 _DEFAULT_KERNEL_INIT = nnx.initializers.lecun_normal()
 _DEFAULT_BIAS_INIT = nnx.initializers.zeros_init()
+_LINEAR = {
+    "in_features": _layers.count_field,
+    "out_features": _layers.count_field,
+    "use_bias": _layers.bool_field,
+}
 
 
 class DropConnectDense(_Stochastic):
@@ -745,38 +700,28 @@ class DropConnectDense(_Stochastic):
         num_samples: int = 1000,
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
-        rngs: nnx.Rngs | nnx.RngStream | jax.Array,
+        rngs: _Rngs,
     ):
-        self.in_features = in_features
-        self.out_features = out_features
-        self.use_bias = use_bias
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.precision = precision
-        self.kernel_init = kernel_init
-        self.bias_init = bias_init
-        self.rate = rate
-        self.per_example = per_example
-        self.inference = inference
-        self.activation = activation
-        self.num_samples = num_samples
-        _check_dropconnect_fields(self)
-        self.rate = _rate(self, rate)
-        rngs, params_key = self._params_stream(rngs, deterministic, rng_collection)
-        # Parameters exactly as nnx.Linear draws them (same values for the same
-        # rngs), then the dropout stream is forked.
-        self.kernel = nnx.Param(
-            kernel_init(params_key(), (in_features, out_features), param_dtype)
-        )
-        self._init_bias(use_bias, bias_init, params_key, out_features, param_dtype)
+        self.dtype, self.param_dtype = dtype, param_dtype
+        self.kernel_init, self.bias_init = kernel_init, bias_init
+        values = dict(in_features=in_features, out_features=out_features)
+        values.update(use_bias=use_bias, rate=rate, per_example=per_example)
+        values.update(inference=inference, activation=activation)
+        values.update(num_samples=num_samples, precision=precision)
+        checks = {**_LINEAR, **_layers.DROPCONNECT}
+        rngs = self._init_dense(checks, values, kernel_init, rngs)
         self._init_stochastic(deterministic, rng_collection, rngs)
 
-    def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
+    def __call__(
+        self, inputs, *, deterministic: bool | None = None, rngs: _Rngs | None = None
+    ) -> jax.Array:
         """Apply the layer to ``inputs`` of shape ``(..., in_features)``."""
         det = self._resolve_deterministic(deterministic)
         x, kernel, bias = self._promoted(inputs)
-        return _dropconnect_apply(
-            self, lambda: self._call_key(rngs), x, kernel, bias, det
+        fields = {name: getattr(self, name) for name in _layers.DROPCONNECT}
+        values = _checked(self, _layers.DROPCONNECT, **fields)
+        return _layers.dropconnect(
+            x, kernel, bias, det, lambda: self._call_key(rngs, det), **values
         )
 
 
@@ -833,25 +778,37 @@ class ZoneoutCell(_Stochastic, nnx.RNNCellBase):
         *,
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
-        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+        rngs: _Rngs | None = None,
     ):
         if not isinstance(cell, nnx.Module):
             raise TypeError(
-                f"{_owner(self)}: `cell` must be an NNX RNN cell such as "
+                f"{_layers.owner(self)}: `cell` must be an NNX RNN cell such as "
                 f"`nnx.LSTMCell(...)`; got {type(cell).__name__}."
             )
-        _check_rate_tree(self, rate)
         self.cell = cell
-        self.rate = rate
+        self.rate = _checked(self, {"rate": _layers.rate_tree_field}, rate=rate)["rate"]
         self._init_stochastic(deterministic, rng_collection, rngs)
 
-    def __call__(self, carry, inputs, *, deterministic=None, rngs=None):
+    def __call__(
+        self,
+        carry,
+        inputs,
+        *,
+        deterministic: bool | None = None,
+        rngs: _Rngs | None = None,
+    ):
+        """One step: the wrapped cell's, with zoneout on the new carry."""
         det = self._resolve_deterministic(deterministic)
         new_carry, outputs = self.cell(carry, inputs)
-        needs = any(_needs_key(r) for r in jax.tree_util.tree_leaves(self.rate))
-        key = None if det or not needs else self._call_key(rngs)
-        new_carry, swap = _zoneout_carry(self, key, carry, new_carry, det)
-        return new_carry, _zoneout_outputs(outputs, swap)
+        return _layers.zoneout(
+            _layers.owner(self),
+            self.rate,
+            carry,
+            new_carry,
+            outputs,
+            det,
+            lambda: self._call_key(rngs, det),
+        )
 
     def initialize_carry(self, *args, **kwargs):
         """The wrapped cell's initial carry (same arguments)."""
@@ -864,7 +821,8 @@ class ZoneoutCell(_Stochastic, nnx.RNNCellBase):
 
 
 # --------------------------------------------------------------------------------
-# Activity regularization.
+# Loss terms, sown as `Loss`: activity regularization, concrete dropout, sparse
+# variational dropout.
 # --------------------------------------------------------------------------------
 
 
@@ -934,36 +892,17 @@ class ActivityRegularization(nnx.Module):
         *,
         variable_type: type[nnx.Variable] = Loss,
     ):
-        self.l1 = l1
-        self.l2 = l2
-        _check_activity_fields(self)
+        values = _checked(self, _layers.ACTIVITY, l1=l1, l2=l2)
+        self.l1, self.l2 = values["l1"], values["l2"]
         _check_variable_type(self, variable_type)
         self.variable_type = variable_type
 
     def __call__(self, inputs):
         """Return ``inputs``; sow the penalty when captured."""
-        _sow_loss(
-            self,
-            self.variable_type,
-            "activity_penalty",
-            _activity_penalty(self, inputs),
-        )
+        values = _checked(self, _layers.ACTIVITY, l1=self.l1, l2=self.l2)
+        penalty = _layers.activity_penalty(values, inputs)
+        _sow_loss(self, self.variable_type, "activity_penalty", penalty)
         return inputs
-
-
-# --------------------------------------------------------------------------------
-# Learned-rate and Bayesian dropout: concrete dropout, sparse variational dropout.
-# --------------------------------------------------------------------------------
-
-import jaxreg.bayesian as _bayesian  # noqa: E402
-from jaxreg.linen import (  # noqa: E402
-    _check_concrete_fields,
-    _check_vd_fields,
-    _concrete_logit,
-    _concrete_penalty,
-)
-
-__all__ += ["ConcreteDropout", "SparseVariationalDense"]
 
 
 class ConcreteDropout(_Stochastic):
@@ -1025,42 +964,49 @@ class ConcreteDropout(_Stochastic):
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
         variable_type: type[nnx.Variable] = Loss,
-        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+        rngs: _Rngs | None = None,
     ):
-        self.weight_regularizer = weight_regularizer
-        self.dropout_regularizer = dropout_regularizer
-        self.init_rate = init_rate
-        self.temperature = temperature
-        _check_concrete_fields(self)
+        values = _checked(
+            self,
+            _layers.CONCRETE,
+            weight_regularizer=weight_regularizer,
+            dropout_regularizer=dropout_regularizer,
+            init_rate=init_rate,
+            temperature=temperature,
+        )
+        for name, value in values.items():
+            setattr(self, name, value)
         if layer is not None and not isinstance(layer, nnx.Module):
             raise TypeError(
-                f"{_owner(self)}: `layer` must be an NNX module such as "
+                f"{_layers.owner(self)}: `layer` must be an NNX module such as "
                 f"`nnx.Linear(...)` or None; got {type(layer).__name__}."
             )
         _check_variable_type(self, variable_type)
         self.layer = layer if layer is not None else nnx.data(None)
         self.variable_type = variable_type
-        self.logit_p = nnx.Param(jnp.asarray(_concrete_logit(init_rate), jnp.float32))
+        logit = _layers.concrete_logit(values["init_rate"])
+        self.logit_p = nnx.Param(jnp.asarray(logit, jnp.float32))
         self._init_stochastic(deterministic, rng_collection, rngs)
 
-    def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
+    def __call__(
+        self, inputs, *, deterministic: bool | None = None, rngs: _Rngs | None = None
+    ) -> jax.Array:
         """Drop ``inputs`` with the learned rate, then apply ``layer`` (if any)."""
         det = self._resolve_deterministic(deterministic)
+        fields = {name: getattr(self, name) for name in _layers.CONCRETE}
+        values = _checked(self, _layers.CONCRETE, **fields)
         logit_p = self.logit_p[...]
-        key = None if det else self._call_key(rngs)
-        y = _bayesian.concrete_dropout(
-            key, inputs, logit_p, temperature=self.temperature, deterministic=det
+        y = _layers.concrete_dropout(
+            values, inputs, logit_p, det, lambda: self._call_key(rngs, det)
         )
         weights = {}
         if self.layer is not None:
             y = self.layer(y)
             weights = nnx.state(self.layer, nnx.Param)
-        _sow_loss(
-            self,
-            self.variable_type,
-            "concrete_dropout",
-            _concrete_penalty(self, weights, logit_p, jnp.shape(inputs)[-1]),
+        penalty = _layers.concrete_penalty(
+            values, weights, logit_p, jnp.shape(inputs)[-1]
         )
+        _sow_loss(self, self.variable_type, "concrete_dropout", penalty)
         return y
 
 
@@ -1126,39 +1072,36 @@ class SparseVariationalDense(_Stochastic):
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
         variable_type: type[nnx.Variable] = Loss,
-        rngs: nnx.Rngs | nnx.RngStream | jax.Array,
+        rngs: _Rngs,
     ):
-        self.in_features = in_features
-        self.out_features = out_features
-        self.use_bias = use_bias
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.threshold = threshold
-        self.kl_weight = kl_weight
-        _check_vd_fields(self)
+        self.dtype, self.param_dtype = dtype, param_dtype
+        self.kernel_init, self.bias_init = kernel_init, bias_init
+        values = dict(in_features=in_features, out_features=out_features)
+        values.update(use_bias=use_bias, threshold=threshold, kl_weight=kl_weight)
+        values.update(log_sigma2_init=log_sigma2_init)
         _check_variable_type(self, variable_type)
         self.variable_type = variable_type
-        rngs, params_key = self._params_stream(rngs, deterministic, rng_collection)
+        checks = {
+            **_LINEAR,
+            **_layers.SPARSE_VD,
+            "log_sigma2_init": _layers.finite_field,
+        }
+        rngs = self._init_dense(checks, values, kernel_init, rngs)
         shape = (in_features, out_features)
-        self.kernel = nnx.Param(kernel_init(params_key(), shape, param_dtype))
         self.log_sigma2 = nnx.Param(jnp.full(shape, log_sigma2_init, param_dtype))
-        self._init_bias(use_bias, bias_init, params_key, out_features, param_dtype)
         self._init_stochastic(deterministic, rng_collection, rngs)
 
-    def __call__(self, inputs, *, deterministic=None, rngs=None) -> jax.Array:
+    def __call__(
+        self, inputs, *, deterministic: bool | None = None, rngs: _Rngs | None = None
+    ) -> jax.Array:
         """Apply the layer to ``inputs`` of shape ``(..., in_features)``."""
         det = self._resolve_deterministic(deterministic)
         x, kernel, bias = self._promoted(inputs)
+        fields = {name: getattr(self, name) for name in _layers.SPARSE_VD}
+        values = _checked(self, _layers.SPARSE_VD, **fields)
         log_sigma2 = self.log_sigma2[...]
-        key = None if det else self._call_key(rngs)
-        kl = _bayesian.sparse_vd_kl(_bayesian.sparse_vd_log_alpha(kernel, log_sigma2))
-        _sow_loss(self, self.variable_type, "sparse_vd_kl", self.kl_weight * kl)
-        return _bayesian.sparse_vd_dense(
-            key,
-            x,
-            kernel,
-            log_sigma2,
-            bias=bias,
-            threshold=self.threshold,
-            deterministic=det,
+        kl = _layers.sparse_vd_kl(values, kernel, log_sigma2)
+        _sow_loss(self, self.variable_type, "sparse_vd_kl", kl)
+        return _layers.sparse_vd_dense(
+            values, x, kernel, log_sigma2, bias, det, lambda: self._call_key(rngs, det)
         )
