@@ -395,12 +395,11 @@ def short_repr(value, limit: int = 60) -> str:
 def check_choice(value, name: str, choices: Sequence[str]) -> str:
     """``value`` if it is one of the strings ``choices``, else ValueError listing them."""
     if not isinstance(value, str) or value not in choices:
-        *rest, last = [repr(c) for c in choices]
-        listed = (
-            f"{' or '.join(rest + [last])}"
-            if len(choices) < 3
-            else (f"one of {', '.join(rest)}, {last}")
-        )
+        names = [repr(c) for c in choices]
+        if len(names) == 2:
+            listed = " or ".join(names)
+        else:
+            listed = "one of " + ", ".join(names)
         raise ValueError(f"`{name}` must be {listed}; got {name}={short_repr(value)}.")
     return value
 
