@@ -43,7 +43,7 @@ from flax.nnx.nn.dtypes import promote_dtype
 from flax.typing import Dtype, Initializer, PrecisionLike
 
 from jaxreg import _layers
-from jaxreg._checks import check_flag
+from jaxreg._checks import check_flag, short_repr
 from jaxreg._keys import as_key
 
 __all__ = [
@@ -79,13 +79,20 @@ def _is_key_array(value) -> bool:
     return isinstance(value, (jax.Array, np.ndarray))
 
 
-def _wrong_rngs(module, rngs, hint: str = "") -> TypeError:
+def _wrong_rngs(module, rngs, *, at_construction: bool) -> TypeError:
     """Flax's sentence for ``rngs`` of another type, then ours."""
+    flax_types = (
+        "Rngs, RngStream or None"
+        if at_construction
+        else ("Rngs, RngStream or jax.Array")
+    )
+    also = " (or None)" if at_construction else ""
     return TypeError(
-        f"rngs must be a Rngs, RngStream or jax.Array, but got {type(rngs)}. "
+        f"rngs must be a {flax_types}, but got {type(rngs)}. "
         f"{_layers.owner(module)}: `rngs` must be an `nnx.Rngs`, an "
-        f"`nnx.RngStream` or a PRNG key (`jax.random.key(seed)`){hint}; got "
-        f"{type(rngs).__name__} {rngs!r}."
+        f"`nnx.RngStream` or a PRNG key (`jax.random.key(seed)`){also}; got "
+        f"{type(rngs).__name__} {short_repr(rngs)}. For an integer seed use "
+        "`rngs=nnx.Rngs(seed)`."
     )
 
 
@@ -154,8 +161,7 @@ class _Stochastic(nnx.Module):
             )
             self.rngs = nnx.RngStream(key, tag=rng_collection)
         else:
-            hint = " or None. For an integer seed use `rngs=nnx.Rngs(seed)`"
-            raise _wrong_rngs(self, rngs, hint)
+            raise _wrong_rngs(self, rngs, at_construction=True)
 
     def _resolve_deterministic(self, deterministic):
         """The call's flag, else the attribute (Flax's ``first_from``)."""
@@ -200,7 +206,7 @@ class _Stochastic(nnx.Module):
             return _layers.check_field(
                 _layers.owner(self), lambda k, n: as_key(k, name=n), source, "rngs"
             )
-        raise _wrong_rngs(self, source)
+        raise _wrong_rngs(self, source, at_construction=False)
 
     def _params_stream(self, rngs):
         """``(rngs, params stream)`` for a layer that initializes parameters.
@@ -220,7 +226,7 @@ class _Stochastic(nnx.Module):
             return rngs, rngs.params
         if isinstance(rngs, nnx.RngStream):
             return rngs, rngs
-        raise _wrong_rngs(self, rngs, ". For an integer seed use `rngs=nnx.Rngs(seed)`")
+        raise _wrong_rngs(self, rngs, at_construction=True)
 
     def _init_dense(self, checks, values, kernel_init, rngs):
         """Checked dense fields as attributes, then ``kernel`` and ``bias`` drawn

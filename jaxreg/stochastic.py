@@ -22,6 +22,7 @@ from jaxreg._checks import (
     check_bool,
     check_broadcast_dims,
     check_float_array,
+    check_int,
     check_nonnegative,
     check_rate,
     check_shard_spec,
@@ -513,7 +514,8 @@ def dropblock(
       key: PRNG key (may be None when ``deterministic=True`` or rate is 0 or 1).
       x: floating array of shape ``(N, H, W, C)``.
       rate: drop probability of each position, in ``[0, 1]``.
-      block_size: side of the square blocks, ``>= 1`` (1 is plain dropout).
+      block_size: side of the square blocks, a Python or NumPy int ``>= 1`` (1 is
+        plain dropout).
       deterministic: return ``x`` unchanged.
       shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` of
         ``x`` (its ``in_specs`` entry, over the manual mesh axes): ``x`` is
@@ -546,13 +548,7 @@ def dropblock(
         raise ValueError(
             f"`x` must be an NHWC batch of feature maps (rank 4); got shape {x.shape}."
         )
-    if isinstance(block_size, bool) or not isinstance(block_size, int):
-        raise TypeError(
-            f"`block_size` must be an int; got {type(block_size).__name__} "
-            f"{block_size!r}."
-        )
-    if block_size < 1:
-        raise ValueError(f"`block_size` must be >= 1; got block_size={block_size}.")
+    block_size = check_int(block_size, "block_size", minimum=1)
     rate = check_rate(rate)
     manual = check_shard_spec(shard_spec, x.ndim)
     if _check_deterministic(deterministic, key):

@@ -39,11 +39,41 @@ def test_docs_build_without_warnings(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_import_jaxreg_does_not_import_flax():
-    code = "import sys, jaxreg; print('flax' in sys.modules)"
+def _loaded_after(module: str) -> set[str]:
+    """The modules ``import module`` loads, in a fresh interpreter."""
+    code = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
+    return set(out.stdout.split())
+
+
+def _under(modules: set[str], *packages: str) -> set[str]:
+    return {
+        m for m in modules if any(m == p or m.startswith(p + ".") for p in packages)
+    }
+
+
+def test_import_jaxreg_does_not_import_flax_or_equinox():
+    loaded = _loaded_after("jaxreg")
+    assert not _under(loaded, "flax", "equinox", "jaxreg.linen", "jaxreg.nnx")
+
+
+def test_each_adapter_loads_only_its_own_framework():
+    # The adapters share the framework-free core (jaxreg._layers), never each
+    # other. `import flax` itself loads flax.linen (Flax's package __init__), so
+    # jaxreg.nnx may load no more of flax.linen than `import flax.nnx` does.
+    core = _loaded_after("jaxreg._layers")
+    assert not _under(core, "flax", "equinox")
+    linen = _loaded_after("jaxreg.linen")
+    assert "flax.linen" in linen
+    assert not _under(linen, "flax.nnx", "equinox", "jaxreg.nnx", "jaxreg.equinox")
+    nnx = _loaded_after("jaxreg.nnx")
+    assert "flax.nnx" in nnx
+    assert not _under(nnx, "equinox", "jaxreg.linen", "jaxreg.equinox")
+    assert _under(nnx, "flax.linen") <= _under(_loaded_after("flax.nnx"), "flax.linen")
+    eqx = _loaded_after("jaxreg.equinox")
+    assert "equinox" in eqx
+    assert not _under(eqx, "flax", "jaxreg.linen", "jaxreg.nnx")
 
 
 def test_every_public_name_is_in_the_api_reference():

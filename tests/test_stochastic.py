@@ -821,6 +821,14 @@ def test_dropblock_bad_block_size(block_size, error, shown):
         dropblock(_key(59), X4, 0.5, block_size=block_size)
 
 
+def test_dropblock_numpy_int_block_size_is_an_int():
+    key = _key(61)
+    expected = dropblock(key, X4, 0.5, block_size=3)
+    for block_size in (np.int32(3), np.int64(3)):
+        y = dropblock(key, X4, 0.5, block_size=block_size)
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(expected))
+
+
 def test_dropblock_needs_nhwc():
     with pytest.raises(ValueError, match=r"`x` must be an NHWC .*rank 4.*\(7, 7, 3\)"):
         dropblock(_key(60), jnp.ones((7, 7, 3)), 0.5, block_size=3)

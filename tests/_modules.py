@@ -1,0 +1,322 @@
+"""Cases shared by the adapter tests (tests/linen, tests/nnx, tests/equinox).
+
+No tests here. Import it as ``from _modules import ...`` (``tests/`` is on
+``sys.path``). Each adapter test builds its framework's module from the same
+specification: a class name and the constructor's keyword arguments.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxreg
+
+# The dropout family: (case id, class name, keyword arguments, the pure function
+# the module must equal for the same key: ``pure(key, x)``).
+FAMILY = [
+    ("Dropout", "Dropout", {"rate": 0.3}, lambda k, x: jaxreg.dropout(k, x, 0.3)),
+    (
+        "Dropout-bcast",
+        "Dropout",
+        {"rate": 0.3, "broadcast_dims": (1, 2)},
+        lambda k, x: jaxreg.dropout(k, x, 0.3, broadcast_dims=(1, 2)),
+    ),
+    (
+        "Dropout-classic",
+        "Dropout",
+        {"rate": 0.3, "inverted": False},
+        lambda k, x: jaxreg.dropout(k, x, 0.3, inverted=False),
+    ),
+    (
+        "Spatial",
+        "SpatialDropout",
+        {"rate": 0.4},
+        lambda k, x: jaxreg.spatial_dropout(k, x, 0.4),
+    ),
+    (
+        "Spatial-first",
+        "SpatialDropout",
+        {"rate": 0.4, "channel_axis": 1},
+        lambda k, x: jaxreg.spatial_dropout(k, x, 0.4, channel_axis=1),
+    ),
+    (
+        "GaussianDropout",
+        "GaussianDropout",
+        {"rate": 0.2},
+        lambda k, x: jaxreg.gaussian_dropout(k, x, 0.2),
+    ),
+    (
+        "GaussianNoise",
+        "GaussianNoise",
+        {"stddev": 0.5},
+        lambda k, x: jaxreg.gaussian_noise(k, x, 0.5),
+    ),
+    (
+        "Alpha",
+        "AlphaDropout",
+        {"rate": 0.1},
+        lambda k, x: jaxreg.alpha_dropout(k, x, 0.1),
+    ),
+    (
+        "DropPath-row",
+        "DropPath",
+        {"rate": 0.5, "mode": "row"},
+        lambda k, x: jaxreg.drop_path(k, x, 0.5),
+    ),
+    (
+        "DropPath-batch",
+        "DropPath",
+        {"rate": 0.5, "mode": "batch"},
+        lambda k, x: jaxreg.drop_path(k, x, 0.5, mode="batch"),
+    ),
+    (
+        "DropBlock",
+        "DropBlock",
+        {"rate": 0.2, "block_size": 3},
+        lambda k, x: jaxreg.dropblock(k, x, 0.2, block_size=3),
+    ),
+]
+FAMILY_IDS = [case[0] for case in FAMILY]
+
+# Modules whose output is the input times a mask-dependent scale (one multiply per
+# element): bit-exact under any compilation. The others compute an affine map
+# (``x * (1 + s * eps)``, alpha dropout's ``a * y + b``) that XLA may contract
+# into a fused multiply-add under jit: equal to a few roundings.
+MULTIPLICATIVE = {"Dropout", "SpatialDropout", "DropPath", "DropBlock"}
+
+
+def assert_close_to_rounding(a, b, x):
+    """``|a - b| <= 4 ulp * (|x| + |b|)`` elementwise: an affine map computed with
+    or without a fused multiply-add (a few float32 roundings of its terms)."""
+    a, b, x = (np.asarray(v, np.float64) for v in (a, b, x))
+    bound = 2.0**-21 * (np.abs(x) + np.abs(b))
+    assert np.all(np.abs(a - b) <= bound), np.max(np.abs(a - b) / bound)
+
+
+def assert_same_output(name, a, b, x):
+    """Bit-equal for multiplicative modules, to rounding for affine ones."""
+    if name in MULTIPLICATIVE:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    else:
+        assert_close_to_rounding(a, b, x)
+
+
+# Bad constructor arguments every adapter rejects the same way: (class name,
+# keyword arguments, error type, what the message must say after the module's
+# name). Equinox's Dropout calls its rate `p`; the adapters' tests rename it.
+NAN = float("nan")
+BAD_FIELDS = [
+    ("Dropout", {"rate": -0.1}, ValueError, r"`rate`.*\[0, 1\].*rate=-0\.1"),
+    ("Dropout", {"rate": 1.5}, ValueError, r"`rate`.*rate=1\.5"),
+    ("Dropout", {"rate": NAN}, ValueError, r"`rate`.*rate=nan"),
+    ("Dropout", {"rate": "0.5"}, TypeError, r"`rate` must be a real scalar"),
+    (
+        "Dropout",
+        {"rate": 0.5, "broadcast_dims": (0, 1.0)},
+        TypeError,
+        r"`broadcast_dims` must contain ints; got 1\.0",
+    ),
+    (
+        "Dropout",
+        {"rate": 0.5, "broadcast_dims": "01"},
+        TypeError,
+        r"`broadcast_dims` must be a sequence of ints; got str '01'",
+    ),
+    (
+        "Dropout",
+        {"rate": 0.5, "inverted": "no"},
+        TypeError,
+        r"`inverted` must be a Python bool.*got str 'no'",
+    ),
+    (
+        "Dropout",
+        {"rate": 0.5, "activation": "gelu"},
+        ValueError,
+        r"`activation` must be None, one of",
+    ),
+    (
+        "SpatialDropout",
+        {"rate": 0.5, "channel_axis": 0},
+        ValueError,
+        r"`channel_axis` must name a channel axis.*batch axis 0.*channel_axis=0",
+    ),
+    (
+        "SpatialDropout",
+        {"rate": 0.5, "channel_axis": -5},
+        ValueError,
+        r"`channel_axis`.*rank 3, 4 or 5.*channel_axis=-5",
+    ),
+    (
+        "SpatialDropout",
+        {"rate": 0.5, "channel_axis": 1.0},
+        TypeError,
+        r"`channel_axis` must be an int; got float 1\.0",
+    ),
+    ("GaussianDropout", {"rate": 1.0}, ValueError, r"`rate`.*\[0, 1\).*rate=1\.0"),
+    (
+        "GaussianNoise",
+        {"stddev": -1.0},
+        ValueError,
+        r"`stddev` must be >= 0; got stddev=-1",
+    ),
+    ("AlphaDropout", {"rate": 2.0}, ValueError, r"`rate`.*rate=2\.0"),
+    (
+        "DropPath",
+        {"rate": 0.1, "mode": "col"},
+        ValueError,
+        r"`mode` must be 'row' or 'batch'; got mode='col'",
+    ),
+    (
+        "DropBlock",
+        {"rate": 0.1, "block_size": 0},
+        ValueError,
+        r"`block_size` must be >= 1; got block_size=0",
+    ),
+    (
+        "DropBlock",
+        {"rate": 0.1, "block_size": 2.0},
+        TypeError,
+        r"`block_size` must be an int; got float 2\.0",
+    ),
+    (
+        "DropBlock",
+        {"rate": 0.1, "block_size": True},
+        TypeError,
+        r"`block_size` must be an int; got bool True",
+    ),
+    (
+        "ActivityRegularization",
+        {"l1": -0.1},
+        ValueError,
+        r"`l1` must be >= 0; got l1=-0\.1",
+    ),
+    (
+        "ActivityRegularization",
+        {"l2": NAN},
+        ValueError,
+        r"`l2` must be >= 0; got l2=nan",
+    ),
+]
+BAD_FIELD_IDS = [f"{c}-{'-'.join(map(str, k.values()))}" for c, k, _, _ in BAD_FIELDS]
+
+# Bad arguments of the learned-rate layers: (class name, keyword arguments, error,
+# message).
+BAD_BAYESIAN = [
+    ("ConcreteDropout", {"init_rate": 1.0}, ValueError, r"`init_rate`.*strictly"),
+    ("ConcreteDropout", {"init_rate": 0.0}, ValueError, r"`init_rate`.*init_rate=0"),
+    ("ConcreteDropout", {"temperature": 0.0}, ValueError, r"`temperature` must be > 0"),
+    (
+        "ConcreteDropout",
+        {"weight_regularizer": -1.0},
+        ValueError,
+        r"`weight_regularizer` must be >= 0",
+    ),
+    (
+        "ConcreteDropout",
+        {"dropout_regularizer": NAN},
+        ValueError,
+        r"`dropout_regularizer` must be >= 0",
+    ),
+    (
+        "SparseVariationalDense",
+        {"kl_weight": -1.0},
+        ValueError,
+        r"`kl_weight` must be >= 0",
+    ),
+    ("SparseVariationalDense", {"kl_weight": NAN}, ValueError, r"`kl_weight`.*nan"),
+    (
+        "SparseVariationalDense",
+        {"threshold": NAN},
+        ValueError,
+        r"`threshold` must not be NaN",
+    ),
+    (
+        "SparseVariationalDense",
+        {"threshold": "3"},
+        TypeError,
+        r"`threshold` must be a Python number; got str '3'",
+    ),
+    (
+        "SparseVariationalDense",
+        {"log_sigma2_init": -math.inf},
+        ValueError,
+        r"`log_sigma2_init` must be finite",
+    ),
+]
+BAD_BAYESIAN_IDS = [f"{c}-{next(iter(k))}" for c, k, _, _ in BAD_BAYESIAN]
+
+# The `deterministic` (Equinox: `inference`) flags Flax accepts, with the path
+# they select, and values every adapter rejects.
+FLAGS = [
+    (True, True),
+    (False, False),
+    (np.True_, True),
+    (np.False_, False),
+    (1, True),
+    (0, False),
+    (np.int32(1), True),
+    (jnp.array(True), True),
+    (np.array(False), False),
+    (jnp.array(0), False),
+]
+FLAG_IDS = [f"{type(v).__name__}-{bool(p)}" for v, p in FLAGS]
+BAD_FLAGS = [
+    ("yes", TypeError, r"must be a bool.*got str 'yes'"),
+    (1.0, TypeError, r"must be a bool.*got float 1\.0"),
+    (2, ValueError, r"must be True or False \(or 1 / 0\); got \w+=2"),
+    (
+        jnp.ones(2, bool),
+        TypeError,
+        r"must be a bool or a 0-d boolean array; got an array of shape \(2,\)",
+    ),
+    (
+        jnp.array(0.5),
+        TypeError,
+        r"must be a bool or a 0-d boolean array; got an array of shape \(\) and "
+        r"dtype float32",
+    ),
+]
+BAD_FLAG_IDS = ["str", "float", "int-2", "vector", "float-array"]
+
+
+def traced_flag_outputs(call, x):
+    """``call(x, flag)`` under ``jax.jit`` with ``flag`` traced and static.
+
+    Returns ``{True: (traced, static), False: (traced, static)}``, both jitted so
+    that only the flag's form differs.
+    """
+    traced = jax.jit(call)
+    static = jax.jit(call, static_argnums=1)
+    return {det: (traced(x, jnp.asarray(det)), static(x, det)) for det in (True, False)}
+
+
+def module_key(module, key, variables=None, collection="dropout"):
+    """The key a linen module draws with ``self.make_rng(collection)`` first.
+
+    Flax derives it from the rng passed to ``apply``, the module's scope path and a
+    per-scope counter; calling ``make_rng`` from a method at the same (top-level)
+    path reproduces the first draw.
+    """
+    return module.apply(
+        variables or {},
+        method=lambda m: m.make_rng(collection),
+        rngs={collection: key},
+    )
+
+
+def first_key(seed, collection="dropout"):
+    """The key an NNX module built with ``rngs=nnx.Rngs(**{collection: seed})``
+    draws first: it forks ``rngs[collection]`` at construction (as ``nnx.Dropout``
+    does) and each call draws ``fold_in(stream.key, stream.count)``."""
+    from flax import nnx
+
+    return nnx.Rngs(**{collection: seed})[collection].fork()()
+
+
+def flat_paths(node, *filters):
+    """The sorted ``nnx.state`` paths of an NNX module (filtered)."""
+    from flax import nnx
+
+    return sorted(path for path, _ in nnx.to_flat_state(nnx.state(node, *filters)))

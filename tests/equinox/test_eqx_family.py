@@ -1,0 +1,156 @@
+"""The dropout family in jaxreg.equinox: each module is its pure function.
+
+Equinox's test conventions hold in every test here: strict dtype promotion and
+rank promotion "raise".
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _modules import (
+    BAD_FIELD_IDS,
+    BAD_FIELDS,
+    FAMILY,
+    FAMILY_IDS,
+    assert_same_output,
+    traced_flag_outputs,
+)
+
+import jaxreg
+import jaxreg.equinox as je
+
+KEY = jax.random.key(0)
+X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
+
+
+@pytest.fixture(autouse=True)
+def _equinox_conventions():
+    with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
+        yield
+
+
+def make(name, **kwargs):
+    """The Equinox module for a shared case (Dropout's rate is called `p`)."""
+    if name == "Dropout" and "rate" in kwargs:
+        kwargs["p"] = kwargs.pop("rate")
+    return getattr(je, name)(**kwargs)
+
+
+def _det(name, kwargs, x):
+    """The inference output: the input, scaled for classic dropout."""
+    if name == "Dropout":
+        return jaxreg.dropout(None, x, deterministic=True, **kwargs)
+    return x
+
+
+@pytest.mark.parametrize("name, kwargs, pure", [c[1:] for c in FAMILY], ids=FAMILY_IDS)
+def test_module_equals_pure_function(name, kwargs, pure):
+    module = make(name, **kwargs)
+    key = jax.random.key(7)
+    # The key passed is used as is.
+    y = module(X, key=key)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(pure(key, X)))
+    # The inference path, from the field, the call or inference_mode.
+    expected = np.asarray(_det(name, kwargs, X))
+    np.testing.assert_array_equal(np.asarray(module(X, inference=True)), expected)
+    np.testing.assert_array_equal(
+        np.asarray(eqx.nn.inference_mode(module)(X)), expected
+    )
+    np.testing.assert_array_equal(
+        np.asarray(make(name, **kwargs, inference=True)(X)), expected
+    )
+    # filter_jit equals eager; a module is a pytree with no array leaves.
+    jitted = eqx.filter_jit(lambda m, x, k: m(x, key=k))(module, X, key)
+    assert_same_output(name, jitted, y, X)
+    assert jax.tree.leaves(eqx.filter(module, eqx.is_array)) == []
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_inputs_keep_their_dtype(dtype):
+    x = X.astype(dtype)
+    for name, kwargs, pure in [c[1:] for c in FAMILY]:
+        y = make(name, **kwargs)(x, key=KEY)
+        assert y.dtype == dtype, name
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(pure(KEY, x)))
+
+
+def test_vmap_over_examples_with_one_key_each():
+    # Equinox's convention: the module sees one example; vmap with split keys
+    # gives every example its own mask, one shared key the same mask.
+    x = jax.random.normal(KEY, (8, 16))
+    keys = jax.random.split(jax.random.key(1), 8)
+    layer = je.Dropout(0.5)
+    y = jax.vmap(lambda xi, k: layer(xi, key=k))(x, keys)
+    for i in range(8):
+        np.testing.assert_array_equal(
+            np.asarray(y[i]), np.asarray(jaxreg.dropout(keys[i], x[i], 0.5))
+        )
+    shared = jax.vmap(lambda xi: layer(xi, key=KEY))(x)
+    assert bool(jnp.all((shared == 0) == (shared[:1] == 0)))
+    # DropPath's default mode drops a whole example.
+    drop = jax.vmap(lambda xi, k: je.DropPath(0.5)(xi, key=k))(jnp.ones((8, 4)), keys)
+    assert bool(jnp.all((drop == 0).all(1) | (drop == 2).all(1)))
+
+
+@pytest.mark.parametrize("name, kwargs, pure", [c[1:] for c in FAMILY], ids=FAMILY_IDS)
+def test_traced_inference_flag_selects_the_path_like_the_static_flag(
+    name, kwargs, pure
+):
+    module = make(name, **kwargs)
+
+    def call(x, flag):
+        return module(x, key=KEY, inference=flag)
+
+    outputs = traced_flag_outputs(call, X)
+    for traced, static in outputs.values():
+        assert_same_output(name, traced, static, X)
+    assert_same_output(name, outputs[False][1], pure(KEY, X), X)
+    np.testing.assert_array_equal(
+        np.asarray(outputs[True][1]), np.asarray(_det(name, kwargs, X))
+    )
+
+
+RATE_CLASSES = [
+    "Dropout",
+    "SpatialDropout",
+    "GaussianDropout",
+    "AlphaDropout",
+    "DropPath",
+    "DropBlock",
+]
+
+
+@pytest.mark.parametrize("name", RATE_CLASSES)
+@pytest.mark.parametrize("rate", [-0.1, 1.5, float("nan")])
+def test_rate_out_of_range_at_construction(name, rate):
+    field = "p" if name == "Dropout" else "rate"
+    with pytest.raises(
+        ValueError, match=rf"jaxreg\.equinox\.{name}: `{field}`.*{field}={rate}"
+    ):
+        getattr(je, name)(rate)
+
+
+@pytest.mark.parametrize("name, kwargs, error, message", BAD_FIELDS, ids=BAD_FIELD_IDS)
+def test_bad_fields_raise_at_construction(name, kwargs, error, message):
+    if name == "Dropout":
+        message = message.replace("`rate`", "`p`").replace("rate=", "p=")
+    with pytest.raises(error, match=rf"^jaxreg\.equinox\.{name}: {message}"):
+        make(name, **kwargs)
+
+
+def test_numpy_integer_fields_are_stored_as_ints():
+    x = jnp.ones((2, 8, 8, 3))
+    for block_size in (np.int32(3), np.int64(3)):
+        layer = je.DropBlock(0.2, block_size=block_size)
+        assert type(layer.block_size) is int  # hashable static field
+        expected = jaxreg.dropblock(KEY, x, 0.2, block_size=3)
+        np.testing.assert_array_equal(np.asarray(layer(x, key=KEY)), expected)
+    layer = je.Dropout(0.5, broadcast_dims=[np.int64(1)])
+    assert layer.broadcast_dims == (1,)
+    np.testing.assert_array_equal(
+        np.asarray(layer(x, key=KEY)),
+        np.asarray(jaxreg.dropout(KEY, x, 0.5, broadcast_dims=(1,))),
+    )
+    assert type(je.Dropout(np.float32(0.25)).p) is float
