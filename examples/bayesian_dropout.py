@@ -15,9 +15,9 @@ Two experiments, each a few minutes on two CPU cores:
 
 Run from the repository root::
 
-    python examples/bayesian_dropout.py                   # both experiments
-    python examples/bayesian_dropout.py --experiment sparse_vd
-    python examples/bayesian_dropout.py --quick --out /tmp/bayes   # smoke run
+    python -m examples.bayesian_dropout                   # both experiments
+    python -m examples.bayesian_dropout --experiment sparse_vd
+    python -m examples.bayesian_dropout --quick --out /tmp/bayes   # smoke run
 
 Figures go to ``--out`` (default ``docs/guide/figures``) as
 ``bayesian_concrete_rates.png`` and ``bayesian_sparse_vd.png``, the numbers to
@@ -27,8 +27,6 @@ Figures go to ``--out`` (default ``docs/guide/figures``) as
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,14 +37,12 @@ import numpy as np
 import optax
 
 import jaxreg
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+from examples.helpers import cli, datasets, reporting, training
 
 
 # ------------------------------------------------------------------ training loop
 def fit(
-    data: common.Data,
+    data: datasets.Data,
     *,
     init: Callable[[jax.Array], Any],
     loss: Callable[[Any, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array],
@@ -98,7 +94,7 @@ def fit(
         acc = jnp.mean(jnp.argmax(logits(carry[0], xte), -1) == yte)
         return carry, dict(record(carry[0]), test_acc=acc, loss=values.mean())
 
-    state = jax.jit(jax.vmap(init_one))(common.seed_keys(seeds))
+    state = jax.jit(jax.vmap(init_one))(training.seed_keys(seeds))
     epoch_all = jax.jit(jax.vmap(epoch_one))
     curves = []
     for _ in range(epochs):
@@ -119,7 +115,7 @@ def dense_init(key, m, n):
 
 # ------------------------------------------------------------- concrete dropout
 def concrete_experiment(
-    data: common.Data,
+    data: datasets.Data,
     *,
     widths=(512, 32),
     epochs: int = 150,
@@ -200,7 +196,7 @@ def concrete_experiment(
 
 # ----------------------------------------------------- sparse variational dropout
 def sparse_vd_experiment(
-    data: common.Data,
+    data: datasets.Data,
     *,
     widths=(300, 100),
     epochs: int = 200,
@@ -316,7 +312,7 @@ def sparse_vd_experiment(
 
 # ------------------------------------------------------------------------ figures
 def plot_concrete(res: dict[str, Any], path) -> None:
-    plt = common._plt()
+    plt = reporting.pyplot()
     curves = res["rate_curves"]  # (seeds, epochs, layers)
     epochs = np.arange(1, curves.shape[1] + 1)
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
@@ -330,11 +326,11 @@ def plot_concrete(res: dict[str, Any], path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    common.savefig(fig, path)
+    reporting.savefig(fig, path)
 
 
 def plot_sparse_vd(res: dict[str, Any], path) -> None:
-    plt = common._plt()
+    plt = reporting.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     ax = axes[0]
     sizes = res["sizes"]
@@ -368,7 +364,7 @@ def plot_sparse_vd(res: dict[str, Any], path) -> None:
     ax.set_title("MLP 40-300-100-10 on MNIST-1D", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    common.savefig(fig, path)
+    reporting.savefig(fig, path)
 
 
 # ------------------------------------------------------------------------- driver
@@ -385,22 +381,21 @@ def _jsonable(obj):
 
 
 def main(argv=None) -> dict[str, Any]:
-    parser = common.guide_parser(__doc__)
+    parser = cli.parser(__doc__, epochs=None)
     parser.add_argument(
         "--experiment", choices=("concrete", "sparse_vd", "all"), default="all"
     )
-    parser.add_argument("--epochs", type=int, default=None)
     parser.set_defaults(seeds=None)  # 2 with --quick, else 3
     args = parser.parse_args(argv)
 
-    out = common.output_dir(args.out)
+    out = reporting.output_dir(args.out)
     if args.quick:
-        data = common.load_mnist1d(args.cache, num_samples=600)
+        data = datasets.load_mnist1d(args.cache, num_samples=600)
         seeds = args.seeds or 2
         concrete_kw = dict(widths=(64, 8), epochs=args.epochs or 3)
         vd_kw = dict(widths=(32, 16), epochs=args.epochs or 4)
     else:
-        data = common.load_mnist1d(args.cache)
+        data = datasets.load_mnist1d(args.cache)
         seeds = args.seeds or 3
         concrete_kw = dict(epochs=args.epochs or 150)
         vd_kw = dict(epochs=args.epochs or 200)
@@ -417,7 +412,7 @@ def main(argv=None) -> dict[str, Any]:
                 f"{rates[:, j].std(ddof=1) if seeds > 1 else 0.0:.3f}"
             )
         print(
-            f"  test accuracy {common.mean_spread(res['test_acc'])} %, "
+            f"  test accuracy {reporting.mean_spread(res['test_acc'])} %, "
             f"{res['seconds']:.0f} s"
         )
         results["concrete"] = {k: v for k, v in res.items() if k != "rate_curves"}
@@ -429,11 +424,11 @@ def main(argv=None) -> dict[str, Any]:
         )
         print(
             f"  weights pruned (log alpha > 3): "
-            f"{common.mean_spread(res['pruned_fraction'])} % of {res['num_weights']}"
+            f"{reporting.mean_spread(res['pruned_fraction'])} % of {res['num_weights']}"
         )
         print(
-            f"  test accuracy: plain {common.mean_spread(res['test_acc_plain'])} %, "
-            f"sparse VD (pruned) {common.mean_spread(res['test_acc_sparse_vd'])} %, "
+            f"  test accuracy: plain {reporting.mean_spread(res['test_acc_plain'])} %, "
+            f"sparse VD (pruned) {reporting.mean_spread(res['test_acc_sparse_vd'])} %, "
             f"drop {res['accuracy_drop_points']:.1f} points"
         )
         print(f"  per layer pruned: {np.mean(res['pruned_per_layer'], 0).round(3)}")

@@ -17,15 +17,13 @@ dropout at ``rate_final`` and curriculum dropout to ``rate_final`` on an MLP
 40-512-512-10, prints a table and writes ``curriculum_dropout.png`` (the schedule
 and the test-accuracy curves) to ``--out``::
 
-    python examples/curriculum_dropout.py                 # a few minutes
-    python examples/curriculum_dropout.py --quick --out /tmp/curriculum
+    python -m examples.curriculum_dropout                 # a few minutes
+    python -m examples.curriculum_dropout --quick --out /tmp/curriculum
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 
 import jax
@@ -34,9 +32,7 @@ import numpy as np
 import optax
 
 import jaxreg
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+from examples.helpers import cli, datasets, models, reporting, training
 
 
 def curriculum_rate(step, total_steps: int, rate_final: float, gamma_steps=10.0):
@@ -46,7 +42,7 @@ def curriculum_rate(step, total_steps: int, rate_final: float, gamma_steps=10.0)
 
 
 def run(
-    data: common.Data,
+    data: datasets.Data,
     *,
     schedule: str,
     rate_final: float,
@@ -72,14 +68,14 @@ def run(
         return curriculum_rate(step, total, rate_final)
 
     def loss(params, x, y, key, rate):
-        logits = common.mlp_apply(
+        logits = models.mlp_apply(
             params, x, key=key, hidden=lambda k, h, i: jaxreg.dropout(k, h, rate)
         )
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     def train_one(key):
         k_init, key = jax.random.split(key)
-        params = common.init_mlp(k_init, sizes)
+        params = models.init_mlp(k_init, sizes)
         state = (params, opt.init(params), key, jnp.zeros((), jnp.int32))
 
         def minibatch(carry, idx):
@@ -101,7 +97,7 @@ def run(
             carry, rates = jax.lax.scan(
                 minibatch, (*carry[:2], key, carry[3]), perm.reshape(steps, -1)
             )
-            logits = common.mlp_apply(carry[0], xte)
+            logits = models.mlp_apply(carry[0], xte)
             acc = jnp.mean(jnp.argmax(logits, -1) == yte)
             return carry, (acc, rates)
 
@@ -110,7 +106,7 @@ def run(
 
     train_all = jax.jit(jax.vmap(train_one))
     start = time.perf_counter()
-    acc, rates = jax.device_get(train_all(common.seed_keys(seeds)))
+    acc, rates = jax.device_get(train_all(training.seed_keys(seeds)))
     return {
         "test_acc": np.asarray(acc),
         "rates": np.asarray(rates[0]),
@@ -120,19 +116,18 @@ def run(
 
 
 def main(argv=None):
-    parser = common.guide_parser(__doc__)
+    parser = cli.parser(__doc__, epochs=None)
     parser.add_argument("--rate", type=float, default=0.5, help="final drop rate")
-    parser.add_argument("--epochs", type=int, default=None)
     parser.set_defaults(seeds=None)  # 1 with --quick, else 3
     args = parser.parse_args(argv)
-    out = common.output_dir(args.out)
+    out = reporting.output_dir(args.out)
     if args.quick:
-        data = common.load_mnist1d(args.cache, num_samples=600)
+        data = datasets.load_mnist1d(args.cache, num_samples=600)
         kw = dict(
             sizes=(40, 32, 32, 10), epochs=args.epochs or 2, seeds=args.seeds or 1
         )
     else:
-        data = common.load_mnist1d(args.cache)
+        data = datasets.load_mnist1d(args.cache)
         kw = dict(epochs=args.epochs or 60, seeds=args.seeds or 3)
 
     results = {}
@@ -147,15 +142,15 @@ def main(argv=None):
                 "dropout": schedule
                 if schedule == "none"
                 else f"{schedule} -> {args.rate}",
-                "final test acc (%)": common.mean_spread(final),
-                "best-epoch test acc (%)": common.mean_spread(best),
+                "final test acc (%)": reporting.mean_spread(final),
+                "best-epoch test acc (%)": reporting.mean_spread(best),
                 "time (s)": f"{res['seconds']:.0f}",
             }
         )
-    table = common.markdown_table(rows)
+    table = reporting.markdown_table(rows)
     print(table)
 
-    plt = common._plt()
+    plt = reporting.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     for j, (name, res) in enumerate(results.items()):
         steps = np.arange(len(res["rates"]))
@@ -175,7 +170,7 @@ def main(argv=None):
         "Curriculum dropout on MNIST-1D (one jit per configuration)", fontsize=10
     )
     fig.tight_layout()
-    common.savefig(fig, out / "curriculum_dropout.png")
+    reporting.savefig(fig, out / "curriculum_dropout.png")
     summary = {
         k: {
             "final_test_acc": v["test_acc"][:, -1].tolist(),

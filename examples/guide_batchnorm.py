@@ -26,7 +26,7 @@ For every configuration it measures the variance shift at each BN layer (test se
 mean over units) and the test accuracy with the standard statistics and with
 statistics recomputed without noise after training ("recalibrated": the fix that
 needs no change of architecture). Writes ``batchnorm.png`` and ``batchnorm.json``.
-Run ``python examples/guide_batchnorm.py`` (about 200 s of CPU time, measured) or
+Run ``python -m examples.guide_batchnorm`` (about 200 s of CPU time, measured) or
 ``--quick`` (a smoke test).
 
 Reference: Li, Chen, Hu, Yang. "Understanding the Disharmony between Dropout and
@@ -35,25 +35,16 @@ Batch Normalization by Variance Shift." CVPR 2019. https://arxiv.org/abs/1801.05
 
 from __future__ import annotations
 
-import argparse
 import json
-import pathlib
-import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import common  # noqa: E402
+import jaxreg
+from examples.helpers import cli, datasets, models, reporting, training
 
-import jaxreg  # noqa: E402
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "docs" / "guide" / "figures"
-CACHE = pathlib.Path(tempfile.gettempdir()) / "jaxreg_examples"
 EPS = 1e-5
 
 # name -> (noise kind, rate, where: "all" blocks or only the "last")
@@ -69,7 +60,7 @@ CONFIGS = {
 
 def init_bn_mlp(seed: int, sizes) -> list:
     """Linear layers (He-normal) with BN scale/offset on every hidden layer."""
-    layers = common.init_mlp(int(seed), sizes)
+    layers = models.init_mlp(int(seed), sizes)
     for layer in layers[:-1]:
         n = layer["w"].shape[1]
         layer["gamma"] = jnp.ones((n,), jnp.float32)
@@ -114,20 +105,16 @@ def bn_mlp_apply(params, x, key=None, *, config, stats=None):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
-    ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = cli.parser(__doc__, cache=cli.TEMP_CACHE, epochs=40)
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS))
-    ap.add_argument("--quick", action="store_true", help="tiny smoke-test run")
     args = ap.parse_args(argv)
     sizes = (40, 256, 256, 256, 10)
     if args.quick:
         args.epochs, args.seeds = 1, 1
         args.configs = ["dropout 0.5 everywhere"]
         sizes = (40, 16, 16, 10)
-    out = common.output_dir(args.out)
-    data = common.load_mnist1d(CACHE)
+    out = reporting.output_dir(args.out)
+    data = datasets.load_mnist1d(args.cache)
     xtr, xte = jnp.asarray(data.x_train), jnp.asarray(data.x_test)
     yte = jnp.asarray(data.y_test)
     opt = optax.adam(1e-3)
@@ -149,7 +136,7 @@ def main(argv=None) -> dict:
             stats = population_stats(p, config, noisy=True)
             return bn_mlp_apply(p, x, config=config, stats=stats)[0]
 
-        hist = common.train(
+        hist = training.train(
             name,
             data,
             sizes=sizes,
@@ -177,8 +164,8 @@ def main(argv=None) -> dict:
             )
             return (
                 shift,
-                common.accuracy(logits, yte),
-                common.accuracy(recal, yte),
+                models.accuracy(logits, yte),
+                models.accuracy(recal, yte),
             )
 
         shift, acc, acc_recal = (np.asarray(v) for v in measure(hist.params))
@@ -192,7 +179,7 @@ def main(argv=None) -> dict:
         }
         print(
             f"{name}: shift per layer {np.round(shift.mean(0), 3).tolist()}, test "
-            f"{common.mean_spread(acc)}, recalibrated {common.mean_spread(acc_recal)}"
+            f"{reporting.mean_spread(acc)}, recalibrated {reporting.mean_spread(acc_recal)}"
             f" ({hist.seconds:.0f} s)",
             flush=True,
         )
@@ -203,16 +190,16 @@ def main(argv=None) -> dict:
         row = {"configuration": name}
         for i in range(shift.shape[1]):
             row[f"shift BN{i + 1}"] = f"{shift[:, i].mean():.3f}"
-        row["train acc (%)"] = common.mean_spread(r["train_acc"])
-        row["test acc (%)"] = common.mean_spread(r["test_acc"])
-        row["test acc, recalibrated (%)"] = common.mean_spread(
+        row["train acc (%)"] = reporting.mean_spread(r["train_acc"])
+        row["test acc (%)"] = reporting.mean_spread(r["test_acc"])
+        row["test acc, recalibrated (%)"] = reporting.mean_spread(
             r["test_acc_recalibrated"]
         )
         rows.append(row)
-    table = common.markdown_table(rows)
+    table = reporting.markdown_table(rows)
     print(table)
 
-    plt = common._plt()
+    plt = reporting.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.9))
     names = list(results)
     n_layers = len(results[names[0]]["variance_shift_per_layer"][0])
@@ -252,7 +239,7 @@ def main(argv=None) -> dict:
         fontsize=10,
     )
     fig.tight_layout()
-    path = common.savefig(fig, out / "batchnorm.png")
+    path = reporting.savefig(fig, out / "batchnorm.png")
     summary = {"table": table, "results": results}
     (out / "batchnorm.json").write_text(json.dumps(summary))
     print(f"figure: {path}")

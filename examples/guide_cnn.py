@@ -19,17 +19,13 @@ convolution's ReLU:
 
 Each at rate 0.2 (``--rates`` for more), three seeds (vmapped), Adam 1e-3, batch
 100, 20 epochs. Writes
-``cnn.png`` and ``cnn.json`` to ``--out``. Run ``python examples/guide_cnn.py``
+``cnn.png`` and ``cnn.json`` to ``--out``. Run ``python -m examples.guide_cnn``
 (4 configurations x 20 epochs x 3 seeds) or ``--quick`` (a smoke test).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import pathlib
-import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -37,14 +33,8 @@ import numpy as np
 import optax
 from jax import lax
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import common  # noqa: E402
-
-import jaxreg  # noqa: E402
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "docs" / "guide" / "figures"
-CACHE = pathlib.Path(tempfile.gettempdir()) / "jaxreg_examples"
+import jaxreg
+from examples.helpers import cli, datasets, reporting, training
 
 STRIDES = (1, 2, 2)
 KERNEL = 5
@@ -101,11 +91,8 @@ def cnn_apply(params, x, key=None, *, method: str = "none", rate: float = 0.0):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
-    ap.add_argument("--epochs", type=int, default=20)
+    ap = cli.parser(__doc__, cache=cli.TEMP_CACHE, epochs=20)
     ap.add_argument("--channels", type=int, default=16)
-    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--rates", type=float, nargs="+", default=[0.2])
     ap.add_argument("--methods", nargs="+", default=["dropout", "spatial", "dropblock"])
     ap.add_argument(
@@ -114,20 +101,21 @@ def main(argv=None) -> dict:
         default=None,
         help="use only the first N training examples (a regime that overfits)",
     )
-    ap.add_argument("--quick", action="store_true", help="tiny smoke-test run")
     args = ap.parse_args(argv)
     if args.quick:
         args.epochs, args.seeds, args.rates = 1, 1, [0.3]
-    out = common.output_dir(args.out)
-    data = common.load_mnist1d(CACHE)
+    out = reporting.output_dir(args.out)
+    data = datasets.load_mnist1d(args.cache)
     if args.quick:
-        data = common.Data(
+        data = datasets.Data(
             data.x_train[:200], data.y_train[:200], data.x_test[:100], data.y_test[:100]
         )
     tag = ""
     if args.train_size is not None:
         n = args.train_size
-        data = common.Data(data.x_train[:n], data.y_train[:n], data.x_test, data.y_test)
+        data = datasets.Data(
+            data.x_train[:n], data.y_train[:n], data.x_test, data.y_test
+        )
         tag = f"_train{n}"
     opt = optax.adam(1e-3)
     configs = [("none", 0.0)] + [(m, r) for r in args.rates for m in args.methods]
@@ -138,7 +126,7 @@ def main(argv=None) -> dict:
     for method, rate in configs:
         name = "none" if method == "none" else f"{method} {rate:g}"
         kw = {"method": method, "rate": rate}
-        hist = common.train(
+        hist = training.train(
             name,
             data,
             sizes=(),
@@ -154,13 +142,13 @@ def main(argv=None) -> dict:
         histories.append(hist)
         hist.report(name)
 
-    rows = [common.summarize(h, best=True) for h in histories]
-    table = common.markdown_table(rows)
+    rows = [reporting.summarize(h, best=True) for h in histories]
+    table = reporting.markdown_table(rows)
     print(table)
 
-    plt = common._plt()
+    plt = reporting.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    steps_per_epoch = len(data.y_train) // 100  # common.train's batch size
+    steps_per_epoch = len(data.y_train) // 100  # training.train's batch size
     colors = {"none": "k", "dropout": "C0", "spatial": "C1", "dropblock": "C2"}
     for h in histories:
         method, rate = h.extra["method"], h.extra["rate"]
@@ -194,7 +182,7 @@ def main(argv=None) -> dict:
         fontsize=10,
     )
     fig.tight_layout()
-    path = common.savefig(fig, out / f"cnn{tag}.png")
+    path = reporting.savefig(fig, out / f"cnn{tag}.png")
     summary = {
         "table": table,
         "results": {h.name: h.to_json("test_acc", "train_acc") for h in histories},

@@ -15,19 +15,15 @@ and test accuracies, and the wall-clock cost of one training step. The figure go
 to ``--out`` (default ``docs/guide/figures``) as ``convergence.png`` with the
 numbers in ``convergence.json``.
 
-Run ``python examples/guide_convergence.py`` (4 rates x 100 epochs x 3 seeds of a
-small MLP) or ``python examples/guide_convergence.py --quick`` (a smoke test). The
+Run ``python -m examples.guide_convergence`` (4 rates x 100 epochs x 3 seeds of a
+small MLP) or ``python -m examples.guide_convergence --quick`` (a smoke test). The
 step-time column is a minimum over 7 repeats; on a busy machine it is noise (the
 guide's page 5 has the step-cost comparison).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import pathlib
-import sys
-import tempfile
 import time
 
 import jax
@@ -35,17 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import common  # noqa: E402
-
-import jaxreg  # noqa: E402
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "docs" / "guide" / "figures"
-CACHE = pathlib.Path(tempfile.gettempdir()) / "jaxreg_examples"
+import jaxreg
+from examples.helpers import cli, datasets, models, reporting, training
 
 
-def make_run(data: common.Data, sizes, rate: float, lr: float, batch_size: int):
+def make_run(data: datasets.Data, sizes, rate: float, lr: float, batch_size: int):
     """Build jitted ``init`` and ``epoch`` functions for one dropout rate."""
     xtr, ytr = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     xte, yte = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
@@ -55,8 +45,8 @@ def make_run(data: common.Data, sizes, rate: float, lr: float, batch_size: int):
         return jaxreg.dropout(k, h, rate)
 
     def loss_fn(p, x, y, k):
-        logits = common.mlp_apply(p, x, key=k, hidden=hidden if rate else None)
-        return common.cross_entropy(logits, y)
+        logits = models.mlp_apply(p, x, key=k, hidden=hidden if rate else None)
+        return models.cross_entropy(logits, y)
 
     def step(carry, idx):
         p, s, key = carry
@@ -67,13 +57,13 @@ def make_run(data: common.Data, sizes, rate: float, lr: float, batch_size: int):
 
     def epoch(state, batches):
         (p, s, key), losses = jax.lax.scan(step, state, batches)
-        fit = common.cross_entropy(common.mlp_apply(p, xtr), ytr)
-        te = common.mlp_apply(p, xte)
+        fit = models.cross_entropy(models.mlp_apply(p, xtr), ytr)
+        te = models.mlp_apply(p, xte)
         metrics = (
             fit,
             losses.mean(),
-            common.cross_entropy(te, yte),
-            common.accuracy(te, yte),
+            models.cross_entropy(te, yte),
+            models.accuracy(te, yte),
         )
         return (p, s, key), metrics
 
@@ -107,17 +97,13 @@ def fmt_steps(values) -> str:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
-    ap.add_argument("--epochs", type=int, default=100)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = cli.parser(__doc__, cache=cli.TEMP_CACHE, epochs=100)
     ap.add_argument("--rates", type=float, nargs="+", default=[0.0, 0.1, 0.3, 0.5])
-    ap.add_argument("--quick", action="store_true", help="tiny smoke-test run")
     args = ap.parse_args(argv)
     if args.quick:
         args.epochs, args.seeds, args.rates = 2, 1, [0.5]
-    out = common.output_dir(args.out)
-    data = common.load_mnist1d(CACHE)
+    out = reporting.output_dir(args.out)
+    data = datasets.load_mnist1d(args.cache)
     sizes, lr, batch_size = (40, 256, 256, 10), 1e-3, 100
     n = len(data.y_train)
     spe = n // batch_size
@@ -129,9 +115,9 @@ def main(argv=None) -> dict:
     for rate in args.rates:
         init, epoch, steps_only = make_run(data, sizes, rate, lr, batch_size)
         params = jax.tree.map(
-            lambda *a: jnp.stack(a), *[common.init_mlp(s, sizes) for s in seeds]
+            lambda *a: jnp.stack(a), *[models.init_mlp(s, sizes) for s in seeds]
         )
-        state = init(params, common.seed_keys(seeds))
+        state = init(params, training.seed_keys(seeds))
         rngs = [np.random.default_rng([s, 1]) for s in seeds]
         curves = []
         t0 = time.perf_counter()
@@ -196,14 +182,14 @@ def main(argv=None) -> dict:
             row[f"steps to test acc >= {t:.0%}"] = fmt_steps(
                 r["steps_to_test_acc"][str(t)]
             )
-        row["best test acc (%)"] = common.mean_spread(r["best_test_acc"])
+        row["best test acc (%)"] = reporting.mean_spread(r["best_test_acc"])
         row["step of min test loss"] = fmt_steps(r["step_at_best_test_loss"])
         row["ms/step"] = f"{r['ms_per_step_3_seeds']:.2f}"
         rows.append(row)
-    table = common.markdown_table(rows)
+    table = reporting.markdown_table(rows)
     print(table)
 
-    plt = common._plt()
+    plt = reporting.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for i, (rate, r) in enumerate(results.items()):
         color = f"C{i}"
@@ -231,7 +217,7 @@ def main(argv=None) -> dict:
         fontsize=10,
     )
     fig.tight_layout()
-    path = common.savefig(fig, out / "convergence.png")
+    path = reporting.savefig(fig, out / "convergence.png")
     summary = {"table": table, "results": {str(k): v for k, v in results.items()}}
     (out / "convergence.json").write_text(json.dumps(summary))
     print(f"figure: {path}")

@@ -25,16 +25,12 @@ to predict with the DropConnect-trained nets:
   ``T`` whole networks, each with its own sampled weight masks.
 
 Writes ``dropconnect.png`` and ``dropconnect.json`` to ``--out``. Run
-``python examples/guide_dropconnect.py`` or ``--quick`` (a smoke test).
+``python -m examples.guide_dropconnect`` or ``--quick`` (a smoke test).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import pathlib
-import sys
-import tempfile
 import time
 
 import jax
@@ -42,19 +38,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import common  # noqa: E402
+import jaxreg
+from examples.helpers import cli, datasets, models, reporting, training
 
-import jaxreg  # noqa: E402
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "docs" / "guide" / "figures"
-CACHE = pathlib.Path(tempfile.gettempdir()) / "jaxreg_examples"
 SIZES = (40, 256, 256, 10)
 
 
 def dropout_logits(p, x, key, rate):
-    return common.mlp_apply(
+    return models.mlp_apply(
         p, x, key=key, hidden=lambda k, h, i: jaxreg.dropout(k, h, rate)
     )
 
@@ -122,13 +113,13 @@ def step_cost(data, name, logits_fn, reps: int, steps: int):
         p, s, k = carry
         k, sub = jax.random.split(k)
         g = jax.grad(
-            lambda p: common.cross_entropy(logits_fn(p, batch[0], sub), batch[1])
+            lambda p: models.cross_entropy(logits_fn(p, batch[0], sub), batch[1])
         )(p)
         u, s = opt.update(g, s, p)
         return (optax.apply_updates(p, u), s, k), None
 
     run = jax.jit(lambda c: jax.lax.scan(step, c, (x, y))[0])
-    p = common.init_mlp(0, SIZES)
+    p = models.init_mlp(0, SIZES)
     carry = (p, opt.init(p), jax.random.key(0, impl="rbg"))
     jax.block_until_ready(run(carry))  # compile
     times = []
@@ -140,27 +131,23 @@ def step_cost(data, name, logits_fn, reps: int, steps: int):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
-    ap.add_argument("--epochs", type=int, default=80)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = cli.parser(__doc__, cache=cli.TEMP_CACHE, epochs=80)
     ap.add_argument("--rate", type=float, default=0.5)
     ap.add_argument("--samples", type=int, nargs="+", default=[1, 3, 10, 30, 100, 300])
-    ap.add_argument("--quick", action="store_true", help="tiny smoke-test run")
     args = ap.parse_args(argv)
     configs = ["none", "dropout", "DropConnect"]
     if args.quick:
         args.epochs, args.seeds, args.samples = 1, 1, [1, 3]
         configs = ["DropConnect"]
-    out = common.output_dir(args.out)
-    data = common.load_mnist1d(CACHE)
+    out = reporting.output_dir(args.out)
+    data = datasets.load_mnist1d(args.cache)
     if args.quick:
-        data = common.Data(
+        data = datasets.Data(
             data.x_train[:200], data.y_train[:200], data.x_test[:100], data.y_test[:100]
         )
     rate = args.rate
     train_fns = {
-        "none": lambda p, x, k: common.mlp_apply(p, x),
+        "none": lambda p, x, k: models.mlp_apply(p, x),
         "dropout": lambda p, x, k: dropout_logits(p, x, k, rate),
         "DropConnect": lambda p, x, k: dropconnect_logits(p, x, k, rate),
     }
@@ -168,7 +155,7 @@ def main(argv=None) -> dict:
     histories = {}
     for name in configs:
         label = name if name == "none" else f"{name} {rate:g}"
-        hist = common.train(
+        hist = training.train(
             label,
             data,
             sizes=SIZES,
@@ -200,7 +187,7 @@ def main(argv=None) -> dict:
     dc_params = histories["DropConnect"].params
     key = jax.random.key(2013)
     mean_rule = jax.jit(
-        jax.vmap(lambda p: scores(jax.nn.softmax(common.mlp_apply(p, xte)), yte))
+        jax.vmap(lambda p: scores(jax.nn.softmax(models.mlp_apply(p, xte)), yte))
     )(dc_params)
     inference = {"mean rule": [np.asarray(v).tolist() for v in mean_rule]}
     for label, fn in (("moment matching", moment_matching_probs), ("MC", mc_probs)):
@@ -212,18 +199,18 @@ def main(argv=None) -> dict:
             acc, nll = run(dc_params)
             inference[label][n] = [np.asarray(acc).tolist(), np.asarray(nll).tolist()]
             print(
-                f"{label} with {n} samples: acc {common.mean_spread(acc)}, NLL "
+                f"{label} with {n} samples: acc {reporting.mean_spread(acc)}, NLL "
                 f"{np.mean(nll):.3f}",
                 flush=True,
             )
 
     rows = []
     for name, h in histories.items():
-        row = common.summarize(h, best=True)
+        row = reporting.summarize(h, best=True)
         row["ms/step"] = f"{costs[name]:.2f}" if name in costs else ""
         rows.append(row)
-    table = common.markdown_table(rows)
-    cost_table = common.markdown_table(
+    table = reporting.markdown_table(rows)
+    cost_table = reporting.markdown_table(
         [
             {
                 "training step (1 model, batch 100)": k,
@@ -237,7 +224,7 @@ def main(argv=None) -> dict:
         {
             "rule": "mean rule",
             "samples": "-",
-            "test acc (%)": common.mean_spread(inference["mean rule"][0]),
+            "test acc (%)": reporting.mean_spread(inference["mean rule"][0]),
             "test NLL": nll_spread(inference["mean rule"][1]),
         }
     ]
@@ -247,14 +234,14 @@ def main(argv=None) -> dict:
                 {
                     "rule": label,
                     "samples": str(n),
-                    "test acc (%)": common.mean_spread(acc),
+                    "test acc (%)": reporting.mean_spread(acc),
                     "test NLL": nll_spread(nll),
                 }
             )
-    inf_table = common.markdown_table(inf_rows)
+    inf_table = reporting.markdown_table(inf_rows)
     print(table, cost_table, inf_table, sep="\n\n")
 
-    plt = common._plt()
+    plt = reporting.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     for i, h in enumerate(histories.values()):
         x = np.arange(1, h.test_acc.shape[1] + 1)
@@ -297,7 +284,7 @@ def main(argv=None) -> dict:
         fontsize=10,
     )
     fig.tight_layout()
-    path = common.savefig(fig, out / "dropconnect.png")
+    path = reporting.savefig(fig, out / "dropconnect.png")
     summary = {
         "table": table,
         "cost_table": cost_table,

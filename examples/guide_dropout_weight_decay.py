@@ -2,7 +2,7 @@
 
 An MLP on MNIST-1D is trained for every pair (dropout rate, decoupled weight
 decay) of a grid, on several seeds; the whole grid x seeds trains in one compiled
-program (``common.train(..., hparams=...)``: the rate of ``jaxreg.dropout`` and
+program (``training.train(..., hparams=...)``: the rate of ``jaxreg.dropout`` and
 the ``weight_decay`` of ``optax.adamw`` are traced per run). Seeds are paired
 across cells (same initialisation and data order), so differences between cells
 are measured with less noise than the spread of any single cell.
@@ -16,23 +16,19 @@ computed per seed then averaged: about 0 means the effects add up, negative mean
 diminishing returns (or, when the pair is below the better single regularizer,
 that they cancel), positive means they reinforce each other.
 
-Run ``python examples/guide_dropout_weight_decay.py`` (``--quick`` for a smoke
+Run ``python -m examples.guide_dropout_weight_decay`` (``--quick`` for a smoke
 run); the figure goes to ``--out`` (default ``docs/guide/figures``).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 
 import numpy as np
 import optax
 
 import jaxreg
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+from examples.helpers import cli, datasets, models, reporting, training
 
 RATES = (0.0, 0.2, 0.4, 0.6)
 DECAYS = (0.0, 0.01, 0.1, 1.0)
@@ -40,7 +36,7 @@ LR = 3e-3
 
 
 def forward(params, x, key, hp):
-    return common.mlp_apply(
+    return models.mlp_apply(
         params, x, key=key, hidden=lambda k, h, i: jaxreg.dropout(k, h, hp["rate"])
     )
 
@@ -50,15 +46,14 @@ def optimizer(hp):
 
 
 def main(argv=None):
-    ap = common.guide_parser(__doc__)
-    ap.add_argument("--epochs", type=int, default=60)
+    ap = cli.parser(__doc__, epochs=60)
     ap.add_argument("--width", type=int, default=128)
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.width = 2, 2, 16
-    out = common.output_dir(args.out)
+    out = reporting.output_dir(args.out)
     t0 = time.perf_counter()
-    data = common.load_mnist1d(args.cache)
+    data = datasets.load_mnist1d(args.cache)
     sizes = (40, args.width, args.width, 10)
     cells = [(r, w) for r in RATES for w in DECAYS]
     seeds = list(range(args.seeds))
@@ -67,7 +62,7 @@ def main(argv=None):
         f"MNIST-1D; MLP {sizes}; AdamW lr {LR}; {len(RATES)} rates x {len(DECAYS)} "
         f"decays x {len(seeds)} seeds = {len(runs)} runs; {args.epochs} epochs"
     )
-    h = common.train(
+    h = training.train(
         "grid",
         data,
         sizes=sizes,
@@ -116,7 +111,7 @@ def main(argv=None):
         f"neither: {mean[0, 0]:.1f}%"
     )
 
-    plt = common._plt()
+    plt = reporting.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     ax = axes[0]
     im = ax.imshow(mean, cmap="viridis", origin="lower")
@@ -155,7 +150,7 @@ def main(argv=None):
         a.set_ylabel("dropout rate")
     fig.suptitle(f"MNIST-1D, MLP {sizes}, {args.epochs} epochs", fontsize=10)
     fig.tight_layout()
-    path = common.savefig(fig, out / "dropout_weight_decay.png")
+    path = reporting.savefig(fig, out / "dropout_weight_decay.png")
     print(f"\nfigure: {path}   ({time.perf_counter() - t0:.0f}s)")
     return mean, imean
 

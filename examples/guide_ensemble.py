@@ -15,14 +15,12 @@ Two figures:
    ``jaxreg.mc_dropout_predict``). Test accuracy and cross-entropy are plotted
    against ``k``.
 
-Run ``python examples/guide_ensemble.py`` (``--quick`` for a smoke run); figures
+Run ``python -m examples.guide_ensemble`` (``--quick`` for a smoke run); figures
 go to ``--out`` (default ``docs/guide/figures``).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 
 import jax
@@ -31,15 +29,13 @@ import numpy as np
 import optax
 
 import jaxreg
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+from examples.helpers import cli, datasets, models, reporting, training
 
 RATE = 0.5
 
 
 def forward(params, x, key, *, deterministic=False):
-    return common.mlp_apply(
+    return models.mlp_apply(
         params,
         x,
         key=key,
@@ -81,20 +77,19 @@ def draw_network(ax, sizes, keep, title):
 
 
 def main(argv=None):
-    ap = common.guide_parser(__doc__)
-    ap.add_argument("--epochs", type=int, default=60)
+    ap = cli.parser(__doc__, epochs=60)
     ap.add_argument("--samples", type=int, default=200, help="max thinned nets")
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.samples, args.repeats = 2, 2, 10, 2
-    out = common.output_dir(args.out)
+    out = reporting.output_dir(args.out)
     t0 = time.perf_counter()
-    data = common.load_mnist1d(args.cache)
+    data = datasets.load_mnist1d(args.cache)
     sizes = (40, 256, 256, 10)
     print(f"MNIST-1D; MLP {sizes}, dropout {RATE} after each hidden layer")
 
-    hist = common.train(
+    hist = training.train(
         "dropout 0.5",
         data,
         sizes=sizes,
@@ -106,7 +101,7 @@ def main(argv=None):
     xte, yte = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
 
     # ---- figure 1: thinned networks and real masks
-    plt = common._plt()
+    plt = reporting.pyplot()
     fig = plt.figure(figsize=(13, 4.2))
     toy = (8, 6, 6, 3)
     rng_key = jax.random.key(3)
@@ -153,7 +148,7 @@ def main(argv=None):
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path1 = common.savefig(fig, out / "dropout_masks.png")
+    path1 = reporting.savefig(fig, out / "dropout_masks.png")
 
     # ---- figure 2: weight scaling vs Monte-Carlo averaging of thinned networks
     def probs(params, key, x):
@@ -173,7 +168,7 @@ def main(argv=None):
         pw = jax.nn.softmax(forward(p, xte, None, deterministic=True))
         ws.append(
             (
-                float(common.accuracy(pw, yte)),
+                float(models.accuracy(pw, yte)),
                 float(-(onehot * jnp.log(pw + 1e-12)).sum(-1).mean()),
             )
         )
@@ -201,7 +196,7 @@ def main(argv=None):
                     )
                 )
             mc[k].append(np.mean(res, axis=0))
-        lib = float(common.accuracy(mean, yte))
+        lib = float(models.accuracy(mean, yte))
         print(
             f"seed {s}: weight scaling {ws[-1][0] * 100:.1f}%, "
             f"MC {args.samples} (samples) {mc[ks[-1]][-1][0] * 100:.1f}%, "
@@ -214,12 +209,12 @@ def main(argv=None):
         a = np.array(mc[k])  # (S, 2)
         table.append((k, a))
         print(
-            f"{k:>13d} | {common.mean_spread(a[:, 0])} | "
-            f"{common.mean_spread(a[:, 1], percent=False, digits=3)}"
+            f"{k:>13d} | {reporting.mean_spread(a[:, 0])} | "
+            f"{reporting.mean_spread(a[:, 1], percent=False, digits=3)}"
         )
     print(
-        f"weight scaling | {common.mean_spread(ws[:, 0])} | "
-        f"{common.mean_spread(ws[:, 1], percent=False, digits=3)}"
+        f"weight scaling | {reporting.mean_spread(ws[:, 0])} | "
+        f"{reporting.mean_spread(ws[:, 1], percent=False, digits=3)}"
     )
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -245,7 +240,7 @@ def main(argv=None):
         fontsize=10,
     )
     fig.tight_layout()
-    path2 = common.savefig(fig, out / "dropout_ensemble.png")
+    path2 = reporting.savefig(fig, out / "dropout_ensemble.png")
     print(f"\nfigures: {path1}, {path2}   ({time.perf_counter() - t0:.0f}s)")
     return ws, table
 

@@ -14,13 +14,12 @@ Two measurements on MNIST-1D:
    two classic mistakes: a classic-trained net evaluated without the ``p``
    scaling, and an inverted-trained net evaluated with it.
 
-Run ``python examples/guide_inference.py`` (``--quick`` for a smoke run); the
+Run ``python -m examples.guide_inference`` (``--quick`` for a smoke run); the
 figure is written to ``--out`` (default ``docs/guide/figures``).
 """
 
 from __future__ import annotations
 
-import sys
 import time
 
 import jax
@@ -29,9 +28,7 @@ import numpy as np
 import optax
 
 import jaxreg
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-import common  # noqa: E402
+from examples.helpers import cli, datasets, models, reporting, training
 
 RATE = 0.5
 
@@ -44,7 +41,7 @@ def forward(params, x, key, *, inverted, deterministic):
             k, h, RATE, inverted=inverted, deterministic=deterministic
         )
 
-    return common.mlp_apply(params, x, key=key, hidden=hidden)
+    return models.mlp_apply(params, x, key=key, hidden=hidden)
 
 
 def preactivation_check(params, x, *, inverted, num_masks, key):
@@ -71,15 +68,14 @@ def preactivation_check(params, x, *, inverted, num_masks, key):
 
 
 def main(argv=None):
-    ap = common.guide_parser(__doc__)
-    ap.add_argument("--epochs", type=int, default=60)
+    ap = cli.parser(__doc__, epochs=60)
     ap.add_argument("--masks", type=int, default=4000)
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.masks = 2, 2, 200
-    out = common.output_dir(args.out)
+    out = reporting.output_dir(args.out)
     t0 = time.perf_counter()
-    data = common.load_mnist1d(args.cache)
+    data = datasets.load_mnist1d(args.cache)
     sizes = (40, 256, 256, 10)
     print(f"MNIST-1D: {len(data.y_train)} train / {len(data.y_test)} test; MLP {sizes}")
     print(f"dropout rate {RATE} after each hidden layer, seeds 0..{args.seeds - 1}")
@@ -102,7 +98,7 @@ def main(argv=None):
         return [{"w": i > 0, "b": False} for i in range(len(params))]
 
     def init_matched(seed):
-        params = common.init_mlp(seed, sizes)
+        params = models.init_mlp(seed, sizes)
         return [
             {"w": q["w"] / p_keep if i > 0 else q["w"], "b": q["b"]}
             for i, q in enumerate(params)
@@ -130,7 +126,7 @@ def main(argv=None):
     }
     hist = {}
     for name, (inverted, opt, init) in variants.items():
-        hist[name] = common.train(
+        hist[name] = training.train(
             name,
             data,
             sizes=sizes,
@@ -151,7 +147,7 @@ def main(argv=None):
 
     def acc(params, inverted_rule):
         f = jax.vmap(
-            lambda p: common.accuracy(
+            lambda p: models.accuracy(
                 forward(p, xte, None, inverted=inverted_rule, deterministic=True), yte
             )
         )
@@ -170,7 +166,7 @@ def main(argv=None):
     print("\nTest accuracy (%), mean ± std over seeds:")
     for label, a in rows:
         print(
-            f"  {label:48s} {common.mean_spread(a)}   per seed {np.round(a * 100, 1)}"
+            f"  {label:48s} {reporting.mean_spread(a)}   per seed {np.round(a * 100, 1)}"
         )
     # The matched classic run is the inverted run reparametrized: same logits.
     diff = 0.0
@@ -208,7 +204,7 @@ def main(argv=None):
             f"max |diff| / max |z| = {rel:.2e}"
         )
 
-    plt = common._plt()
+    plt = reporting.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, name in zip(axes[:2], ("inverted", "classic"), strict=True):
         z_eval, mean, _ = checks[name]
@@ -240,7 +236,7 @@ def main(argv=None):
     ax.set_title("accuracy by inference rule (dots: seeds)")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    path = common.savefig(fig, out / "inference_classic_vs_inverted.png")
+    path = reporting.savefig(fig, out / "inference_classic_vs_inverted.png")
     print(f"\nfigure: {path}   ({time.perf_counter() - t0:.0f}s)")
     return rows, checks, diff
 

@@ -17,31 +17,21 @@ all at rate 0.25:
   (:func:`jaxreg.zoneout`, Krueger et al. 2017).
 
 Three seeds each (vmapped). Writes ``rnn.png`` and ``rnn.json`` to ``--out``.
-Run ``python examples/guide_rnn.py`` (about 280 s of CPU time, measured; the wall
+Run ``python -m examples.guide_rnn`` (about 280 s of CPU time, measured; the wall
 time depends on how busy the machine is) or ``--quick`` (a smoke test).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import pathlib
-import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import common  # noqa: E402
-
-import jaxreg  # noqa: E402
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "docs" / "guide" / "figures"
-CACHE = pathlib.Path(tempfile.gettempdir()) / "jaxreg_examples"
+import jaxreg
+from examples.helpers import cli, datasets, reporting, training
 
 VARIANTS = (
     "none",
@@ -100,10 +90,7 @@ def gru_apply(params, x, key, *, variant: str, rate: float, train: bool):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = cli.parser(__doc__, cache=cli.TEMP_CACHE, epochs=30)
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--rate", type=float, default=0.25)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
@@ -113,28 +100,29 @@ def main(argv=None) -> dict:
         default=None,
         help="use only the first N training examples (a regime that overfits)",
     )
-    ap.add_argument("--quick", action="store_true", help="tiny smoke-test run")
     args = ap.parse_args(argv)
     if args.quick:
         args.epochs, args.seeds, args.hidden = 1, 1, 4
         args.variants = ["locked (recurrent input)", "zoneout"]
-    out = common.output_dir(args.out)
-    data = common.load_mnist1d(CACHE)
+    out = reporting.output_dir(args.out)
+    data = datasets.load_mnist1d(args.cache)
     if args.quick:  # 2 minibatches per epoch
-        data = common.Data(
+        data = datasets.Data(
             data.x_train[:200], data.y_train[:200], data.x_test[:100], data.y_test[:100]
         )
     tag = ""
     if args.train_size is not None:
         n = args.train_size
-        data = common.Data(data.x_train[:n], data.y_train[:n], data.x_test, data.y_test)
+        data = datasets.Data(
+            data.x_train[:n], data.y_train[:n], data.x_test, data.y_test
+        )
         tag = f"_train{n}"
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(3e-3))
 
     histories = []
     for variant in args.variants:
         kw = {"variant": variant, "rate": args.rate}
-        hist = common.train(
+        hist = training.train(
             variant,
             data,
             sizes=(),
@@ -149,11 +137,11 @@ def main(argv=None) -> dict:
         histories.append(hist)
         hist.report(variant)
 
-    rows = [common.summarize(h, best=True) for h in histories]
-    table = common.markdown_table(rows)
+    rows = [reporting.summarize(h, best=True) for h in histories]
+    table = reporting.markdown_table(rows)
     print(table)
 
-    plt = common._plt()
+    plt = reporting.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     steps_per_epoch = len(data.y_train) // 100
     for i, h in enumerate(histories):
@@ -175,7 +163,7 @@ def main(argv=None) -> dict:
         fontsize=10,
     )
     fig.tight_layout()
-    path = common.savefig(fig, out / f"rnn{tag}.png")
+    path = reporting.savefig(fig, out / f"rnn{tag}.png")
     summary = {
         "table": table,
         "results": {

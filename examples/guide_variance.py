@@ -16,14 +16,12 @@ with keep probability ``p`` and a unit with eval-mode activation ``h``,
 ``Var[h m / p] = Var[h] + (1 - p) / p * E[h^2]``: train mode can only raise
 the variance. The script prints that prediction next to the measurement.
 
-Run ``python examples/guide_variance.py`` (``--quick`` for a smoke run); the
+Run ``python -m examples.guide_variance`` (``--quick`` for a smoke run); the
 figure goes to ``--out`` (default ``docs/guide/figures``).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 
 import jax.numpy as jnp
@@ -31,15 +29,13 @@ import numpy as np
 import optax
 
 import jaxreg
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+from examples.helpers import cli, datasets, models, reporting, training
 
 RATE = 0.5
 
 
 def forward(params, x, key, rate, *, deterministic=False, return_hidden=False):
-    return common.mlp_apply(
+    return models.mlp_apply(
         params,
         x,
         key=key,
@@ -77,14 +73,13 @@ def layer_stats(params, x, key, rate):
 
 
 def main(argv=None):
-    ap = common.guide_parser(__doc__)
-    ap.add_argument("--epochs", type=int, default=50)
+    ap = cli.parser(__doc__, epochs=50)
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs = 2, 2
-    out = common.output_dir(args.out)
+    out = reporting.output_dir(args.out)
     t0 = time.perf_counter()
-    data = common.load_mnist1d(args.cache)
+    data = datasets.load_mnist1d(args.cache)
     sizes = (40, 256, 256, 256, 10)
     xfix = jnp.asarray(data.x_train[:1000])
     print(f"MNIST-1D; MLP {sizes}; seeds 0..{args.seeds - 1}; {args.epochs} epochs")
@@ -92,7 +87,7 @@ def main(argv=None):
     runs = {}
     for rate in (0.0, RATE):
         name = f"dropout {rate}" if rate else "no dropout"
-        runs[name] = common.train(
+        runs[name] = training.train(
             name,
             data,
             sizes=sizes,
@@ -104,15 +99,15 @@ def main(argv=None):
         )
         f = runs[name].final
         print(
-            f"  {name}: test acc {common.mean_spread(f['test_acc'])}%, "
-            f"train acc {common.mean_spread(f['train_acc'])}%"
+            f"  {name}: test acc {reporting.mean_spread(f['test_acc'])}%, "
+            f"train acc {reporting.mean_spread(f['train_acc'])}%"
         )
 
     # Statistics at initialisation (epoch 0) are not recorded by train(); the
     # curves start after epoch 1.
     epochs = np.arange(1, args.epochs + 1)
     nl = len(sizes) - 2
-    plt = common._plt()
+    plt = reporting.pyplot()
     fig, axes = plt.subplots(2, nl, figsize=(4.2 * nl, 6.4), sharex=True)
     for layer in range(nl):
         for row, (key_t, key_e) in enumerate(
@@ -151,7 +146,7 @@ def main(argv=None):
         fontsize=10,
     )
     fig.tight_layout()
-    path = common.savefig(fig, out / "dropout_variance.png")
+    path = reporting.savefig(fig, out / "dropout_variance.png")
 
     print("\nlast epoch, mean over seeds (variance of h / of the next z):")
     print(

@@ -9,8 +9,8 @@ per configuration). It prints a results table (mean ± std over seeds of test an
 train accuracy and of the generalization gap), writes it as ``results.md`` and
 the learning curves as PNG to the output folder.
 
-    python examples/mnist1d_study.py            # the full study (a few minutes)
-    python examples/mnist1d_study.py --quick    # a smoke run (under a minute)
+    python -m examples.mnist1d_study            # the full study (a few minutes)
+    python -m examples.mnist1d_study --quick    # a smoke run (under a minute)
 
 Reference points: the MNIST-1D paper reports about 68% test accuracy for a plain
 MLP (ours: the "none" row, the same 40-100-100-10 Adam setup).
@@ -18,7 +18,6 @@ MLP (ours: the "none" row, the same 40-100-100-10 Adam setup).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -31,14 +30,12 @@ import numpy as np
 import optax
 
 import jaxreg
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+from examples.helpers import cli, datasets, models, reporting, training
 
 # Every configuration is one point in this space of hyperparameters; the value
 # here is "off". All of a group's configurations x seeds train in ONE compiled
 # program: jaxreg's rates and strengths accept traced scalars, so each run gets
-# its own values (`common.train(..., hparams=...)`).
+# its own values (`training.train(..., hparams=...)`).
 OFF = {
     "l2": 0.0,  # coupled L2: jaxreg.add_l2 before Adam (adds lambda * w to grads)
     "weight_decay": 0.0,  # decoupled weight decay: optax.adamw
@@ -102,7 +99,7 @@ def forward(params, x, key, hp):
         h = jaxreg.dropout(k1, h, hp["dropout"])
         return jaxreg.gaussian_dropout(k2, h, hp["gaussian_dropout"])
 
-    return common.mlp_apply(params, x, key=k_h, hidden=hidden)
+    return models.mlp_apply(params, x, key=k_h, hidden=hidden)
 
 
 def configurations() -> list[Config]:
@@ -143,7 +140,7 @@ def run_group(configs, *, data, sizes, setup, bar, **kwargs):
         k: np.array([c.settings.get(k, v) for c, _ in runs], np.float32)
         for k, v in OFF.items()
     }
-    h = common.train(
+    h = training.train(
         configs[0].group,
         data,
         sizes=sizes,
@@ -160,7 +157,7 @@ def run_group(configs, *, data, sizes, setup, bar, **kwargs):
     return [h.select(slice(i * n, (i + 1) * n), c.name) for i, c in enumerate(configs)]
 
 
-def run(args) -> list[common.History]:
+def run(args) -> list[training.History]:
     if args.quick:
         setup = dict(paper=(40, 32, 32, 10), wide=(40, 64, 64, 10), epochs=3)
         setup.update(seeds=3, lr=args.lr, wide_lr=args.wide_lr, batch_size=100)
@@ -174,10 +171,10 @@ def run(args) -> list[common.History]:
             wide_lr=args.wide_lr,
             batch_size=100,
         )
-    out = common.output_dir(args.out)
+    out = reporting.output_dir(args.out)
     print(f"output folder: {out.resolve()}")
     t0 = time.perf_counter()
-    data = common.load_mnist1d(args.cache or out / "data")
+    data = datasets.load_mnist1d(args.cache or out / "data")
     fit, val = data.split_validation(500)
     configs = configurations()
     groups = {
@@ -223,28 +220,28 @@ def run(args) -> list[common.History]:
                 )
             for h in hs:
                 bar.write(
-                    f"  {h.name:44s} test {common.mean_spread(h.final['test_acc'])}%"
+                    f"  {h.name:44s} test {reporting.mean_spread(h.final['test_acc'])}%"
                 )
             histories += hs
     wall = time.perf_counter() - t0
     cpu = time.process_time()
 
-    rows = [common.summarize(h) for h in histories]
+    rows = [reporting.summarize(h) for h in histories]
     for r, c in zip(rows, configs, strict=True):
         r["MLP"] = "x".join(
             map(str, setup["wide" if c.group == "wide" else "paper"][1:-1])
         )
         del r["time (s)"]
-    table = common.markdown_table(rows)
+    table = reporting.markdown_table(rows)
     print("\n" + table)
     best = max(histories, key=lambda h: h.final["test_acc"].mean())
     print(
-        f"\nbest: {best.name} at {common.mean_spread(best.final['test_acc'])}% test "
+        f"\nbest: {best.name} at {reporting.mean_spread(best.final['test_acc'])}% test "
         f"accuracy\ntotal {wall:.0f}s wall, {cpu:.0f}s CPU (all threads)"
     )
     header = (
         "# jaxreg MNIST-1D study\n\n"
-        f"Command: `python examples/mnist1d_study.py {' '.join(args.argv)}`\n\n"
+        f"Command: `python -m examples.mnist1d_study {' '.join(args.argv)}`\n\n"
         f"{len(data.y_train)} train / {len(data.y_test)} test sequences; seeds "
         f"0..{setup['seeds'] - 1}; {setup['epochs']} epochs of batch "
         f"{setup['batch_size']}; MLP {setup['paper']} with Adam lr {setup['lr']}, "
@@ -260,13 +257,13 @@ def run(args) -> list[common.History]:
         for h in histories
     }
     (out / "results.json").write_text(json.dumps(summary, indent=1))
-    common.plot_curves(
+    reporting.plot_curves(
         histories,
         out / "learning_curves.png",
         title="MNIST-1D: eval-mode accuracy per epoch (mean over seeds, band: min-max)",
         ncols=5,
     )
-    common.plot_curves(
+    reporting.plot_curves(
         histories,
         out / "test_loss.png",
         title="MNIST-1D: test cross-entropy per epoch",
@@ -281,12 +278,7 @@ def run(args) -> list[common.History]:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description="jaxreg regularizers on MNIST-1D")
-    ap.add_argument("--out", default="results/study", help="output folder")
-    ap.add_argument("--quick", action="store_true", help="smoke run, under a minute")
-    ap.add_argument("--cache", help="MNIST-1D .npz cache folder (default OUT/data)")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=40)
+    ap = cli.parser(__doc__, out="results/study", cache=None, epochs=40)
     ap.add_argument("--lr", type=float, default=1e-2, help="Adam lr, 100-100 MLP")
     ap.add_argument("--wide-lr", type=float, default=3e-3, help="Adam lr, wide MLP")
     ap.add_argument("--width", type=int, default=256, help="wide MLP hidden width")

@@ -22,7 +22,7 @@ final parameters from the single-device run. Writes ``sharding.png`` and
 The script sets ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` itself
 (before importing jax) unless a device count is already in ``XLA_FLAGS``, and
 raises XLA:CPU collective time-outs (see the comment at the top). Run
-``python examples/sharded_training.py`` (6 runs of 600 steps) or ``--quick``.
+``python -m examples.sharded_training`` (6 runs of 600 steps) or ``--quick``.
 """
 
 from __future__ import annotations
@@ -43,12 +43,8 @@ if "xla_cpu_collective_call_terminate_timeout_seconds" not in _flags:
     )
 os.environ["XLA_FLAGS"] = _flags.strip()
 
-import argparse  # noqa: E402
 import json  # noqa: E402
-import pathlib  # noqa: E402
 import re  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -56,14 +52,8 @@ import optax  # noqa: E402
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import common  # noqa: E402
-
 import jaxreg  # noqa: E402
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "docs" / "guide" / "figures"
-CACHE = pathlib.Path(tempfile.gettempdir()) / "jaxreg_examples"
+from examples.helpers import cli, datasets, models, reporting  # noqa: E402
 
 RATE = 0.3
 # Megatron-style layout: column-parallel, then row-parallel, output replicated.
@@ -89,8 +79,8 @@ def hidden_dropout(key, h, i):
 
 
 def loss_fn(params, x, y, key):
-    logits = common.mlp_apply(params, x, key=key, hidden=hidden_dropout)
-    return common.cross_entropy(logits, y)
+    logits = models.mlp_apply(params, x, key=key, hidden=hidden_dropout)
+    return models.cross_entropy(logits, y)
 
 
 def train_step(state, x, y):
@@ -182,11 +172,9 @@ def run(mesh_shape, params0, batches, key, data):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
+    ap = cli.parser(__doc__, cache=cli.TEMP_CACHE, seeds=False, epochs=False)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="tiny smoke-test run")
     args = ap.parse_args(argv)
     meshes = [(8, 1), (4, 2), (2, 4), (1, 8)]
     if args.quick:
@@ -197,10 +185,10 @@ def main(argv=None) -> dict:
             f"need 8 devices, found {len(jax.devices())}: run this script in a fresh "
             "process (it sets XLA_FLAGS before importing jax)"
         )
-    out = common.output_dir(args.out)
-    data = common.load_mnist1d(CACHE)
+    out = reporting.output_dir(args.out)
+    data = datasets.load_mnist1d(args.cache)
     sizes, batch = (40, 512, 512, 10), 128
-    params0 = common.init_mlp(args.seed, sizes)
+    params0 = models.init_mlp(args.seed, sizes)
     key = jax.random.key(args.seed, impl="threefry2x32")
     rng = np.random.default_rng([args.seed, 1])
     n = len(data.y_train)
@@ -276,10 +264,10 @@ def main(argv=None) -> dict:
             "max abs param diff": f"{max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(other['params']), jax.tree.leaves(ref['params']), strict=True)):.1e}",
         }
     )
-    table = common.markdown_table(rows)
+    table = reporting.markdown_table(rows)
     print(table)
 
-    plt = common._plt()
+    plt = reporting.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
     steps = np.arange(1, args.steps + 1)
     axes[0].plot(steps, ref["losses"], color="k", lw=1.5, label="single device")
@@ -310,7 +298,7 @@ def main(argv=None) -> dict:
         fontsize=10,
     )
     fig.tight_layout()
-    path = common.savefig(fig, out / "sharding.png")
+    path = reporting.savefig(fig, out / "sharding.png")
     summary = {
         "table": table,
         "results": {

@@ -2,17 +2,16 @@
 
 The full experiments (and the figures of the guide) are produced by
 
-    python examples/bayesian_dropout.py
-    python examples/curriculum_dropout.py
+    python -m examples.bayesian_dropout
+    python -m examples.curriculum_dropout
 
 These tests run the same code paths with ``--quick`` (a few hundred examples, tiny
 MLPs, one seed, two epochs) and check what the scripts produce.
 """
 
-import importlib.util
+import importlib
 import json
 import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -21,12 +20,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _load(name):
-    path = ROOT / "examples" / f"{name}.py"
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(f"_example_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The example script ``examples/<name>.py``, imported as a module."""
+    return importlib.import_module(f"examples.{name}")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ sharded dropout masks, DropConnect inference).
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import pathlib
@@ -19,14 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+from examples.helpers import models
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The example script ``examples/<name>.py``, imported as a module."""
+    return importlib.import_module(f"examples.{name}")
 
 
 # ----------------------------------------------------------------- convergence
@@ -177,12 +177,14 @@ def test_sharded_training_quick_matches_single_device(tmp_path):
     proc = subprocess.run(
         [
             sys.executable,
-            str(EXAMPLES / "sharded_training.py"),
+            "-m",
+            "examples.sharded_training",
             "--quick",
             "--out",
             str(tmp_path),
         ],
         env=env,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=900,
@@ -199,15 +201,10 @@ def test_sharded_training_quick_matches_single_device(tmp_path):
 
 # ----------------------------------------------------------------- DropConnect
 def test_dropconnect_inference_rules_agree_at_rate_zero():
-    import sys
-
-    sys.path.insert(0, str(EXAMPLES))
-    import common
-
     dc = _load("guide_dropconnect")
-    params = common.init_mlp(0, dc.SIZES)
+    params = models.init_mlp(0, dc.SIZES)
     x = jax.random.normal(jax.random.key(0), (8, 40))
-    mean_rule = jax.nn.softmax(common.mlp_apply(params, x))
+    mean_rule = jax.nn.softmax(models.mlp_apply(params, x))
     key = jax.random.key(1)
     mm = dc.moment_matching_probs(params, x, key, 0.0, 3)
     mc = dc.mc_probs(params, x, key, 0.0, 3)

@@ -1,17 +1,16 @@
 """Smoke tests for the main study and the guide scripts of pages 1-4.
 
 Each script's ``main`` runs a tiny ``--quick`` configuration end to end and must
-write its figure(s); the shared helpers in ``examples/common.py`` that the
+write its figure(s); the shared helpers in ``examples.helpers`` that the
 numbers rely on (batched hyper-parameters, run selection, tables) are checked
 against exact expectations.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,24 +19,14 @@ import optax
 import pytest
 
 import jaxreg
+from examples.helpers import datasets, models, reporting, training
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _load(name: str):
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))  # the scripts import `common`
-    module = sys.modules.get(name)
-    if module is not None and getattr(module, "__file__", "") == str(
-        EXAMPLES / f"{name}.py"
-    ):
-        return module
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
+    """The example script ``examples/<name>.py``, imported as a module."""
+    return importlib.import_module(f"examples.{name}")
 
 
 def _is_png(path: pathlib.Path) -> bool:
@@ -52,17 +41,17 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(cache):
-    return _load("common").load_mnist1d(cache)
+    return datasets.load_mnist1d(cache)
 
 
-# ---------------------------------------------------------------------- common
+# ------------------------------------------------------------------- helpers
 def test_mnist1d_shapes_and_cache(cache, data):
     assert data.x_train.shape == (4000, 40) and data.x_test.shape == (1000, 40)
     assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int32
     assert set(np.unique(data.y_train)) == set(range(10))
     files = list(pathlib.Path(cache).glob("mnist1d_*.npz"))
     assert len(files) == 1
-    again = _load("common").load_mnist1d(cache)
+    again = datasets.load_mnist1d(cache)
     np.testing.assert_array_equal(again.x_test, data.x_test)
     fit, val = data.split_validation(500)
     assert len(fit.y_train) == 3500 and len(val.y_test) == 500
@@ -70,9 +59,8 @@ def test_mnist1d_shapes_and_cache(cache, data):
 
 
 def test_markdown_table_and_mean_spread():
-    common = _load("common")
-    assert common.mean_spread([0.5, 0.7]) == "60.0 ± 14.1"
-    table = common.markdown_table([{"a": "1", "bb": "x"}, {"a": "22", "bb": "y"}])
+    assert reporting.mean_spread([0.5, 0.7]) == "60.0 ± 14.1"
+    table = reporting.markdown_table([{"a": "1", "bb": "x"}, {"a": "22", "bb": "y"}])
     assert table.splitlines() == [
         "| a  | bb |",
         "|----|----|",
@@ -83,13 +71,12 @@ def test_markdown_table_and_mean_spread():
 
 def test_batched_hparams_equal_separate_runs(data):
     """One program over several hyper-parameter values == separate programs."""
-    common = _load("common")
-    small = common.Data(
+    small = datasets.Data(
         data.x_train[:400], data.y_train[:400], data.x_test[:200], data.y_test[:200]
     )
 
     def fwd(p, x, k, hp):
-        return common.mlp_apply(
+        return models.mlp_apply(
             p, x, key=k, hidden=lambda kk, h, i: jaxreg.dropout(kk, h, hp["rate"])
         )
 
@@ -97,7 +84,7 @@ def test_batched_hparams_equal_separate_runs(data):
         return optax.chain(jaxreg.add_l2(hp["l2"]), optax.adam(1e-2))
 
     kw = dict(sizes=(40, 16, 10), epochs=2, batch_size=100, progress=False)
-    both = common.train(
+    both = training.train(
         "both",
         small,
         optimizer=opt,
@@ -106,11 +93,11 @@ def test_batched_hparams_equal_separate_runs(data):
         hparams={"rate": np.array([0.0, 0.0]), "l2": np.array([0.0, 1e-2])},
         **kw,
     )
-    plain = common.train(
+    plain = training.train(
         "plain",
         small,
         optimizer=optax.adam(1e-2),
-        train_logits=lambda p, x, k: common.mlp_apply(p, x),
+        train_logits=lambda p, x, k: models.mlp_apply(p, x),
         seeds=[0],
         **kw,
     )
@@ -125,7 +112,7 @@ def test_batched_hparams_equal_separate_runs(data):
     assert sel.name == "l2" and sel.test_acc.shape == (1, 2)
     np.testing.assert_array_equal(sel.params[0]["b"][0], both.params[0]["b"][1])
     with pytest.raises(ValueError, match="one entry per run"):
-        common.train(
+        training.train(
             "bad",
             small,
             optimizer=opt,
@@ -137,17 +124,16 @@ def test_batched_hparams_equal_separate_runs(data):
 
 
 def test_early_stopping_freezes_and_restores_best(data):
-    common = _load("common")
-    small = common.Data(
+    small = datasets.Data(
         data.x_train[:600], data.y_train[:600], data.x_test[:200], data.y_test[:200]
     )
     fit, val = small.split_validation(200)
-    h = common.train(
+    h = training.train(
         "es",
         fit,
         sizes=(40, 32, 10),
         optimizer=optax.adam(3e-2),
-        train_logits=lambda p, x, k: common.mlp_apply(p, x),
+        train_logits=lambda p, x, k: models.mlp_apply(p, x),
         seeds=2,
         epochs=40,
         batch_size=100,
@@ -183,13 +169,12 @@ def test_study_quick(tmp_path, cache):
 
 def test_study_forward_is_plain_mlp_when_everything_is_off():
     study = _load("mnist1d_study")
-    common = _load("common")
-    params = common.init_mlp(0, (40, 8, 10))
+    params = models.init_mlp(0, (40, 8, 10))
     x = jnp.linspace(-1, 1, 3 * 40).reshape(3, 40)
     hp = {k: jnp.asarray(v, jnp.float32) for k, v in study.OFF.items()}
     np.testing.assert_allclose(
         study.forward(params, x, jax.random.key(0), hp),
-        common.mlp_apply(params, x),
+        models.mlp_apply(params, x),
         rtol=1e-6,
     )
 
@@ -199,8 +184,7 @@ def test_study_forward_random_shift_row_shifts_the_inputs():
     # inputs, drawn from the key the forward pass derives for it, and nothing
     # else; shift = 0 must leave them alone.
     study = _load("mnist1d_study")
-    common = _load("common")
-    params = common.init_mlp(0, (40, 8, 10))
+    params = models.init_mlp(0, (40, 8, 10))
     x = jnp.linspace(-1, 1, 3 * 40).reshape(3, 40)
     key = jax.random.key(3)
     hp = {k: jnp.asarray(v, jnp.float32) for k, v in study.OFF.items()}
@@ -210,8 +194,8 @@ def test_study_forward_random_shift_row_shifts_the_inputs():
     k_shift = jax.random.split(k_in)[1]
     shifted = jaxreg.random_shift(k_shift, x, max_shift=study.SHIFT, mode="wrap")
     assert not bool(jnp.all(shifted == x))  # the key really moves something
-    np.testing.assert_allclose(on, common.mlp_apply(params, shifted), rtol=1e-6)
-    np.testing.assert_allclose(off, common.mlp_apply(params, x), rtol=1e-6)
+    np.testing.assert_allclose(on, models.mlp_apply(params, shifted), rtol=1e-6)
+    np.testing.assert_allclose(off, models.mlp_apply(params, x), rtol=1e-6)
     assert not np.allclose(on, off)
 
 

@@ -17,8 +17,19 @@ def _readme_commands():
 
 def test_readme_opens_with_study_and_test_commands():
     study, tests = _readme_commands()[:2]
-    assert "examples/" in study
+    # The study runs as a module of the `examples` package (no sys.path edits).
+    module = re.search(r"python -m examples\.(\w+)", study)
+    assert module, study
+    assert (ROOT / "examples" / f"{module.group(1)}.py").is_file()
+    assert (ROOT / "examples" / "__init__.py").is_file()
     assert "pytest" in tests
+
+
+def test_examples_import_their_helpers_without_path_edits():
+    for script in sorted((ROOT / "examples").rglob("*.py")):
+        text = script.read_text()
+        assert "sys.path" not in text, script
+        assert "import common" not in text, script
 
 
 def test_ci_runs_exactly_the_readme_test_command():

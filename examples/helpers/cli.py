@@ -1,0 +1,54 @@
+"""The one command line of the examples: every script builds its parser here."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import tempfile
+
+__all__ = ["CACHE", "GUIDE_FIGURES", "ROOT", "TEMP_CACHE", "parser"]
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+#: Where the guide's figures and JSON results live (the default ``--out``).
+GUIDE_FIGURES = str(ROOT / "docs" / "guide" / "figures")
+#: The default MNIST-1D cache, relative to the working directory.
+CACHE = "results/cache"
+#: A cache outside the repository, for the scripts that never wrote into it.
+TEMP_CACHE = str(pathlib.Path(tempfile.gettempdir()) / "jaxreg_examples")
+
+
+def parser(
+    doc: str | None,
+    *,
+    out: str = GUIDE_FIGURES,
+    cache: str | None = CACHE,
+    seeds: int | None | bool = 3,
+    epochs: int | None | bool = None,
+) -> argparse.ArgumentParser:
+    """The shared options, with the script's defaults; the script adds its own.
+
+    Every script gets ``--out`` (output folder), ``--cache`` (MNIST-1D ``.npz``
+    cache folder) and ``--quick`` (a tiny smoke configuration); ``--seeds`` and
+    ``--epochs`` too unless their default is ``False`` (a script that has no
+    such notion). A default of None lets the script decide (e.g. from
+    ``--quick``).
+
+    Args:
+      doc: the script's docstring; its first line describes the command.
+      out: default output folder.
+      cache: default cache folder (None: the script derives one from ``--out``).
+      seeds: default number of seeds, or False for no ``--seeds`` option.
+      epochs: default number of epochs, or False for no ``--epochs`` option.
+
+    Returns:
+      An ``argparse.ArgumentParser``.
+    """
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    ap.add_argument("--out", default=out, help="output folder")
+    ap.add_argument("--cache", default=cache, help="MNIST-1D .npz cache folder")
+    ap.add_argument("--quick", action="store_true", help="tiny smoke configuration")
+    if seeds is not False:
+        ap.add_argument("--seeds", type=int, default=seeds)
+    if epochs is not False:
+        ap.add_argument("--epochs", type=int, default=epochs)
+    return ap
