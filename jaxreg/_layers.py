@@ -55,6 +55,22 @@ from jaxreg._sampler import activation_name
 
 Check = Callable[[Any, str], Any]
 
+#: The modules every adapter (linen, nnx, equinox) defines, by class name.
+MODULES = (
+    "ActivityRegularization",
+    "AlphaDropout",
+    "ConcreteDropout",
+    "DropBlock",
+    "DropConnectDense",
+    "DropPath",
+    "Dropout",
+    "GaussianDropout",
+    "GaussianNoise",
+    "SparseVariationalDense",
+    "SpatialDropout",
+    "ZoneoutCell",
+)
+
 
 def owner(module) -> str:
     """The qualified class name errors are prefixed with (``jaxreg.nnx.Dropout``)."""
@@ -508,27 +524,37 @@ def concrete_logit(init_rate: float) -> float:
     return math.log(init_rate) - math.log1p(-init_rate)
 
 
-def concrete_dropout(values, inputs, logit_p, deterministic, draw_key) -> jax.Array:
-    """The inputs dropped with the learned rate (the inputs themselves at inference)."""
+def concrete_layer(
+    values, inputs, logit_p, deterministic, draw_key, *, layer=None, weights=None
+) -> tuple[jax.Array, jax.Array]:
+    """Concrete dropout's ``(output, regularizer)`` for the :data:`CONCRETE` fields.
+
+    The inputs are dropped with the learned rate (unchanged at inference), then
+    fed to ``layer`` if it is given. The regularizer is
+    :func:`jaxreg.concrete_dropout_regularizer` with ``input_dim =
+    inputs.shape[-1]``, its weight term on the leaves of ``weights()`` (the
+    layer's parameters, read after the call), the entropy term only without a
+    layer.
+    """
 
     def forward(det, key):
         return _bayesian.concrete_dropout(
             key, inputs, logit_p, temperature=values["temperature"], deterministic=det
         )
 
-    return run(deterministic, lambda det: not det, draw_key, forward)
-
-
-def concrete_penalty(values, weights, logit_p, input_dim: int) -> jax.Array:
-    """:func:`jaxreg.concrete_dropout_regularizer` of one layer's ``weights`` leaves."""
-    leaves = jax.tree_util.tree_leaves(weights)
-    return _bayesian.concrete_dropout_regularizer(
+    y = run(deterministic, lambda det: not det, draw_key, forward)
+    leaves = []
+    if layer is not None:
+        y = layer(y)
+        leaves = jax.tree_util.tree_leaves(weights())
+    penalty = _bayesian.concrete_dropout_regularizer(
         leaves if leaves else jnp.zeros(()),
         logit_p,
-        input_dim=int(input_dim),
+        input_dim=int(jnp.shape(inputs)[-1]),
         weight_regularizer=values["weight_regularizer"],
         dropout_regularizer=values["dropout_regularizer"],
     )
+    return y, penalty
 
 
 SPARSE_VD = {"kl_weight": check_nonnegative, "threshold": check_threshold}

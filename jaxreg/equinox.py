@@ -49,20 +49,7 @@ from jaxreg import _layers
 from jaxreg._checks import check_flag
 from jaxreg._keys import as_key
 
-__all__ = [
-    "ActivityRegularization",
-    "AlphaDropout",
-    "ConcreteDropout",
-    "DropBlock",
-    "DropConnectDense",
-    "DropPath",
-    "Dropout",
-    "GaussianDropout",
-    "GaussianNoise",
-    "SparseVariationalDense",
-    "SpatialDropout",
-    "ZoneoutCell",
-]
+__all__ = [*_layers.MODULES]
 
 
 # --------------------------------------------------------------------------------
@@ -763,16 +750,13 @@ class ConcreteDropout(eqx.Module):
         """``(output, regularizer)``: drop ``x``, then apply ``layer`` (if any)."""
         det = _inference(self, inference)
         values = _fields(self, _layers.CONCRETE)
-        y = _layers.concrete_dropout(
-            values, x, self.logit_p, det, lambda: _key(self, key, det)
+        layer = self.layer
+        return _layers.concrete_layer(
+            values,
+            x,
+            self.logit_p,
+            det,
+            lambda: _key(self, key, det),
+            layer=layer,
+            weights=lambda: eqx.filter(layer, eqx.is_inexact_array),
         )
-        weights = []
-        if self.layer is not None:
-            y = self.layer(y)
-            weights = jax.tree_util.tree_leaves(
-                eqx.filter(self.layer, eqx.is_inexact_array)
-            )
-        penalty = _layers.concrete_penalty(
-            values, weights, self.logit_p, jnp.shape(x)[-1]
-        )
-        return y, penalty

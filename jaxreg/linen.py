@@ -39,20 +39,7 @@ from jaxreg import _layers
 from jaxreg._checks import check_flag, check_str
 from jaxreg._keys import as_key
 
-__all__ = [
-    "ActivityRegularization",
-    "AlphaDropout",
-    "ConcreteDropout",
-    "DropBlock",
-    "DropConnectDense",
-    "DropPath",
-    "Dropout",
-    "GaussianDropout",
-    "GaussianNoise",
-    "SparseVariationalDense",
-    "SpatialDropout",
-    "ZoneoutCell",
-]
+__all__ = [*_layers.MODULES]
 
 
 # --------------------------------------------------------------------------------
@@ -758,15 +745,15 @@ class ConcreteDropout(nn.Module):
         values = _fields(self, _layers.CONCRETE)
         logit0 = _layers.concrete_logit(values["init_rate"])
         logit_p = self.param("logit_p", lambda _: jnp.asarray(logit0, jnp.float32))
-        y = _layers.concrete_dropout(
-            values, inputs, logit_p, det, lambda: _key(self, rng)
-        )
-        weights = {}
-        if self.layer is not None:
-            y = self.layer(y)
-            weights = self.layer.variables.get("params", {})
-        penalty = _layers.concrete_penalty(
-            values, weights, logit_p, jnp.shape(inputs)[-1]
+        layer = self.layer
+        y, penalty = _layers.concrete_layer(
+            values,
+            inputs,
+            logit_p,
+            det,
+            lambda: _key(self, rng),
+            layer=layer,
+            weights=lambda: layer.variables.get("params", {}),
         )
         self.sow(self.collection, "concrete_dropout", penalty)
         return y

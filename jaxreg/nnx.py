@@ -46,21 +46,7 @@ from jaxreg import _layers
 from jaxreg._checks import check_flag, short_repr
 from jaxreg._keys import as_key
 
-__all__ = [
-    "ActivityRegularization",
-    "AlphaDropout",
-    "ConcreteDropout",
-    "DropBlock",
-    "DropConnectDense",
-    "DropPath",
-    "Dropout",
-    "GaussianDropout",
-    "GaussianNoise",
-    "Loss",
-    "SparseVariationalDense",
-    "SpatialDropout",
-    "ZoneoutCell",
-]
+__all__ = [*_layers.MODULES, "Loss"]
 
 _Rngs = nnx.Rngs | nnx.RngStream | jax.Array
 
@@ -1002,15 +988,15 @@ class ConcreteDropout(_Stochastic):
         fields = {name: getattr(self, name) for name in _layers.CONCRETE}
         values = _checked(self, _layers.CONCRETE, **fields)
         logit_p = self.logit_p[...]
-        y = _layers.concrete_dropout(
-            values, inputs, logit_p, det, lambda: self._call_key(rngs, det)
-        )
-        weights = {}
-        if self.layer is not None:
-            y = self.layer(y)
-            weights = nnx.state(self.layer, nnx.Param)
-        penalty = _layers.concrete_penalty(
-            values, weights, logit_p, jnp.shape(inputs)[-1]
+        layer = self.layer
+        y, penalty = _layers.concrete_layer(
+            values,
+            inputs,
+            logit_p,
+            det,
+            lambda: self._call_key(rngs, det),
+            layer=layer,
+            weights=lambda: nnx.state(layer, nnx.Param),
         )
         _sow_loss(self, self.variable_type, "concrete_dropout", penalty)
         return y

@@ -103,6 +103,35 @@ def assert_same_output(name, a, b, x):
         assert_close_to_rounding(a, b, x)
 
 
+def inference_output(name, kwargs, x):
+    """A family module's inference output: the input, scaled for classic dropout."""
+    if name == "Dropout":
+        return jaxreg.dropout(None, x, deterministic=True, **kwargs)
+    return x
+
+
+def assert_traced_flag_matches_static(call, name, kwargs, pure, x, key):
+    """``call(x, flag)`` with a traced flag equals the static flag on both paths,
+    the training path is ``pure(key, x)`` and the inference path the input."""
+    outputs = traced_flag_outputs(call, x)
+    for traced, static in outputs.values():
+        assert_same_output(name, traced, static, x)
+    assert_same_output(name, outputs[False][1], pure(key, x), x)
+    np.testing.assert_array_equal(
+        np.asarray(outputs[True][1]), np.asarray(inference_output(name, kwargs, x))
+    )
+
+
+# The family modules with a drop rate in [0, 1] (GaussianDropout: [0, 1)).
+RATE_CLASSES = [
+    "Dropout",
+    "SpatialDropout",
+    "GaussianDropout",
+    "AlphaDropout",
+    "DropPath",
+    "DropBlock",
+]
+
 # Bad constructor arguments every adapter rejects the same way: (class name,
 # keyword arguments, error type, what the message must say after the module's
 # name). Equinox's Dropout calls its rate `p`; the adapters' tests rename it.
@@ -279,6 +308,17 @@ BAD_FLAGS = [
     ),
 ]
 BAD_FLAG_IDS = ["str", "float", "int-2", "vector", "float-array"]
+
+
+def assert_close_to_sum_rounding(a, b):
+    """Pytrees equal to float32 rounding of sums: relative 1e-6 of each leaf's
+    scale (matmuls and sums may be compiled in another order, e.g. inside and
+    outside ``lax.cond`` or under ``jit`` and eagerly)."""
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        scale = float(np.max(np.abs(np.asarray(v))))
+        np.testing.assert_allclose(
+            np.asarray(u), np.asarray(v), rtol=1e-6, atol=1e-6 * scale
+        )
 
 
 def traced_flag_outputs(call, x):

@@ -118,6 +118,29 @@ class _MLP(eqx.Module):
         return self.layers[1](self.dropout(h, key=key))
 
 
+def _train(model, tx, x, y, steps):
+    """``steps`` optax steps on ``(x, y)`` (one key per example); the losses."""
+    opt = tx.init(eqx.filter(model, eqx.is_inexact_array))
+
+    @eqx.filter_jit
+    def step(model, opt, key):
+        def loss_fn(model):
+            keys = jax.random.split(key, x.shape[0])
+            logits = jax.vmap(lambda xi, k: model(xi, key=k))(x, keys)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = eqx.filter_value_and_grad(loss_fn)(model)
+        params = eqx.filter(model, eqx.is_inexact_array)
+        updates, opt = tx.update(grads, opt, params)
+        return eqx.apply_updates(model, updates), opt, loss
+
+    losses = []
+    for key in jax.random.split(jax.random.key(1), steps):
+        model, opt, loss = step(model, opt, key)
+        losses.append(float(loss))
+    return model, losses
+
+
 def test_optimizers_never_see_the_rate():
     # equinox issues #681 / #772: a float `p` in the tree was picked up by
     # `eqx.is_array_like` filters and updated by optimizers. Ours is static.
@@ -129,23 +152,7 @@ def test_optimizers_never_see_the_rate():
     assert 0.3 in jax.tree.leaves(theirs)  # Equinox's float p is array-like
     # adamw with weight decay updates every trainable leaf, never the rate.
     x, y, _, _ = digits(n_train=64)
-    tx = optax.adamw(1e-2, weight_decay=0.5)
-    params = eqx.filter(model, eqx.is_inexact_array)
-    opt = tx.init(params)
-
-    @eqx.filter_jit
-    def step(model, opt, key):
-        def loss_fn(model):
-            keys = jax.random.split(key, x.shape[0])
-            logits = jax.vmap(lambda xi, k: model(xi, key=k))(x, keys)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        grads = eqx.filter_grad(loss_fn)(model)
-        updates, opt = tx.update(grads, opt, eqx.filter(model, eqx.is_inexact_array))
-        return eqx.apply_updates(model, updates), opt
-
-    for key in jax.random.split(jax.random.key(1), 3):
-        model, opt = step(model, opt, key)
+    model, _ = _train(model, optax.adamw(1e-2, weight_decay=0.5), x, y, steps=3)
     assert model.dropout.p == 0.3 and type(model.dropout.p) is float
     with pytest.raises(TypeError, match="not a leaf"):
         eqx.tree_at(lambda m: m.dropout.p, model, 0.1)
@@ -157,27 +164,9 @@ def test_optimizers_never_see_the_rate():
 
 def test_model_swapping_equinox_dropout_for_ours_trains_unchanged():
     x, y, _, _ = digits(n_train=512)
-    tx = optax.adam(3e-3)
 
     def train(model):
-        opt = tx.init(eqx.filter(model, eqx.is_inexact_array))
-
-        @eqx.filter_jit
-        def step(model, opt, key):
-            def loss_fn(model):
-                keys = jax.random.split(key, x.shape[0])
-                logits = jax.vmap(lambda xi, k: model(xi, key=k))(x, keys)
-                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-            loss, grads = eqx.filter_value_and_grad(loss_fn)(model)
-            updates, opt = tx.update(grads, opt)
-            return eqx.apply_updates(model, updates), opt, loss
-
-        losses = []
-        for key in jax.random.split(jax.random.key(1), 60):
-            model, opt, loss = step(model, opt, key)
-            losses.append(float(loss))
-        return model, losses
+        return _train(model, optax.adam(3e-3), x, y, steps=60)
 
     theirs, ours = _MLP(eqx.nn.Dropout(0.3), KEY), _MLP(je.Dropout(0.3), KEY)
     # The same trainable leaves with the same initial values.

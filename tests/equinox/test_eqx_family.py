@@ -14,8 +14,10 @@ from _modules import (
     BAD_FIELDS,
     FAMILY,
     FAMILY_IDS,
+    RATE_CLASSES,
     assert_same_output,
-    traced_flag_outputs,
+    assert_traced_flag_matches_static,
+    inference_output,
 )
 
 import jaxreg
@@ -38,13 +40,6 @@ def make(name, **kwargs):
     return getattr(je, name)(**kwargs)
 
 
-def _det(name, kwargs, x):
-    """The inference output: the input, scaled for classic dropout."""
-    if name == "Dropout":
-        return jaxreg.dropout(None, x, deterministic=True, **kwargs)
-    return x
-
-
 @pytest.mark.parametrize("name, kwargs, pure", [c[1:] for c in FAMILY], ids=FAMILY_IDS)
 def test_module_equals_pure_function(name, kwargs, pure):
     module = make(name, **kwargs)
@@ -53,7 +48,7 @@ def test_module_equals_pure_function(name, kwargs, pure):
     y = module(X, key=key)
     np.testing.assert_array_equal(np.asarray(y), np.asarray(pure(key, X)))
     # The inference path, from the field, the call or inference_mode.
-    expected = np.asarray(_det(name, kwargs, X))
+    expected = np.asarray(inference_output(name, kwargs, X))
     np.testing.assert_array_equal(np.asarray(module(X, inference=True)), expected)
     np.testing.assert_array_equal(
         np.asarray(eqx.nn.inference_mode(module)(X)), expected
@@ -103,23 +98,7 @@ def test_traced_inference_flag_selects_the_path_like_the_static_flag(
     def call(x, flag):
         return module(x, key=KEY, inference=flag)
 
-    outputs = traced_flag_outputs(call, X)
-    for traced, static in outputs.values():
-        assert_same_output(name, traced, static, X)
-    assert_same_output(name, outputs[False][1], pure(KEY, X), X)
-    np.testing.assert_array_equal(
-        np.asarray(outputs[True][1]), np.asarray(_det(name, kwargs, X))
-    )
-
-
-RATE_CLASSES = [
-    "Dropout",
-    "SpatialDropout",
-    "GaussianDropout",
-    "AlphaDropout",
-    "DropPath",
-    "DropBlock",
-]
+    assert_traced_flag_matches_static(call, name, kwargs, pure, X, KEY)
 
 
 @pytest.mark.parametrize("name", RATE_CLASSES)

@@ -11,7 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _modules import BAD_BAYESIAN, BAD_BAYESIAN_IDS, traced_flag_outputs
+from _modules import (
+    BAD_BAYESIAN,
+    BAD_BAYESIAN_IDS,
+    assert_close_to_sum_rounding,
+    traced_flag_outputs,
+)
 
 import jaxreg
 import jaxreg.equinox as je
@@ -23,15 +28,6 @@ KEY = jax.random.key(0)
 def _equinox_conventions():
     with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
         yield
-
-
-def _close(a, b):
-    """Equal to float32 rounding of sums (relative 1e-6 of the output's scale)."""
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        scale = float(jnp.max(jnp.abs(v)))
-        np.testing.assert_allclose(
-            np.asarray(u), np.asarray(v), rtol=1e-6, atol=1e-6 * scale
-        )
 
 
 # ---------------------------------------------------------------------------------
@@ -48,7 +44,7 @@ def test_dropconnect_dense_is_a_drop_in_for_linear():
     np.testing.assert_array_equal(np.asarray(ours.bias), np.asarray(linear.bias))
     assert len(jax.tree.leaves(eqx.filter(ours, eqx.is_inexact_array))) == 2
     # The "mean" inference rule is the linear layer.
-    _close(eqx.nn.inference_mode(ours)(x), linear(x))
+    assert_close_to_sum_rounding(eqx.nn.inference_mode(ours)(x), linear(x))
     no_bias = je.DropConnectDense(7, 4, use_bias=False, dtype=jnp.float16, key=KEY)
     assert no_bias.bias is None and no_bias.weight.dtype == jnp.float16
 
@@ -85,7 +81,7 @@ def test_dropconnect_dense_equals_pure_function(rule):
         return layer(x, key=key, inference=flag)
 
     for traced, static in traced_flag_outputs(call, x).values():
-        _close(traced, static)
+        assert_close_to_sum_rounding(traced, static)
 
 
 def test_dropconnect_dense_bad_arguments():
@@ -130,13 +126,13 @@ def test_sparse_variational_dense_returns_output_and_kl():
     la = jaxreg.sparse_vd_log_alpha(w, s)
     np.testing.assert_allclose(kl, 0.25 * jaxreg.sparse_vd_kl(la), rtol=1e-6)
     y_eval, _ = eqx.nn.inference_mode(layer)(x)
-    _close(y_eval, x @ jaxreg.sparse_vd_prune(w, s) + b)
+    assert_close_to_sum_rounding(y_eval, x @ jaxreg.sparse_vd_prune(w, s) + b)
 
     def call(x, flag):
         return layer(x, key=k, inference=flag)
 
     for traced, static in traced_flag_outputs(call, x).values():
-        _close(traced, static)
+        assert_close_to_sum_rounding(traced, static)
 
 
 def test_concrete_dropout_returns_output_and_regularizer_and_learns_its_rate():
@@ -152,7 +148,7 @@ def test_concrete_dropout_returns_output_and_regularizer_and_learns_its_rate():
     y, reg = model(x, key=k)
     w, b = model.layer.weight, model.layer.bias
     dropped = jaxreg.concrete_dropout(k, x, model.logit_p)
-    _close(y, w @ dropped + b)
+    assert_close_to_sum_rounding(y, w @ dropped + b)
     expected = jaxreg.concrete_dropout_regularizer(
         [w, b],
         model.logit_p,
@@ -162,7 +158,7 @@ def test_concrete_dropout_returns_output_and_regularizer_and_learns_its_rate():
     )
     np.testing.assert_allclose(reg, expected, rtol=1e-6)
     y_eval, _ = model(x, inference=True)
-    _close(y_eval, w @ x + b)
+    assert_close_to_sum_rounding(y_eval, w @ x + b)
     # logit_p is a trainable leaf: one optimizer step moves it; the static
     # hyperparameters are not leaves.
     params = eqx.filter(model, eqx.is_inexact_array)
@@ -184,7 +180,7 @@ def test_concrete_dropout_returns_output_and_regularizer_and_learns_its_rate():
         return model(x, key=k, inference=flag)
 
     for traced, static in traced_flag_outputs(call, x).values():
-        _close(traced, static)
+        assert_close_to_sum_rounding(traced, static)
     with pytest.raises(TypeError, match=r"ConcreteDropout: `layer` must be an Equinox"):
         je.ConcreteDropout(lambda v: v)
 
@@ -244,7 +240,7 @@ def test_zoneout_cell_equals_pure_function_per_hidden_leaf():
         return zc(x, hidden, key=k, inference=flag)
 
     for traced, static in traced_flag_outputs(call, x).values():
-        _close(traced, static)
+        assert_close_to_sum_rounding(traced, static)
 
 
 def test_zoneout_cell_in_a_scan_over_time_per_step_or_shared():

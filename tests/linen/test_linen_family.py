@@ -10,9 +10,10 @@ from _modules import (
     BAD_FIELDS,
     FAMILY,
     FAMILY_IDS,
-    assert_same_output,
+    RATE_CLASSES,
+    assert_traced_flag_matches_static,
+    inference_output,
     module_key,
-    traced_flag_outputs,
 )
 
 import jaxreg
@@ -35,20 +36,15 @@ def test_module_equals_pure_function(name, kwargs, pure):
     np.testing.assert_array_equal(np.asarray(y), np.asarray(pure(key, X)))
     # 3) inference path is the pure function's deterministic path
     y = module.apply({}, X, deterministic=True)
-    np.testing.assert_array_equal(np.asarray(y), np.asarray(_det(name, kwargs, X)))
+    np.testing.assert_array_equal(
+        np.asarray(y), np.asarray(inference_output(name, kwargs, X))
+    )
     # 4) a custom collection is honoured
     custom = module.clone(rng_collection="noise")
     y = custom.apply({}, X, deterministic=False, rngs={"noise": key})
     np.testing.assert_array_equal(
         np.asarray(y), np.asarray(pure(module_key(custom, key, collection="noise"), X))
     )
-
-
-def _det(name, kwargs, x):
-    """The inference output: the input, scaled for classic dropout."""
-    if name == "Dropout":
-        return jaxreg.dropout(None, x, deterministic=True, **kwargs)
-    return x
 
 
 @pytest.mark.parametrize(
@@ -111,23 +107,7 @@ def test_traced_deterministic_selects_the_path_like_the_static_flag(name, kwargs
     def call(x, det):
         return module.apply({}, x, deterministic=det, rng=KEY)
 
-    outputs = traced_flag_outputs(call, X)
-    for traced, static in outputs.values():
-        assert_same_output(name, traced, static, X)
-    assert_same_output(name, outputs[False][1], pure(KEY, X), X)
-    np.testing.assert_array_equal(
-        np.asarray(outputs[True][1]), np.asarray(_det(name, kwargs, X))
-    )
-
-
-RATE_CLASSES = [
-    "Dropout",
-    "SpatialDropout",
-    "GaussianDropout",
-    "AlphaDropout",
-    "DropPath",
-    "DropBlock",
-]
+    assert_traced_flag_matches_static(call, name, kwargs, pure, X, KEY)
 
 
 @pytest.mark.parametrize("name", RATE_CLASSES)

@@ -9,10 +9,11 @@ from _modules import (
     BAD_FIELDS,
     FAMILY,
     FAMILY_IDS,
-    assert_same_output,
+    RATE_CLASSES,
+    assert_traced_flag_matches_static,
     first_key,
     flat_paths,
-    traced_flag_outputs,
+    inference_output,
 )
 from flax import nnx
 
@@ -21,13 +22,6 @@ import jaxreg.nnx as jn
 
 KEY = jax.random.key(0)
 X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
-
-
-def _det(name, kwargs, x):
-    """The inference output: the input, scaled for classic dropout."""
-    if name == "Dropout":
-        return jaxreg.dropout(None, x, deterministic=True, **kwargs)
-    return x
 
 
 @pytest.mark.parametrize("name, kwargs, pure", [c[1:] for c in FAMILY], ids=FAMILY_IDS)
@@ -74,7 +68,7 @@ def test_module_equals_pure_function(name, kwargs, pure):
     # 6) eval(): the inference path (the input itself, scaled for classic dropout).
     module.eval()
     np.testing.assert_array_equal(
-        np.asarray(module(X)), np.asarray(_det(name, kwargs, X))
+        np.asarray(module(X)), np.asarray(inference_output(name, kwargs, X))
     )
 
 
@@ -115,16 +109,6 @@ def test_state_paths_of_every_module_are_stable():
         module(x)
         assert flat_paths(module) == paths, name
         assert int(module.rngs.count[...]) == 2
-
-
-RATE_CLASSES = [
-    "Dropout",
-    "SpatialDropout",
-    "GaussianDropout",
-    "AlphaDropout",
-    "DropPath",
-    "DropBlock",
-]
 
 
 @pytest.mark.parametrize("name", RATE_CLASSES)
@@ -183,10 +167,4 @@ def test_traced_deterministic_selects_the_path_like_the_static_flag(name, kwargs
     def call(x, det):
         return module(x, deterministic=det, rngs=KEY)
 
-    outputs = traced_flag_outputs(call, X)
-    for traced, static in outputs.values():
-        assert_same_output(name, traced, static, X)
-    assert_same_output(name, outputs[False][1], pure(KEY, X), X)
-    np.testing.assert_array_equal(
-        np.asarray(outputs[True][1]), np.asarray(_det(name, kwargs, X))
-    )
+    assert_traced_flag_matches_static(call, name, kwargs, pure, X, KEY)
