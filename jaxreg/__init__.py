@@ -3,8 +3,9 @@
 Every technique is a pure function of explicit inputs (a PRNG key first, then the
 array or parameter pytree, then the rate or strength), safe under ``jit``, ``vmap``,
 ``grad``, ``scan`` and sharding. The same maths is exposed as optax gradient
-transformations (:mod:`jaxreg.transforms`) and as Flax modules (:mod:`jaxreg.linen`,
-:mod:`jaxreg.nnx`; imported on demand, ``import jaxreg`` does not import Flax).
+transformations (:mod:`jaxreg.transforms`) and as Flax and Equinox modules
+(:mod:`jaxreg.linen`, :mod:`jaxreg.nnx`, :mod:`jaxreg.equinox`; imported on demand,
+``import jaxreg`` imports neither Flax nor Equinox).
 """
 
 # Public submodules whose functions are used by module path (jaxreg.losses.*,

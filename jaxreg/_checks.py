@@ -192,7 +192,7 @@ def check_bool(value, name: str) -> bool:
 
 def compute_dtype(x: jax.Array):
     """The dtype arithmetic on ``x`` runs in: ``x.dtype`` promoted to float32."""
-    return jnp.promote_types(x.dtype, jnp.float32)
+    return float32_or_wider(x.dtype)
 
 
 def check_unit_interval(value, name: str):
@@ -474,3 +474,19 @@ def check_threshold(value, name: str = "threshold") -> float:
     if value != value:
         raise ValueError(f"`{name}` must not be NaN; got {name}={value!r}.")
     return float(value)
+
+
+def float32_or_wider(*dtypes) -> np.dtype:
+    """The widest floating dtype among ``dtypes`` and float32 (float64 stays).
+
+    What ``jnp.promote_types(dtype, jnp.float32)`` gives for floating and integer
+    dtypes, computed without implicit promotion, so it also holds under
+    ``jax_numpy_dtype_promotion="strict"`` (Equinox's test convention), where
+    promoting bfloat16 with float32 is an error.
+    """
+    widest = np.dtype(np.float32)
+    for dtype in dtypes:
+        dtype = jnp.dtype(dtype)
+        if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize > widest.itemsize:
+            widest = dtype
+    return widest

@@ -48,6 +48,7 @@ from jaxreg._checks import (
     check_rate,
     check_str,
     check_threshold,
+    float32_or_wider,
     short_repr,
     static_value,
 )
@@ -425,6 +426,10 @@ def dropconnect(
 # --------------------------------------------------------------------------------
 
 
+def _is_leaf(tree) -> bool:
+    return jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(tree))
+
+
 def zoneout(
     where: str, rate, carry, new_carry, outputs, deterministic, draw_key
 ) -> tuple[Any, Any]:
@@ -448,16 +453,19 @@ def zoneout(
     """
     new_leaves, treedef = jax.tree_util.tree_flatten(new_carry)
     old_leaves = treedef.flatten_up_to(carry)
-    if jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(rate)):
+    if _is_leaf(rate):
         rates = [rate] * len(new_leaves)
     else:
         try:
             rates = treedef.flatten_up_to(rate)
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError):
+            rates = None
+        # A carry that is one array takes one rate, not a tuple of them.
+        if rates is None or not all(_is_leaf(r) for r in rates):
             raise ValueError(
                 f"{where}: `rate` must be one rate or a pytree with the structure of "
                 f"the cell's carry {treedef}; got rate={short_repr(rate)}."
-            ) from err
+            )
     out_leaves, out_def = jax.tree_util.tree_flatten(outputs)
     # Output leaf i shows new-carry leaf carry_index[i] (None: not a carry leaf).
     carry_index = [
@@ -506,7 +514,7 @@ def activity_penalty(values: Mapping[str, Any], inputs) -> jax.Array:
     if static_value(l2) != 0.0:
         terms.append(2.0 * l2 * _penalties.l2(inputs))
     if not terms:
-        dtype = jnp.promote_types(jnp.result_type(inputs), jnp.float32)
+        dtype = float32_or_wider(jnp.result_type(inputs))
         return jnp.zeros((), dtype)
     return sum(terms[1:], terms[0])
 

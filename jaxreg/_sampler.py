@@ -114,6 +114,7 @@ from jaxreg._checks import (
     check_out_sharding,
     check_rate,
     check_shard_spec,
+    compute_dtype,
     spec_entries,
     static_value,
 )
@@ -341,7 +342,7 @@ def _key_only(fn, static_argnum: int = 5):
 
 def _scale_where(keep, x, scale):
     """``where(keep, x * scale, 0)`` in (at least) float32, rounded once."""
-    ct = jnp.promote_types(x.dtype, jnp.float32)
+    ct = compute_dtype(x)
     y = x.astype(ct) * scale.astype(ct)
     keep = _broadcast_like(keep, y)
     return lax.select(keep, y, jnp.zeros_like(y)).astype(x.dtype)
@@ -486,7 +487,7 @@ def _activation_select(seed, t, drop_all, scale, unscale, x, name, layout):
     ``scale`` is 0) only serves the derivative rule."""
     del unscale
     keep = _keep_like(seed, layout, t, drop_all, x)
-    ct = jnp.promote_types(x.dtype, jnp.float32)
+    ct = compute_dtype(x)
     fx = _ACTIVATIONS[name][0](x.astype(ct))
     return _scale_where(keep, fx, scale).astype(x.dtype)
 
@@ -495,7 +496,7 @@ def _activation_tangent(seed, t, drop_all, scale, unscale, z, tx, name, layout):
     """Tangent ``where(keep, tx * scale * f'(x), 0)`` with ``f'(x)`` computed from
     the kept output ``z = f(x) * scale`` and the mask regenerated from the seed."""
     keep = _keep_like(seed, layout, t, drop_all, z)
-    ct = jnp.promote_types(z.dtype, jnp.float32)
+    ct = compute_dtype(z)
     slope = _ACTIVATIONS[name][1](z.astype(ct) * unscale.astype(ct))
     return _scale_where(keep, tx.astype(ct) * slope, scale).astype(tx.dtype)
 

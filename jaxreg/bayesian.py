@@ -30,7 +30,7 @@ from jaxreg._checks import (
     check_float_array,
     check_nonnegative,
     check_positive,
-    compute_dtype,
+    float32_or_wider,
 )
 from jaxreg._keys import as_key
 from jaxreg._sampler import explicit_sharding
@@ -160,7 +160,7 @@ def concrete_dropout(
     if check_bool(deterministic, "deterministic"):
         return x
     key = as_key(key)
-    ct = jnp.promote_types(compute_dtype(x), logit_p.dtype)
+    ct = float32_or_wider(x.dtype, logit_p.dtype)
     tiny = jnp.finfo(ct).tiny
     sharding = explicit_sharding(x)
     u = jax.random.uniform(
@@ -262,7 +262,7 @@ def concrete_dropout_regularizer(
     if not leaves:
         raise ValueError("`weights` is empty; pass the layer's kernel (and bias).")
     leaves = [check_float_array(w, "weights") for w in leaves]
-    ct = jnp.promote_types(logit_p.dtype, jnp.float32)
+    ct = float32_or_wider(logit_p.dtype)
     sq = sum(jnp.sum(jnp.square(w.astype(ct))) for w in leaves)
     logit = logit_p.astype(ct)
     p = jax.nn.sigmoid(logit)
@@ -318,7 +318,7 @@ def sparse_vd_log_alpha(
             "`w` and `log_sigma2` must have the same shape (one variance per "
             f"weight); got w.shape={w.shape} and log_sigma2.shape={log_sigma2.shape}."
         )
-    ct = jnp.promote_types(jnp.promote_types(w.dtype, log_sigma2.dtype), jnp.float32)
+    ct = float32_or_wider(w.dtype, log_sigma2.dtype)
     w = w.astype(ct)
     return log_sigma2.astype(ct) - jnp.log(w * w + _EPS)
 
@@ -372,7 +372,7 @@ def sparse_vd_kl(log_alpha) -> jax.Array:
     total = jnp.zeros((), jnp.float32)
     for leaf in leaves:
         la = check_float_array(leaf, "log_alpha")
-        la = la.astype(jnp.promote_types(la.dtype, jnp.float32))
+        la = la.astype(float32_or_wider(la.dtype))
         # KL = k1 (1 - sigmoid(k2 + k3 la)) + 0.5 log1p(exp(-la)), written without
         # the cancellation 1 - sigmoid(.) so that it stays accurate (and > 0) in
         # float32 for large log alpha.
@@ -552,7 +552,7 @@ def sparse_vd_dense(
             )
     threshold = _check_threshold(threshold)
     deterministic = check_bool(deterministic, "deterministic")
-    ct = jnp.promote_types(compute_dtype(x), w.dtype)
+    ct = float32_or_wider(x.dtype, w.dtype)
     xc = x.astype(ct)
     wc = w.astype(ct)
     if deterministic:

@@ -26,6 +26,8 @@ Conventions (Equinox's own):
   accumulation). To change one, rebuild the module:
   ``dataclasses.replace(layer, p=0.2)`` (checked again), or
   ``eqx.tree_at(lambda m: m.dropout, model, replacement)`` for a submodule.
+  For a rate that changes under ``jit`` (a schedule), call the pure function
+  (e.g. :func:`jaxreg.dropout`), which takes a traced rate.
   Learned quantities (``ConcreteDropout.logit_p``, the weights of the dense
   layers) are ordinary array leaves.
 * Inputs follow Equinox's single-example convention (``jax.vmap`` over a batch,

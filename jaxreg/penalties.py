@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreg._checks import check_axis, check_nonnegative
+from jaxreg._checks import check_axis, check_nonnegative, float32_or_wider
 
 __all__ = [
     "elastic_net",
@@ -185,7 +185,7 @@ def _accumulate(terms: list[jax.Array]) -> jax.Array:
 
 
 def _f32(x: jax.Array) -> jax.Array:
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return x.astype(float32_or_wider(x.dtype))
 
 
 def _sum_squares(x: jax.Array, axis=None, keepdims=False) -> jax.Array:

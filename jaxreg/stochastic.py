@@ -27,6 +27,7 @@ from jaxreg._checks import (
     check_rate,
     check_shard_spec,
     compute_dtype,
+    float32_or_wider,
     static_value,
 )
 from jaxreg._keys import as_key
@@ -620,7 +621,7 @@ def zoneout(
     dtype = h_new.dtype
     if _check_deterministic(deterministic, key):
         p = keep_probability(rate)
-        ct = jnp.promote_types(compute_dtype(h_new), h_prev.dtype)
+        ct = float32_or_wider(h_new.dtype, h_prev.dtype)
         out = p * h_new.astype(ct) + (1.0 - p) * h_prev.astype(ct)
         return out.astype(dtype)
     # Same mask as keep_mask(key, h_new.shape, rate), regenerated in the backward

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxreg._checks import float32_or_wider
 from jaxreg._keys import as_key
 
 __all__ = ["mc_dropout_predict"]
@@ -42,9 +43,7 @@ def _check_count(value, name: str, *, allow_none: bool = False):
 
 
 def _acc_dtype(dtype):
-    if not jnp.issubdtype(dtype, jnp.floating):
-        return jnp.dtype(jnp.float32)
-    return jnp.promote_types(dtype, jnp.float32)
+    return float32_or_wider(dtype)
 
 
 def _chunk_stats(sample, keys):
@@ -53,7 +52,7 @@ def _chunk_stats(sample, keys):
     ys = jax.tree_util.tree_map(lambda y: y.astype(_acc_dtype(y.dtype)), ys)
     mean = jax.tree_util.tree_map(lambda y: jnp.mean(y, axis=0), ys)
     m2 = jax.tree_util.tree_map(
-        lambda y, m: jnp.sum(jnp.square(y - m), axis=0), ys, mean
+        lambda y, m: jnp.sum(jnp.square(y - m[None]), axis=0), ys, mean
     )
     return mean, m2
 

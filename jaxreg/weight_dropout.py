@@ -51,6 +51,7 @@ from jaxreg._checks import (
     check_bool,
     check_float_array,
     check_rate,
+    float32_or_wider,
     spec_entries,
     static_value,
 )
@@ -470,7 +471,7 @@ def dropconnect_moments(
     rate = check_rate(rate)
     check_bool(inverted, "inverted")
     out_dtype = jnp.result_type(x, w) if bias is None else jnp.result_type(x, w, bias)
-    ct = jnp.promote_types(out_dtype, jnp.float32)
+    ct = float32_or_wider(out_dtype)
     xc, wc = x.astype(ct), w.astype(ct)
     mean_scale, var_scale = _moment_scales(rate, inverted)
     mean = _add_bias(mean_scale * (xc @ wc), None if bias is None else bias.astype(ct))
@@ -553,7 +554,7 @@ def dropconnect_inference(
     num_samples = _check_count(num_samples, "num_samples")
     chunk_size = _check_count(chunk_size, "chunk_size", allow_none=True)
     key = as_key(key)
-    ct = jnp.promote_types(mean.dtype, jnp.float32)
+    ct = float32_or_wider(mean.dtype)
     mu, sigma = mean.astype(ct), _safe_sqrt(var.astype(ct))
 
     sharding = explicit_sharding(mu)

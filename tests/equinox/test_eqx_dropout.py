@@ -131,7 +131,9 @@ def _train(model, tx, x, y, steps):
 
         loss, grads = eqx.filter_value_and_grad(loss_fn)(model)
         params = eqx.filter(model, eqx.is_inexact_array)
-        updates, opt = tx.update(grads, opt, params)
+        # optax itself is not written for strict promotion (`decay**count`).
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt = tx.update(grads, opt, params)
         return eqx.apply_updates(model, updates), opt, loss
 
     losses = []
