@@ -52,6 +52,7 @@ from jaxreg._checks import (
     short_repr,
     static_value,
 )
+from jaxreg._keys import as_key
 from jaxreg._sampler import activation_name
 
 Check = Callable[[Any, str], Any]
@@ -100,14 +101,14 @@ def check_field(where: str, check: Check, value, name: str):
         raise type(err)(f"{where}: {err}") from None
 
 
+def check_key(where: str, key, name: str):
+    """A call's PRNG key as :func:`jaxreg._keys.as_key` checks it, errors prefixed."""
+    return check_field(where, lambda k, n: as_key(k, name=n), key, name)
+
+
 # --------------------------------------------------------------------------------
 # Field checks (each ``check(value, name) -> normalized value``).
 # --------------------------------------------------------------------------------
-
-
-def rate_field(value, name):
-    """A drop probability in ``[0, 1]`` (traced values pass)."""
-    return check_rate(value, name)
 
 
 def rate_below_one_field(value, name):
@@ -170,24 +171,14 @@ def channel_axis_field(value, name) -> int:
     return axis
 
 
-def bool_field(value, name) -> bool:
-    """A Python bool option (``inverted``, ``per_example``, ``use_bias``)."""
-    return check_bool(value, name)
-
-
 def activation_field(value, name):
     """A fusable dropout activation (None, a name or the matching function)."""
     activation_name(value)
     return value
 
 
-def block_size_field(value, name) -> int:
-    """DropBlock's block side: a Python or NumPy int ``>= 1``."""
-    return check_int(value, name, minimum=1)
-
-
-def count_field(value, name) -> int:
-    """A size or a number of samples: a Python or NumPy int ``>= 1``."""
+def positive_int_field(value, name) -> int:
+    """A size, a block side or a number of samples: a Python or NumPy int ``>= 1``."""
     return check_int(value, name, minimum=1)
 
 
@@ -330,26 +321,26 @@ class Layer:
 DROPOUT = Layer(
     _stochastic.dropout,
     {
-        "rate": rate_field,
+        "rate": check_rate,
         "broadcast_dims": broadcast_dims_field,
-        "inverted": bool_field,
+        "inverted": check_bool,
         "activation": activation_field,
     },
 )
 SPATIAL_DROPOUT = Layer(
     _stochastic.spatial_dropout,
-    {"rate": rate_field, "channel_axis": channel_axis_field},
+    {"rate": check_rate, "channel_axis": channel_axis_field},
 )
 GAUSSIAN_DROPOUT = Layer(
     _stochastic.gaussian_dropout, {"rate": rate_below_one_field}, False
 )
 GAUSSIAN_NOISE = Layer(_stochastic.gaussian_noise, {"stddev": check_nonnegative}, False)
-ALPHA_DROPOUT = Layer(_stochastic.alpha_dropout, {"rate": rate_field})
+ALPHA_DROPOUT = Layer(_stochastic.alpha_dropout, {"rate": check_rate})
 DROP_PATH = Layer(
-    _stochastic.drop_path, {"rate": rate_field, "mode": drop_path_mode_field}
+    _stochastic.drop_path, {"rate": check_rate, "mode": drop_path_mode_field}
 )
 DROPBLOCK = Layer(
-    _stochastic.dropblock, {"rate": rate_field, "block_size": block_size_field}
+    _stochastic.dropblock, {"rate": check_rate, "block_size": positive_int_field}
 )
 
 
@@ -361,11 +352,11 @@ INFERENCE_MODES = ("mean", "moments", "mc")
 
 #: DropConnectDense's fields besides the dense layer's sizes and initializers.
 DROPCONNECT = {
-    "rate": rate_field,
-    "per_example": bool_field,
+    "rate": check_rate,
+    "per_example": check_bool,
     "inference": lambda value, name: check_choice(value, name, INFERENCE_MODES),
     "activation": check_callable,
-    "num_samples": count_field,
+    "num_samples": positive_int_field,
     "precision": precision_field,
 }
 

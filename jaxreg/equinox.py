@@ -48,8 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxreg import _layers
-from jaxreg._checks import check_flag
-from jaxreg._keys import as_key
+from jaxreg._checks import check_bool, check_flag
 
 __all__ = [*_layers.MODULES]
 
@@ -93,9 +92,7 @@ def _key(module, key, inference):
             "use the inference path with `inference=True` or "
             "`eqx.nn.inference_mode(model)`."
         )
-    return _layers.check_field(
-        _layers.owner(module), lambda k, n: as_key(k, name=n), key, "key"
-    )
+    return _layers.check_key(_layers.owner(module), key, "key")
 
 
 def _option(default):
@@ -103,7 +100,7 @@ def _option(default):
     return eqx.field(default=default, static=True, kw_only=True)
 
 
-_FLAG = {"inference": lambda value, name: check_flag(value, name)}
+_FLAG = {"inference": check_flag}
 
 
 # --------------------------------------------------------------------------------
@@ -363,9 +360,9 @@ class DropBlock(_Family):
 # --------------------------------------------------------------------------------
 
 _LINEAR = {
-    "in_features": _layers.count_field,
-    "out_features": _layers.count_field,
-    "use_bias": _layers.bool_field,
+    "in_features": _layers.positive_int_field,
+    "out_features": _layers.positive_int_field,
+    "use_bias": check_bool,
 }
 # DropConnect's inference *rule*; `inference` is Equinox's boolean mode here.
 _DROPCONNECT = {

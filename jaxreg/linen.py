@@ -36,8 +36,7 @@ from flax.linen.dtypes import promote_dtype
 from flax.typing import Dtype, Initializer, PrecisionLike
 
 from jaxreg import _layers
-from jaxreg._checks import check_flag, check_str
-from jaxreg._keys import as_key
+from jaxreg._checks import check_bool, check_flag, check_str
 
 __all__ = [*_layers.MODULES]
 
@@ -88,7 +87,7 @@ def _key(module, rng):
     """
     where = _layers.owner(module)
     if rng is not None:
-        return _layers.check_field(where, lambda k, n: as_key(k, name=n), rng, "rng")
+        return _layers.check_key(where, rng, "rng")
     collection = module.rng_collection
     try:
         return module.make_rng(collection)
@@ -427,7 +426,7 @@ class DropBlock(_Family):
 # DropConnect.
 # --------------------------------------------------------------------------------
 
-_DENSE = {"features": _layers.count_field, "use_bias": _layers.bool_field}
+_DENSE = {"features": _layers.positive_int_field, "use_bias": check_bool}
 
 
 class DropConnectDense(nn.Module):

@@ -43,8 +43,7 @@ from flax.nnx.nn.dtypes import promote_dtype
 from flax.typing import Dtype, Initializer, PrecisionLike
 
 from jaxreg import _layers
-from jaxreg._checks import check_flag, short_repr
-from jaxreg._keys import as_key
+from jaxreg._checks import check_bool, check_flag, short_repr
 
 __all__ = [*_layers.MODULES, "Loss"]
 
@@ -65,20 +64,18 @@ def _is_key_array(value) -> bool:
     return isinstance(value, (jax.Array, np.ndarray))
 
 
-def _wrong_rngs(module, rngs, *, at_construction: bool) -> TypeError:
+def _wrong_rngs(module, rngs, *, at_construction: bool, optional: bool) -> TypeError:
     """Flax's sentence for ``rngs`` of another type, then ours."""
-    flax_types = (
-        "Rngs, RngStream or None"
-        if at_construction
-        else ("Rngs, RngStream or jax.Array")
-    )
-    also = " (or None)" if at_construction else ""
+    if at_construction:
+        flax_types = "Rngs, RngStream or None"
+    else:
+        flax_types = "Rngs, RngStream or jax.Array"
     return TypeError(
         f"rngs must be a {flax_types}, but got {type(rngs)}. "
         f"{_layers.owner(module)}: `rngs` must be an `nnx.Rngs`, an "
-        f"`nnx.RngStream` or a PRNG key (`jax.random.key(seed)`){also}; got "
-        f"{type(rngs).__name__} {short_repr(rngs)}. For an integer seed use "
-        "`rngs=nnx.Rngs(seed)`."
+        f"`nnx.RngStream` or a PRNG key (`jax.random.key(seed)`)"
+        f"{' (or None)' if optional else ''}; got {type(rngs).__name__} "
+        f"{short_repr(rngs)}. For an integer seed use `rngs=nnx.Rngs(seed)`."
     )
 
 
@@ -138,16 +135,16 @@ class _Stochastic(nnx.Module):
         if rngs is None:
             self.rngs = nnx.data(None)
         elif isinstance(rngs, nnx.Rngs):
-            self.rngs = _stream(self, rngs, rng_collection, at="").fork()
+            self.rngs = _stream(
+                self, rngs, rng_collection, at="to the constructor"
+            ).fork()
         elif isinstance(rngs, nnx.RngStream):
             self.rngs = rngs.fork()
         elif _is_key_array(rngs):
-            key = _layers.check_field(
-                _layers.owner(self), lambda k, n: as_key(k, name=n), rngs, "rngs"
-            )
+            key = _layers.check_key(_layers.owner(self), rngs, "rngs")
             self.rngs = nnx.RngStream(key, tag=rng_collection)
         else:
-            raise _wrong_rngs(self, rngs, at_construction=True)
+            raise _wrong_rngs(self, rngs, at_construction=True, optional=True)
 
     def _resolve_deterministic(self, deterministic):
         """The call's flag, else the attribute (Flax's ``first_from``)."""
@@ -189,10 +186,8 @@ class _Stochastic(nnx.Module):
         if isinstance(source, nnx.RngStream):
             return source()
         if _is_key_array(source):
-            return _layers.check_field(
-                _layers.owner(self), lambda k, n: as_key(k, name=n), source, "rngs"
-            )
-        raise _wrong_rngs(self, source, at_construction=False)
+            return _layers.check_key(_layers.owner(self), source, "rngs")
+        raise _wrong_rngs(self, source, at_construction=False, optional=False)
 
     def _params_stream(self, rngs):
         """``(rngs, params stream)`` for a layer that initializes parameters.
@@ -207,12 +202,12 @@ class _Stochastic(nnx.Module):
                 "parameters; pass `rngs=nnx.Rngs(seed)` (or a key)."
             )
         if _is_key_array(rngs):
-            rngs = nnx.Rngs(as_key(rngs, name="rngs"))
+            rngs = nnx.Rngs(_layers.check_key(_layers.owner(self), rngs, "rngs"))
         if isinstance(rngs, nnx.Rngs):
             return rngs, rngs.params
         if isinstance(rngs, nnx.RngStream):
             return rngs, rngs
-        raise _wrong_rngs(self, rngs, at_construction=True)
+        raise _wrong_rngs(self, rngs, at_construction=True, optional=False)
 
     def _init_dense(self, checks, values, kernel_init, rngs):
         """Checked dense fields as attributes, then ``kernel`` and ``bias`` drawn
@@ -302,16 +297,12 @@ class Dropout(_Family):
       rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None (then pass ``rngs``
         at call time).
       inverted: if False use classic dropout (see :func:`jaxreg.dropout`).
-      activation: None, or an elementwise activation the module applies to its
-        inputs *before* dropping them, fused with the dropout: ``"tanh"``,
-        ``"sigmoid"``, ``"relu"``, ``"elu"``, ``"softplus"`` or the matching
-        function (``nnx.tanh``, ``nnx.relu``, ``jnp.tanh``, ...). The output is
-        that of the unfused ``Dropout(...)(f(inputs))`` (``f(inputs)`` when
-        deterministic, times ``1 - rate`` if ``inverted=False``), but the reason
-        to fuse is memory: under autodiff the layer keeps only its output for
-        the backward pass, where ``Linear -> f -> Dropout`` also keeps ``f``'s
-        output, one more activation-sized buffer per layer. See the
-        ``activation`` argument of :func:`jaxreg.dropout`.
+      activation: None, or an elementwise activation (``"tanh"``, ``"sigmoid"``,
+        ``"relu"``, ``"elu"``, ``"softplus"`` or the matching function such as
+        ``nnx.tanh``) applied to the inputs before dropping them, fused with the
+        dropout: the output of the unfused ``Dropout(...)(f(inputs))``, but the
+        backward pass keeps only the layer's output, not ``f``'s as well (see
+        the ``activation`` argument of :func:`jaxreg.dropout`).
 
     Raises:
       ValueError: ``rate`` outside ``[0, 1]`` or NaN, or an ``activation`` that
@@ -619,9 +610,9 @@ class DropBlock(_Family):
 _DEFAULT_KERNEL_INIT = nnx.initializers.lecun_normal()
 _DEFAULT_BIAS_INIT = nnx.initializers.zeros_init()
 _LINEAR = {
-    "in_features": _layers.count_field,
-    "out_features": _layers.count_field,
-    "use_bias": _layers.bool_field,
+    "in_features": _layers.positive_int_field,
+    "out_features": _layers.positive_int_field,
+    "use_bias": check_bool,
 }
 
 

@@ -159,7 +159,6 @@ def test_learned_rate_layers_traced_deterministic_selects_the_path():
         ),
         jn.SparseVariationalDense(4, 3, log_sigma2_init=-4.0, rngs=rngs),
     ):
-
         graphdef, state = nnx.split(layer)
 
         def call(x, det, graphdef=graphdef, state=state):
