@@ -1,7 +1,7 @@
 """jaxreg.equinox.Dropout as a drop-in for equinox.nn.Dropout.
 
-Equinox's test conventions hold in every test here: strict dtype promotion and
-rank promotion "raise".
+Equinox's test conventions (conftest.py) hold in every test here: strict dtype
+promotion and rank promotion "raise".
 """
 
 import dataclasses
@@ -24,12 +24,6 @@ KEY = jax.random.key(0)
 X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
 # Equinox's own sentence (equinox/nn/_dropout.py), which ours starts with.
 EQX_NO_KEY = "Dropout requires a key when running in non-deterministic mode."
-
-
-@pytest.fixture(autouse=True)
-def _equinox_conventions():
-    with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
-        yield
 
 
 def test_fields_and_call_signature_match_equinox():

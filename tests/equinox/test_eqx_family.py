@@ -1,7 +1,7 @@
 """The dropout family in jaxreg.equinox: each module is its pure function.
 
-Equinox's test conventions hold in every test here: strict dtype promotion and
-rank promotion "raise".
+Equinox's test conventions (conftest.py) hold in every test here: strict dtype
+promotion and rank promotion "raise".
 """
 
 import equinox as eqx
@@ -25,12 +25,6 @@ import jaxreg.equinox as je
 
 KEY = jax.random.key(0)
 X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
-
-
-@pytest.fixture(autouse=True)
-def _equinox_conventions():
-    with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
-        yield
 
 
 def make(name, **kwargs):
@@ -133,3 +127,10 @@ def test_numpy_integer_fields_are_stored_as_ints():
         np.asarray(jaxreg.dropout(KEY, x, 0.5, broadcast_dims=(1,))),
     )
     assert type(je.Dropout(np.float32(0.25)).p) is float
+
+
+def test_equinox_conventions_hold_in_these_tests():
+    assert jax.config.jax_numpy_dtype_promotion == "strict"
+    assert jax.config.jax_numpy_rank_promotion == "raise"
+    with pytest.raises(ValueError, match="rank_promotion"):
+        jnp.ones((2, 3)) + jnp.ones(3)

@@ -1,8 +1,8 @@
 """jaxreg.equinox layers with parameters, state or loss terms.
 
 DropConnectDense, SparseVariationalDense, ConcreteDropout, ZoneoutCell and
-ActivityRegularization. Equinox's test conventions hold in every test here:
-strict dtype promotion and rank promotion "raise".
+ActivityRegularization. Equinox's test conventions (conftest.py) hold in every
+test here: strict dtype promotion and rank promotion "raise".
 """
 
 import equinox as eqx
@@ -22,12 +22,6 @@ import jaxreg
 import jaxreg.equinox as je
 
 KEY = jax.random.key(0)
-
-
-@pytest.fixture(autouse=True)
-def _equinox_conventions():
-    with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
-        yield
 
 
 # ---------------------------------------------------------------------------------

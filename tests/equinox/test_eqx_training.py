@@ -1,7 +1,7 @@
 """End to end: jaxreg.equinox modules in a trained model, and gradients through them.
 
-Equinox's test conventions hold in every test here: strict dtype promotion and
-rank promotion "raise".
+Equinox's test conventions (conftest.py) hold in every test here: strict dtype
+promotion and rank promotion "raise".
 """
 
 import equinox as eqx
@@ -9,19 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 from _helpers import digits
 
 import jaxreg
 import jaxreg.equinox as je
 
 KEY = jax.random.key(0)
-
-
-@pytest.fixture(autouse=True)
-def _equinox_conventions():
-    with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
-        yield
 
 
 class MLP(eqx.Module):
