@@ -19,13 +19,12 @@ smoothing; it prints a table, reports the expected calibration error (ECE), and
 writes ``deep_models.png`` (test accuracy per epoch, rates per block) and
 ``deep_models_calibration.png`` (reliability diagram) to ``--out``::
 
-    python examples/deep_models.py                   # a few minutes on 2 cores
-    python examples/deep_models.py --quick --out /tmp/deep
+    python -m examples.deep_models                   # a few minutes on 2 cores
+    python -m examples.deep_models --quick --out /tmp/deep
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import time
@@ -36,6 +35,7 @@ import numpy as np
 import optax
 
 import jaxreg
+from examples.helpers import cli, datasets
 
 # name -> (drop-path profile, label smoothing); "linear" has the mean rate of
 # "constant" (the same expected number of dropped blocks per example).
@@ -45,29 +45,6 @@ CONFIGS = {
     "drop path, linear": ("linear", 0.0),
     "label smoothing 0.1": ("none", 0.1),
 }
-
-
-def mnist1d(num_samples: int, cache: str | None):
-    """MNIST-1D (Greydanus 2020) from the ``mnist1d`` package: (x, y, x_test, y_test)."""
-    path = pathlib.Path(cache) / f"mnist1d_{num_samples}_42.npz" if cache else None
-    if path is not None and path.exists():
-        z = np.load(path)
-        return z["x"], z["y"], z["x_test"], z["y_test"]
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    args = get_dataset_args()
-    args.num_samples = num_samples
-    state = np.random.get_state()  # make_dataset reseeds NumPy's global generator
-    d = make_dataset(args)
-    np.random.set_state(state)
-    arrays = {k: np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test")}
-    arrays = {
-        k: v.astype(np.float32 if k[0] == "x" else np.int32) for k, v in arrays.items()
-    }
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **arrays)
-    return arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"]
 
 
 def init_params(key, *, depth: int, width: int, hidden: int, d_in=40, classes=10):
@@ -174,21 +151,17 @@ def mean_pm(values) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="docs/guide/figures")
-    ap.add_argument("--cache", default=None, help="folder for an MNIST-1D .npz cache")
-    ap.add_argument("--quick", action="store_true", help="tiny smoke configuration")
-    ap.add_argument("--seeds", type=int, default=None)
+    ap = cli.parser(__doc__, cache=None, seeds=None, epochs=False)
     ap.add_argument("--rate", type=float, default=0.15, help="mean drop-path rate")
     args = ap.parse_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.quick:
-        data = mnist1d(500, args.cache)
+        data = datasets.load_mnist1d(args.cache, num_samples=500).arrays()
         kw = dict(depth=3, width=16, hidden=32, epochs=2, batch_size=50, lr=3e-3)
         seeds = args.seeds or 1
     else:
-        data = mnist1d(5000, args.cache)
+        data = datasets.load_mnist1d(args.cache, num_samples=5000).arrays()
         kw = dict(depth=8, width=64, hidden=128, epochs=50, batch_size=100, lr=2e-3)
         seeds = args.seeds or 3
     depth = kw["depth"]

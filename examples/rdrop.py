@@ -12,13 +12,12 @@ a traced input, so ``alpha = 0`` (two dropout passes, no consistency term) and
 on a 500-example subset of the digits (so that it overfits), prints test
 accuracy and NLL for both, and writes ``rdrop.json`` to ``--out``::
 
-    python examples/rdrop.py                     # about 30 s of CPU time
-    python examples/rdrop.py --quick --out /tmp/rdrop
+    python -m examples.rdrop                     # about 30 s of CPU time
+    python -m examples.rdrop --quick --out /tmp/rdrop
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 
@@ -28,6 +27,7 @@ import numpy as np
 import optax
 
 import jaxreg
+from examples.helpers import cli
 
 
 def digits(num_train: int):
@@ -109,11 +109,8 @@ def make_trainer(data, *, sizes, rate, epochs, batch_size, lr):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="results/rdrop")
-    ap.add_argument("--quick", action="store_true", help="tiny smoke configuration")
+    ap = cli.parser(__doc__, out="results/rdrop", cache=False, seeds=None, epochs=False)
     ap.add_argument("--alpha", type=float, default=1.0, help="R-Drop weight")
-    ap.add_argument("--seeds", type=int, default=None)
     args = ap.parse_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -92,15 +92,11 @@ def activation_sized(vjp, x):
 
 
 def load_example(name: str):
-    """Import ``examples/<name>.py`` as a module (the scripts are not a package)."""
-    import importlib.util
-    import pathlib
+    """The example script ``examples/<name>.py``, imported from the ``examples``
+    package (pytest puts the repository root on ``sys.path``)."""
+    import importlib
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"examples.{name}")
 
 
 F32_EPS = float(np.finfo(np.float32).eps)

@@ -181,7 +181,7 @@ BAD_FIELDS = [
         "SpatialDropout",
         {"rate": 0.5, "channel_axis": 1.0},
         TypeError,
-        r"`channel_axis` must be an int; got float 1\.0",
+        r"`channel_axis` must be a Python int; got float 1\.0",
     ),
     ("GaussianDropout", {"rate": 1.0}, ValueError, r"`rate`.*\[0, 1\).*rate=1\.0"),
     (
@@ -207,13 +207,13 @@ BAD_FIELDS = [
         "DropBlock",
         {"rate": 0.1, "block_size": 2.0},
         TypeError,
-        r"`block_size` must be an int; got float 2\.0",
+        r"`block_size` must be a Python int; got float 2\.0",
     ),
     (
         "DropBlock",
         {"rate": 0.1, "block_size": True},
         TypeError,
-        r"`block_size` must be an int; got bool True",
+        r"`block_size` must be a Python int; got bool True",
     ),
     (
         "ActivityRegularization",

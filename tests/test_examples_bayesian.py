@@ -9,19 +9,14 @@ These tests run the same code paths with ``--quick`` (a few hundred examples, ti
 MLPs, one seed, two epochs) and check what the scripts produce.
 """
 
-import importlib
 import json
 import pathlib
 
 import numpy as np
 import pytest
+from _helpers import load_example as _load
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _load(name):
-    """The example script ``examples/<name>.py``, imported as a module."""
-    return importlib.import_module(f"examples.{name}")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ sharded dropout masks, DropConnect inference).
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import pathlib
@@ -18,15 +17,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _helpers import load_example as _load
 
 from examples.helpers import models
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    """The example script ``examples/<name>.py``, imported as a module."""
-    return importlib.import_module(f"examples.{name}")
 
 
 # ----------------------------------------------------------------- convergence

@@ -8,7 +8,6 @@ against exact expectations.
 
 from __future__ import annotations
 
-import importlib
 import json
 import pathlib
 
@@ -17,16 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import load_example as _load
 
 import jaxreg
 from examples.helpers import datasets, models, reporting, training
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _load(name: str):
-    """The example script ``examples/<name>.py``, imported as a module."""
-    return importlib.import_module(f"examples.{name}")
 
 
 def _is_png(path: pathlib.Path) -> bool:

@@ -811,9 +811,9 @@ def test_drop_path_row_needs_a_batch_axis():
     [
         (0, ValueError, r"`block_size` must be >= 1; got block_size=0"),
         (-3, ValueError, r"`block_size` must be >= 1; got block_size=-3"),
-        (2.0, TypeError, r"`block_size` must be an int; got float 2\.0"),
-        (True, TypeError, r"`block_size` must be an int; got bool True"),
-        ("3", TypeError, r"`block_size` must be an int; got str '3'"),
+        (2.0, TypeError, r"`block_size` must be a Python int; got float 2\.0"),
+        (True, TypeError, r"`block_size` must be a Python int; got bool True"),
+        ("3", TypeError, r"`block_size` must be a Python int; got str '3'"),
     ],
 )
 def test_dropblock_bad_block_size(block_size, error, shown):

@@ -21,22 +21,22 @@ def parser(
     doc: str | None,
     *,
     out: str = GUIDE_FIGURES,
-    cache: str | None = CACHE,
+    cache: str | None | bool = CACHE,
     seeds: int | None | bool = 3,
     epochs: int | None | bool = None,
 ) -> argparse.ArgumentParser:
     """The shared options, with the script's defaults; the script adds its own.
 
-    Every script gets ``--out`` (output folder), ``--cache`` (MNIST-1D ``.npz``
-    cache folder) and ``--quick`` (a tiny smoke configuration); ``--seeds`` and
-    ``--epochs`` too unless their default is ``False`` (a script that has no
-    such notion). A default of None lets the script decide (e.g. from
-    ``--quick``).
+    Every script gets ``--out`` (output folder) and ``--quick`` (a tiny smoke
+    configuration); ``--cache`` (MNIST-1D ``.npz`` cache folder), ``--seeds`` and
+    ``--epochs`` too unless their default is ``False`` (a script that has no such
+    notion). A default of None lets the script decide (e.g. from ``--quick``).
 
     Args:
       doc: the script's docstring; its first line describes the command.
       out: default output folder.
-      cache: default cache folder (None: the script derives one from ``--out``).
+      cache: default cache folder (None: the script decides), or False for no
+        ``--cache`` option.
       seeds: default number of seeds, or False for no ``--seeds`` option.
       epochs: default number of epochs, or False for no ``--epochs`` option.
 
@@ -45,8 +45,9 @@ def parser(
     """
     ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     ap.add_argument("--out", default=out, help="output folder")
-    ap.add_argument("--cache", default=cache, help="MNIST-1D .npz cache folder")
     ap.add_argument("--quick", action="store_true", help="tiny smoke configuration")
+    if cache is not False:
+        ap.add_argument("--cache", default=cache, help="MNIST-1D .npz cache folder")
     if seeds is not False:
         ap.add_argument("--seeds", type=int, default=seeds)
     if epochs is not False:

@@ -27,6 +27,10 @@ class Data:
     y_test: np.ndarray
     num_classes: int = 10
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(x_train, y_train, x_test, y_test)``."""
+        return self.x_train, self.y_train, self.x_test, self.y_test
+
     def split_validation(self, num_val: int) -> tuple[Data, Data]:
         """Split the last ``num_val`` training examples off as a validation set.
 

@@ -82,11 +82,21 @@ def test_dropconnect_dense_bad_arguments():
     cases = [
         ((0, 2), {}, ValueError, r"`in_features` must be >= 1; got in_features=0"),
         ((3, 0), {}, ValueError, r"`out_features` must be >= 1"),
-        ((3.0, 2), {}, TypeError, r"`in_features` must be an int; got float 3\.0"),
+        (
+            (3.0, 2),
+            {},
+            TypeError,
+            r"`in_features` must be a Python int; got float 3\.0",
+        ),
         ((3, 2), {"rate": 1.5}, ValueError, r"`rate`.*rate=1\.5"),
         ((3, 2), {"inference_rule": "median"}, ValueError, r"`inference_rule` must be"),
         ((3, 2), {"num_samples": 0}, ValueError, r"`num_samples` must be >= 1"),
-        ((3, 2), {"num_samples": 2.0}, TypeError, r"`num_samples` must be an int"),
+        (
+            (3, 2),
+            {"num_samples": 2.0},
+            TypeError,
+            r"`num_samples` must be a Python int",
+        ),
         ((3, 2), {"activation": 1}, TypeError, r"`activation` must be None or"),
         ((3, 2), {"inference": "no"}, TypeError, r"`inference` must be a bool"),
     ]

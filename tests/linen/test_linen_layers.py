@@ -84,11 +84,19 @@ def test_dropconnect_dense_traced_deterministic_selects_the_path(inference):
     "kwargs, error, message",
     [
         ({"features": 0}, ValueError, r"`features` must be >= 1; got features=0"),
-        ({"features": 2.0}, TypeError, r"`features` must be an int; got float 2\.0"),
+        (
+            {"features": 2.0},
+            TypeError,
+            r"`features` must be a Python int; got float 2\.0",
+        ),
         ({"rate": 2.0}, ValueError, r"`rate`.*rate=2\.0"),
         ({"inference": "median"}, ValueError, r"`inference` must be one of.*'median'"),
         ({"num_samples": 0}, ValueError, r"`num_samples` must be >= 1"),
-        ({"num_samples": 1.5}, TypeError, r"`num_samples` must be an int; got float"),
+        (
+            {"num_samples": 1.5},
+            TypeError,
+            r"`num_samples` must be a Python int; got float",
+        ),
         ({"per_example": "yes"}, TypeError, r"`per_example` must be a Python bool"),
         ({"use_bias": 1}, TypeError, r"`use_bias` must be a Python bool"),
         ({"activation": 3}, TypeError, r"`activation` must be None or a callable"),

@@ -100,11 +100,21 @@ def test_dropconnect_dense_traced_deterministic_selects_the_path(inference):
     [
         ((0, 2), {}, ValueError, r"`in_features` must be >= 1; got in_features=0"),
         ((3, 0), {}, ValueError, r"`out_features` must be >= 1; got out_features=0"),
-        ((3.0, 2), {}, TypeError, r"`in_features` must be an int; got float 3\.0"),
+        (
+            (3.0, 2),
+            {},
+            TypeError,
+            r"`in_features` must be a Python int; got float 3\.0",
+        ),
         ((3, 2), {"rate": -1.0}, ValueError, r"`rate`.*rate=-1"),
         ((3, 2), {"inference": "median"}, ValueError, r"`inference` must be one of"),
         ((3, 2), {"num_samples": 0}, ValueError, r"`num_samples` must be >= 1"),
-        ((3, 2), {"num_samples": "8"}, TypeError, r"`num_samples` must be an int"),
+        (
+            (3, 2),
+            {"num_samples": "8"},
+            TypeError,
+            r"`num_samples` must be a Python int",
+        ),
         ((3, 2), {"per_example": 1}, TypeError, r"`per_example` must be a Python bool"),
         ((3, 2), {"activation": "relu"}, TypeError, r"`activation` must be None or"),
         ((3, 2), {"precision": ("high", "high")}, ValueError, r"`precision` must be"),
