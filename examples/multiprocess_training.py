@@ -1,6 +1,6 @@
 """Data-parallel training with dropout over two processes, checked against one.
 
-``python examples/multiprocess_training.py`` starts three Python processes on this
+``python -m examples.multiprocess_training`` starts three Python processes on this
 machine:
 
 * two *workers* that form one JAX program with ``jax.distributed.initialize``
