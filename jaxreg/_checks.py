@@ -1,9 +1,11 @@
 """Argument checks shared by the whole library.
 
 Python numbers are validated eagerly, before tracing, and every error names the
-argument and the value it got. Traced values (schedules under ``jit``,
-``optax.inject_hyperparams``) cannot be inspected in Python and pass through; the
-public docstrings say so.
+argument and echoes the value it got (shortened by :func:`short_repr`). Traced
+values (schedules under ``jit``, ``optax.inject_hyperparams``) cannot be inspected
+in Python and pass through; the public docstrings say so. One checker per kind of
+argument: rates, finite reals with a bound, ints with a minimum, choices among
+strings, axes and shapes, thresholds, flags and floating arrays.
 """
 
 from __future__ import annotations
@@ -17,18 +19,64 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 __all__ = [
+    "check_axes",
+    "check_axes_syntax",
     "check_axis",
+    "check_bool",
     "check_broadcast_dims",
+    "check_callable",
+    "check_choice",
+    "check_class_labels",
+    "check_finite",
+    "check_flag",
     "check_float_array",
+    "check_int",
     "check_nonnegative",
+    "check_norm_bounds",
     "check_out_sharding",
     "check_positive",
     "check_rate",
+    "check_real_scalar",
+    "check_same_shape",
     "check_shard_spec",
+    "check_shape",
+    "check_str",
+    "check_threshold",
+    "check_unit_interval",
+    "compute_dtype",
+    "float32_or_wider",
     "is_static",
+    "short_repr",
     "spec_entries",
     "static_value",
 ]
+
+
+def short_repr(value, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (for echoing bad arguments)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _described(value) -> str:
+    """``"<type> <short repr>"``, e.g. ``"float 2.5"``, for TypeErrors."""
+    return f"{type(value).__name__} {short_repr(value)}"
+
+
+def _is_int(value) -> bool:
+    """A Python or NumPy integer (bools are not ints here)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def _as_sequence(value) -> tuple | None:
+    """``value`` as a tuple if it is a sequence (not a string) or a 1-D array."""
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        return tuple(value.tolist())
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return tuple(value)
+    return None
 
 
 def is_static(value) -> bool:
@@ -57,7 +105,7 @@ def _check_scalar(value, name: str):
     ):
         raise TypeError(
             f"`{name}` must be a real scalar (a Python float or a 0-d array); "
-            f"got {type(value).__name__} {value!r}."
+            f"got {_described(value)}."
         )
     shape = np.shape(value)
     if shape != ():
@@ -65,6 +113,17 @@ def _check_scalar(value, name: str):
     dtype = value.dtype if hasattr(value, "dtype") else np.result_type(value)
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
         raise TypeError(f"`{name}` must be a real number; got dtype {dtype}.")
+
+
+def check_real_scalar(value, name: str):
+    """A real (integer or floating) scalar, concrete or traced; NaN and inf pass.
+
+    Raises:
+      TypeError: not a number, a bool, a complex number, None, a string, ...
+      ValueError: an array that is not 0-d.
+    """
+    _check_scalar(value, name)
+    return value
 
 
 def check_rate(rate, name: str = "rate", *, allow_one: bool = True):
@@ -92,107 +151,41 @@ def check_rate(rate, name: str = "rate", *, allow_one: bool = True):
     return value
 
 
-def check_nonnegative(value, name: str):
-    """Check a scalar that must be >= 0 (a concrete one is returned as float)."""
+def _check_real(value, name: str, *, above=None, at_least=None):
+    """A finite real scalar, optionally ``> above`` or ``>= at_least``.
+
+    A concrete value is returned as a Python float; a traced one unchanged.
+    """
     _check_scalar(value, name)
     v = static_value(value)
     if v is None:
         return value
-    if math.isnan(v) or v < 0:
-        raise ValueError(f"`{name}` must be >= 0; got {name}={v!r}.")
+    if above is not None and not v > above:
+        raise ValueError(f"`{name}` must be > {above:g}; got {name}={v!r}.")
+    if at_least is not None and not v >= at_least:
+        raise ValueError(f"`{name}` must be >= {at_least:g}; got {name}={v!r}.")
+    if not math.isfinite(v):
+        raise ValueError(f"`{name}` must be finite; got {name}={v!r}.")
     return v
+
+
+def check_finite(value, name: str):
+    """A finite real scalar (a concrete one is returned as float; traced passes)."""
+    return _check_real(value, name)
+
+
+def check_nonnegative(value, name: str):
+    """A finite scalar ``>= 0`` (a concrete one is returned as float).
+
+    NaN and infinity are rejected: an infinite strength, noise level or bound
+    gives inf or NaN results.
+    """
+    return _check_real(value, name, at_least=0.0)
 
 
 def check_positive(value, name: str):
-    """Check a scalar that must be > 0 (a concrete one is returned as float)."""
-    _check_scalar(value, name)
-    v = static_value(value)
-    if v is None:
-        return value
-    if math.isnan(v) or v <= 0:
-        raise ValueError(f"`{name}` must be > 0; got {name}={v!r}.")
-    return v
-
-
-def check_float_array(x, name: str = "x") -> jax.Array:
-    """Return ``x`` as a JAX array, requiring a floating dtype.
-
-    Raises:
-      TypeError: for integer, boolean or complex input, or non-array objects.
-    """
-    if hasattr(x, "dtype") and hasattr(x, "shape"):
-        dtype = x.dtype
-    elif isinstance(x, (int, float, np.number)) and not isinstance(x, bool):
-        dtype = np.result_type(x)
-    else:
-        text = repr(x)
-        if len(text) > 60:
-            text = text[:57] + "..."
-        raise TypeError(
-            f"`{name}` must be an array of floating dtype (a jax.Array, numpy array "
-            f"or Python float); got {type(x).__name__} {text}. Convert it first, "
-            f"e.g. `{name}=jnp.asarray({name}, jnp.float32)`."
-        )
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(
-            f"`{name}` must have a floating dtype (float32, bfloat16, float16, ...); "
-            f"got dtype {dtype}. Cast it first, e.g. `{name}.astype(jnp.float32)`."
-        )
-    return jnp.asarray(x)
-
-
-def check_axis(axis, ndim: int, name: str = "axis") -> int:
-    """Normalize one axis index for an array of rank ``ndim``."""
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an int; got {type(axis).__name__} {axis!r}.")
-    if not -ndim <= axis < ndim:
-        raise ValueError(
-            f"`{name}`={axis} is out of range for an array of rank {ndim} "
-            f"(valid: {-ndim}..{ndim - 1})."
-        )
-    return int(axis) % ndim
-
-
-def check_broadcast_dims(
-    broadcast_dims: Sequence[int] | int, ndim: int, name: str = "broadcast_dims"
-) -> tuple[int, ...]:
-    """Normalize ``broadcast_dims`` to sorted non-negative axes, each checked."""
-    if isinstance(broadcast_dims, (int, np.integer)) and not isinstance(
-        broadcast_dims, bool
-    ):
-        broadcast_dims = (broadcast_dims,)
-    try:
-        dims = tuple(broadcast_dims)
-    except TypeError as err:
-        raise TypeError(
-            f"`{name}` must be a sequence of ints; got {broadcast_dims!r}."
-        ) from err
-    out = set()
-    for d in dims:
-        if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
-            raise TypeError(f"`{name}` must contain ints; got {d!r} in {dims!r}.")
-        if not -ndim <= d < ndim:
-            raise ValueError(
-                f"`{name}`={dims!r} has axis {d}, out of range for an input of rank "
-                f"{ndim} (valid: {-ndim}..{ndim - 1})."
-            )
-        out.add(int(d) % ndim)
-    return tuple(sorted(out))
-
-
-def check_bool(value, name: str) -> bool:
-    """A Python bool that selects a code path at trace time (e.g. ``deterministic``)."""
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"`{name}` must be a Python bool (it selects the code path at trace "
-            f"time); got {type(value).__name__} {value!r}."
-        )
-    return value
-
-
-def compute_dtype(x: jax.Array):
-    """The dtype arithmetic on ``x`` runs in: ``x.dtype`` promoted to float32."""
-    return float32_or_wider(x.dtype)
+    """A finite scalar ``> 0`` (a concrete one is returned as float)."""
+    return _check_real(value, name, above=0.0)
 
 
 def check_unit_interval(value, name: str):
@@ -210,20 +203,225 @@ def check_unit_interval(value, name: str):
     return v
 
 
-def check_int(value, name: str, *, minimum: int | None = None) -> int:
-    """A Python (or NumPy) integer that fixes a shape or a count, returned as int.
+def check_norm_bounds(min_value, max_value):
+    """Norm bounds ``0 <= min_value <= max_value``, both finite (traced pass).
+
+    Returns the pair, concrete values as Python floats.
+    """
+    lo = check_nonnegative(min_value, "min_value")
+    hi = check_nonnegative(max_value, "max_value")
+    if isinstance(lo, float) and isinstance(hi, float) and lo > hi:
+        raise ValueError(
+            f"`min_value` must be <= `max_value`; got min_value={lo!r}, "
+            f"max_value={hi!r}."
+        )
+    return lo, hi
+
+
+def check_threshold(value, name: str = "threshold") -> float:
+    """A Python number compared against data (``inf`` allowed, NaN is not)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(f"`{name}` must be a Python number; got {_described(value)}.")
+    if math.isnan(value):
+        raise ValueError(f"`{name}` must not be NaN; got {name}={value!r}.")
+    return float(value)
+
+
+def check_int(value, name: str, *, minimum: int | None = None, allow_none=False):
+    """A Python or NumPy int (not a bool), ``>= minimum``; returned as ``int``.
+
+    Ints that fix array shapes or loop lengths must be concrete: a traced value
+    is an error. ``None`` passes through when ``allow_none``.
 
     Raises:
-      TypeError: for bools, floats and anything that is not an integer.
-      ValueError: if ``value < minimum``.
+      TypeError: not an int.
+      ValueError: below ``minimum``.
     """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(
-            f"`{name}` must be a Python int; got {type(value).__name__} {value!r}."
-        )
+    if value is None and allow_none:
+        return None
+    if not _is_int(value):
+        raise TypeError(f"`{name}` must be a Python int; got {_described(value)}.")
     if minimum is not None and value < minimum:
         raise ValueError(f"`{name}` must be >= {minimum}; got {name}={int(value)}.")
     return int(value)
+
+
+def check_choice(value, name: str, choices: Sequence[str]) -> str:
+    """One of the strings ``choices`` (compared exactly, case included)."""
+    if isinstance(value, str) and value in choices:
+        return value
+    names = [repr(c) for c in choices]
+    listed = " or ".join(names) if len(names) == 2 else "one of " + ", ".join(names)
+    raise ValueError(f"`{name}` must be {listed}; got {name}={short_repr(value)}.")
+
+
+def check_float_array(x, name: str = "x") -> jax.Array:
+    """Return ``x`` as a JAX array, requiring a floating dtype.
+
+    Raises:
+      TypeError: for integer, boolean or complex input, or non-array objects.
+    """
+    if hasattr(x, "dtype") and hasattr(x, "shape"):
+        dtype = x.dtype
+    elif isinstance(x, (int, float, np.number)) and not isinstance(x, bool):
+        dtype = np.result_type(x)
+    else:
+        raise TypeError(
+            f"`{name}` must be an array of floating dtype (a jax.Array, numpy array "
+            f"or Python float); got {_described(x)}. Convert it first, "
+            f"e.g. `{name}=jnp.asarray({name}, jnp.float32)`."
+        )
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"`{name}` must have a floating dtype (float32, bfloat16, float16, ...); "
+            f"got dtype {dtype}. Cast it first, e.g. `{name}.astype(jnp.float32)`."
+        )
+    return jnp.asarray(x)
+
+
+# ---------------------------------------------------------------------------
+# Axes and shapes: one checker, used by every function that takes them.
+# ---------------------------------------------------------------------------
+
+
+def _int_sequence(value, expected: str, hint: str, name: str) -> tuple[int, ...]:
+    """``value`` (a sequence, not a string, or a 1-D array) as a tuple of ints.
+
+    Raises a TypeError that starts with ``expected`` and echoes ``value`` (and
+    the offending element), followed by ``hint``.
+    """
+    items = _as_sequence(value)
+    if items is None:
+        raise TypeError(f"{expected}; got {_described(value)}. {hint}".rstrip())
+    for item in items:
+        if not _is_int(item):
+            raise TypeError(
+                f"{expected}; got {_described(item)} in {name}={short_repr(value)}. "
+                f"{hint}".rstrip()
+            )
+    return tuple(int(item) for item in items)
+
+
+def _range_error(name: str, shown, axis: int, ndim: int, *, many: bool):
+    valid = f"(valid: {-ndim}..{ndim - 1})"
+    if many:
+        return ValueError(
+            f"`{name}`={shown} has axis {axis}, out of range for an array of rank "
+            f"{ndim} {valid}."
+        )
+    return ValueError(
+        f"`{name}`={shown} is out of range for an array of rank {ndim} {valid}."
+    )
+
+
+def check_axis(axis, ndim: int, name: str = "axis") -> int:
+    """Normalize one axis index for an array of rank ``ndim``."""
+    if not _is_int(axis):
+        raise TypeError(f"`{name}` must be an int; got {_described(axis)}.")
+    if not -ndim <= axis < ndim:
+        raise _range_error(name, int(axis), int(axis), ndim, many=False)
+    return int(axis) % ndim
+
+
+def check_axes_syntax(
+    axis, name: str = "axis", *, allow_empty: bool = False, allow_repeats=False
+) -> tuple[int, ...]:
+    """An int or a sequence of ints, checked without knowing the rank.
+
+    Returns the axes as a tuple of ints (as given: not normalized). Used to
+    validate an ``axis`` eagerly when the arrays it will apply to come later.
+
+    Raises:
+      TypeError: not an int or a sequence of ints (the message echoes ``axis``).
+      ValueError: an empty sequence (unless ``allow_empty``); the same axis twice
+        (unless ``allow_repeats``).
+    """
+    if _is_int(axis):
+        return (int(axis),)
+    axes = _int_sequence(
+        axis,
+        f"`{name}` must be an int or a tuple of ints",
+        f'(Under `optax.inject_hyperparams`, pass `static_args="{name}"`.)',
+        name,
+    )
+    if not axes and not allow_empty:
+        raise ValueError(f"`{name}` must name at least one axis; got {name}={axis!r}.")
+    if not allow_repeats and len(set(axes)) != len(axes):
+        raise ValueError(f"`{name}` repeats an axis; got {name}={axis!r}.")
+    return axes
+
+
+def check_axes(
+    axis,
+    ndim: int,
+    name: str = "axis",
+    *,
+    allow_empty: bool = False,
+    allow_repeats: bool = False,
+) -> tuple[int, ...]:
+    """Normalize an int or a sequence of ints to sorted distinct axes ``>= 0``.
+
+    Raises:
+      TypeError: not an int or a sequence of ints.
+      ValueError: an axis out of range for rank ``ndim`` (the message echoes the
+        value passed, not the normalized one); an empty sequence (unless
+        ``allow_empty``); an axis named twice, also as ``0`` and ``-ndim``
+        (unless ``allow_repeats``).
+    """
+    axes = check_axes_syntax(
+        axis, name, allow_empty=allow_empty, allow_repeats=allow_repeats
+    )
+    shown = int(axis) if _is_int(axis) else _as_sequence(axis)
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise _range_error(name, shown, a, ndim, many=not _is_int(axis))
+    out = [a % ndim for a in axes]
+    if not allow_repeats and len(set(out)) != len(out):
+        raise ValueError(
+            f"`{name}` repeats an axis; got {name}={shown} for an array of rank {ndim}."
+        )
+    return tuple(sorted(set(out)))
+
+
+def check_broadcast_dims(
+    broadcast_dims: Sequence[int] | int, ndim: int, name: str = "broadcast_dims"
+) -> tuple[int, ...]:
+    """Normalize ``broadcast_dims`` (an int or a sequence, possibly empty)."""
+    if _is_int(broadcast_dims):
+        broadcast_dims = (broadcast_dims,)
+    return check_axes(broadcast_dims, ndim, name, allow_empty=True, allow_repeats=True)
+
+
+def check_shape(shape, name: str = "shape") -> tuple[int, ...]:
+    """A sequence of non-negative ints (a tuple, list or 1-D integer array).
+
+    Floats (even ``2.0``), bools and strings are rejected rather than converted.
+
+    Raises:
+      TypeError: not a sequence of ints (the message echoes ``shape``).
+      ValueError: a negative size.
+    """
+    out = _int_sequence(shape, f"`{name}` must be a sequence of ints", "", name)
+    if any(s < 0 for s in out):
+        raise ValueError(f"`{name}` must not have negative sizes; got {name}={out}.")
+    return out
+
+
+def check_bool(value, name: str) -> bool:
+    """A Python bool that selects a code path at trace time (e.g. ``deterministic``)."""
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"`{name}` must be a Python bool (it selects the code path at trace "
+            f"time); got {type(value).__name__} {value!r}."
+        )
+    return value
+
+
+def compute_dtype(x: jax.Array):
+    """The dtype arithmetic on ``x`` runs in: ``x.dtype`` promoted to float32."""
+    return float32_or_wider(x.dtype)
 
 
 def check_class_labels(labels, num_classes: int, shape, name: str = "labels"):
@@ -386,24 +584,6 @@ def check_out_sharding(out_sharding, ndim: int, name: str = "out_sharding"):
 # --------------------------------------------------------------------------------
 
 
-def short_repr(value, limit: int = 60) -> str:
-    """``repr(value)``, cut to ``limit`` characters for error messages."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def check_choice(value, name: str, choices: Sequence[str]) -> str:
-    """``value`` if it is one of the strings ``choices``, else ValueError listing them."""
-    if not isinstance(value, str) or value not in choices:
-        names = [repr(c) for c in choices]
-        if len(names) == 2:
-            listed = " or ".join(names)
-        else:
-            listed = "one of " + ", ".join(names)
-        raise ValueError(f"`{name}` must be {listed}; got {name}={short_repr(value)}.")
-    return value
-
-
 def check_str(value, name: str) -> str:
     """A string (e.g. the name of an rng collection)."""
     if not isinstance(value, str):
@@ -460,20 +640,6 @@ def check_flag(value, name: str):
         f"arrays work too, traced ones included); got {type(value).__name__} "
         f"{short_repr(value)}."
     )
-
-
-def check_threshold(value, name: str = "threshold") -> float:
-    """A real Python or NumPy number that is not NaN (infinities are allowed)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(
-        value, (int, float, np.integer, np.floating)
-    ):
-        raise TypeError(
-            f"`{name}` must be a Python number; got {type(value).__name__} "
-            f"{short_repr(value)}."
-        )
-    if value != value:
-        raise ValueError(f"`{name}` must not be NaN; got {name}={value!r}.")
-    return float(value)
 
 
 def float32_or_wider(*dtypes) -> np.dtype:

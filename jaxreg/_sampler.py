@@ -113,6 +113,7 @@ from jaxreg._checks import (
     check_broadcast_dims,
     check_out_sharding,
     check_rate,
+    check_shape,
     check_shard_spec,
     compute_dtype,
     spec_entries,
@@ -656,9 +657,11 @@ def keep_mask(
       ValueError: bad ``rate``, ``broadcast_dims`` or ``shard_spec`` (rank
         larger than the mask's, an unknown or non-manual mesh axis, an axis
         used twice, used outside ``shard_map``), an ``out_sharding`` spec of
-        larger rank than the mask, missing or batched ``key``.
+        larger rank than the mask, a negative size in ``shape``, missing or
+        batched ``key``.
       TypeError: ``key`` is not a PRNG key; ``out_sharding`` or ``shard_spec``
-        of the wrong type.
+        of the wrong type; ``shape`` is not a sequence of ints (floats such as
+        ``2.5`` and strings such as ``"12"`` are rejected, not converted).
 
     Examples:
       >>> import jax, jaxreg
@@ -682,12 +685,7 @@ def keep_mask(
       Overfitting", JMLR 2014. https://jmlr.org/papers/v15/srivastava14a.html
     """
     rate = check_rate(rate)
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError as err:
-        raise TypeError(f"`shape` must be a sequence of ints; got {shape!r}.") from err
-    if any(s < 0 for s in shape):
-        raise ValueError(f"`shape` must not have negative sizes; got shape={shape}.")
+    shape = check_shape(shape)
     dims = check_broadcast_dims(broadcast_dims, len(shape))
     sharding = check_out_sharding(out_sharding, len(shape))
     manual = check_shard_spec(shard_spec, len(shape))

@@ -46,12 +46,15 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxreg._checks import (
+    check_choice,
     check_float_array,
+    check_int,
     check_positive,
     compute_dtype,
     spec_entries,
 )
 from jaxreg._keys import as_key
+from jaxreg._numerics import clip_traced
 from jaxreg._sampler import explicit_sharding
 
 __all__ = ["cutmix", "cutout", "mixup", "random_shift"]
@@ -94,23 +97,23 @@ def _check_labels(x: jax.Array, y) -> jax.Array:
 
 def _check_sizes(value, name: str, n: int, minimum: int) -> tuple[int, ...]:
     """An int or a length-``n`` sequence of ints, each ``>= minimum``."""
-    values = value if isinstance(value, Sequence) else (value,) * n
+    many = isinstance(value, Sequence) and not isinstance(value, str)
+    values = value if many else (value,) * n
     if len(values) != n:
         raise ValueError(
             f"`{name}` must be an int or a sequence of {n} ints (one per spatial "
             f"axis); got {name}={value!r}."
         )
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(
-                f"`{name}` must be an int or a sequence of ints; got "
-                f"{type(v).__name__} {v!r} in {name}={value!r}."
-            )
-        if v < minimum:
-            raise ValueError(f"`{name}` must be >= {minimum}; got {name}={value!r}.")
-        out.append(int(v))
-    return tuple(out)
+    return tuple(check_int(v, name, minimum=minimum) for v in values)
+
+
+def _check_alpha(alpha):
+    """The Beta concentration: a concrete one must be finite and > 0; a traced one
+    cannot be checked and is clipped to ``[tiny, max]`` of float32 (an ``alpha``
+    of 0 or below then mixes nothing, each example is kept or swapped whole; NaN
+    propagates)."""
+    info = jnp.finfo(jnp.float32)
+    return clip_traced(check_positive(alpha, "alpha"), info.tiny, info.max)
 
 
 def _batch_sharding(x: jax.Array, ndim: int):
@@ -161,15 +164,16 @@ def mixup(
       key: PRNG key.
       x: floating batch, any shape with the examples on axis 0.
       y: one-hot or soft labels ``(N, ...)`` (floating).
-      alpha: the Beta concentration, ``> 0``. A Python number is validated; a
-        traced value is not.
+      alpha: the Beta concentration, finite and ``> 0``. A Python number is
+        validated; a traced value is not (it is clipped to the positive finite
+        float32 numbers, so 0 or below mixes nothing).
 
     Returns:
       ``(x_mixed, y_mixed)`` with the shapes and dtypes of ``x`` and ``y``.
 
     Raises:
-      ValueError: ``alpha <= 0`` or NaN; ``x`` without a batch axis; batch sizes
-        of ``x`` and ``y`` differ; missing or batched ``key``.
+      ValueError: ``alpha <= 0``, NaN or infinite; ``x`` without a batch axis;
+        batch sizes of ``x`` and ``y`` differ; missing or batched ``key``.
       TypeError: non-float ``x``; integer ``y`` (one-hot encode it first).
 
     Examples:
@@ -188,7 +192,7 @@ def mixup(
     if x.ndim < 1:
         raise ValueError("`x` must have a batch axis (axis 0); got a scalar.")
     y = _check_labels(x, y)
-    alpha = check_positive(alpha, "alpha")
+    alpha = _check_alpha(alpha)
     key = as_key(key)
     k_lam, k_perm = jax.random.split(key)
     lam = jax.random.beta(k_lam, alpha, alpha, dtype=jnp.float32)
@@ -221,15 +225,16 @@ def cutmix(
       key: PRNG key.
       x: floating batch ``(N, L)``, ``(N, L, C)`` or ``(N, H, W, C)``.
       y: one-hot or soft labels ``(N, ...)`` (floating).
-      alpha: the Beta concentration, ``> 0`` (paper: 1, i.e. uniform). A Python
-        number is validated; a traced value is not.
+      alpha: the Beta concentration, finite and ``> 0`` (paper: 1, i.e.
+        uniform). A Python number is validated; a traced value is not (it is
+        clipped to the positive finite float32 numbers).
 
     Returns:
       ``(x_mixed, y_mixed)`` with the shapes and dtypes of ``x`` and ``y``.
 
     Raises:
-      ValueError: ``alpha <= 0`` or NaN; rank of ``x`` not 2, 3 or 4; batch sizes
-        differ; missing or batched ``key``.
+      ValueError: ``alpha <= 0``, NaN or infinite; rank of ``x`` not 2, 3 or 4;
+        batch sizes differ; missing or batched ``key``.
       TypeError: non-float ``x``; integer ``y``.
 
     Examples:
@@ -249,7 +254,7 @@ def cutmix(
     x = check_float_array(x)
     axes = _spatial_axes(x)
     y = _check_labels(x, y)
-    alpha = check_positive(alpha, "alpha")
+    alpha = _check_alpha(alpha)
     key = as_key(key)
     k_lam, k_perm, k_box = jax.random.split(key, 3)
     lam0 = jax.random.beta(k_lam, alpha, alpha, dtype=jnp.float32)
@@ -269,7 +274,8 @@ def cutmix(
         )
         inside = inside & (pos >= lo) & (pos < hi)
         cut_count = cut_count * (hi - lo).astype(jnp.float32)
-    lam = 1.0 - cut_count / float(math.prod(dims))
+    # An empty input has nothing to cut: lam = 1 (cut_count is 0), never 0 / 0.
+    lam = 1.0 - cut_count / float(max(math.prod(dims), 1))
     x_mixed = jnp.where(inside, _partners(x, perm), x)
     return x_mixed, _mix(y, _partners(y, perm), lam)
 
@@ -371,8 +377,7 @@ def random_shift(
     x = check_float_array(x)
     axes = _spatial_axes(x)
     shifts = _check_sizes(max_shift, "max_shift", len(axes), 0)
-    if mode not in _MODES:
-        raise ValueError(f"`mode` must be one of {_MODES}; got mode={mode!r}.")
+    check_choice(mode, "mode", _MODES)
     dims = [x.shape[a] for a in axes]
     if mode == "reflect":
         for s, d in zip(shifts, dims, strict=True):

@@ -22,17 +22,23 @@ so they come from :mod:`jax.random` directly rather than from
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
 from jaxreg._checks import (
     check_bool,
     check_float_array,
+    check_int,
     check_nonnegative,
     check_positive,
+    check_same_shape,
+    check_threshold,
     float32_or_wider,
 )
 from jaxreg._keys import as_key
+from jaxreg._numerics import clip_traced
 from jaxreg._sampler import explicit_sharding
 
 __all__ = [
@@ -51,6 +57,27 @@ _K2 = 1.87320
 _K3 = 1.48695
 # Added to w**2 inside log(alpha) and to the pre-activation variance.
 _EPS = 1e-8
+
+
+def _exp_limit(dtype) -> float:
+    """A bound on ``t`` below which ``exp(t)`` (and ``1 + exp(t)``) is finite."""
+    return math.log(float(jnp.finfo(dtype).max)) - 1.0
+
+
+def _divided_by_keep(a: jax.Array, log_a: jax.Array, logit: jax.Array) -> jax.Array:
+    """``a / (1 - p) = a * (1 + exp(logit))`` for ``a >= 0`` with ``log(a)`` given.
+
+    Up to ``logit ~ 87`` (float32) this is the direct product; beyond, where
+    ``1 + exp(logit)`` overflows (``0 * inf`` would be NaN), it is evaluated in
+    log space, ``exp(log_a + softplus(logit))``, saturating at a finite value.
+    Each branch only sees the arguments it is valid for, so gradients stay
+    finite.
+    """
+    limit = _exp_limit(logit.dtype)
+    big = logit > limit
+    direct = a * (1.0 + jnp.exp(jnp.where(big, 0.0, logit)))
+    log_scaled = log_a + jax.nn.softplus(jnp.where(big, logit, 0.0))
+    return jnp.where(big, jnp.exp(jnp.minimum(log_scaled, limit)), direct)
 
 
 def _as_float_param(value, name: str) -> jax.Array:
@@ -167,10 +194,12 @@ def concrete_dropout(
         key, x.shape, ct, minval=tiny, maxval=1.0, out_sharding=sharding
     )
     logit = logit_p.astype(ct)
-    z = (logit + jnp.log(u) - jnp.log1p(-u)) / jnp.asarray(temperature, ct)
-    keep_relaxed = jax.nn.sigmoid(-z)  # 1 - drop indicator
-    inv_keep = 1.0 + jnp.exp(logit)  # 1 / (1 - p) with p = sigmoid(logit)
-    return (x.astype(ct) * keep_relaxed * inv_keep).astype(x.dtype)
+    t = jnp.asarray(clip_traced(temperature, float(tiny)), ct)  # traced <= 0: tiny
+    z = (logit + jnp.log(u) - jnp.log1p(-u)) / t
+    # The relaxed keep indicator over 1 - p, p = sigmoid(logit); finite for any
+    # logit (in log space where 1 / (1 - p) overflows).
+    scale = _divided_by_keep(jax.nn.sigmoid(-z), jax.nn.log_sigmoid(-z), logit)
+    return (x.astype(ct) * scale).astype(x.dtype)
 
 
 def concrete_dropout_regularizer(
@@ -249,13 +278,7 @@ def concrete_dropout_regularizer(
             "`logit_p` must be a scalar (one drop probability per layer) in the "
             f"regularizer; got shape {logit_p.shape}."
         )
-    if isinstance(input_dim, bool) or not isinstance(input_dim, int):
-        raise TypeError(
-            f"`input_dim` must be an int (the number of dropped units); got "
-            f"{type(input_dim).__name__} {input_dim!r}."
-        )
-    if input_dim < 1:
-        raise ValueError(f"`input_dim` must be >= 1; got input_dim={input_dim}.")
+    input_dim = check_int(input_dim, "input_dim", minimum=1)
     weight_regularizer = check_nonnegative(weight_regularizer, "weight_regularizer")
     dropout_regularizer = check_nonnegative(dropout_regularizer, "dropout_regularizer")
     leaves = jax.tree.leaves(weights)
@@ -268,7 +291,10 @@ def concrete_dropout_regularizer(
     p = jax.nn.sigmoid(logit)
     # p log p + (1 - p) log(1 - p), written with log-sigmoids (no log(0)).
     neg_entropy = p * jax.nn.log_sigmoid(logit) + (1 - p) * jax.nn.log_sigmoid(-logit)
-    weight_term = jnp.asarray(weight_regularizer, ct) * sq * (1.0 + jnp.exp(logit))
+    scaled = jnp.asarray(weight_regularizer, ct) * sq
+    positive = scaled > 0  # zero weights: the term is 0, not 0 * inf
+    log_scaled = jnp.log(jnp.where(positive, scaled, 1.0))
+    weight_term = jnp.where(positive, _divided_by_keep(scaled, log_scaled, logit), 0.0)
     dropout_term = jnp.asarray(dropout_regularizer, ct) * input_dim * neg_entropy
     return weight_term + dropout_term
 
@@ -313,11 +339,7 @@ def sparse_vd_log_alpha(
     """
     w = check_float_array(w, "w")
     log_sigma2 = check_float_array(log_sigma2, "log_sigma2")
-    if w.shape != log_sigma2.shape:
-        raise ValueError(
-            "`w` and `log_sigma2` must have the same shape (one variance per "
-            f"weight); got w.shape={w.shape} and log_sigma2.shape={log_sigma2.shape}."
-        )
+    check_same_shape(w, log_sigma2, "w", "log_sigma2")  # one variance per weight
     ct = float32_or_wider(w.dtype, log_sigma2.dtype)
     w = w.astype(ct)
     return log_sigma2.astype(ct) - jnp.log(w * w + _EPS)
@@ -381,17 +403,6 @@ def sparse_vd_kl(log_alpha) -> jax.Array:
     return total
 
 
-def _check_threshold(threshold) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise TypeError(
-            "`threshold` must be a Python number (log alpha above it is pruned); "
-            f"got {type(threshold).__name__} {threshold!r}."
-        )
-    if threshold != threshold:
-        raise ValueError(f"`threshold` must not be NaN; got threshold={threshold!r}.")
-    return float(threshold)
-
-
 def sparse_vd_prune(
     w: jax.typing.ArrayLike, log_sigma2: jax.typing.ArrayLike, *, threshold=3.0
 ) -> jax.Array:
@@ -426,7 +437,7 @@ def sparse_vd_prune(
       Molchanov, Ashukha, Vetrov. "Variational Dropout Sparsifies Deep Neural
       Networks." ICML 2017, section 4.3. https://arxiv.org/abs/1701.05369
     """
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     la = sparse_vd_log_alpha(w, log_sigma2)
     w = jnp.asarray(w)
     return jnp.where(la <= threshold, w, jnp.zeros((), w.dtype))
@@ -437,6 +448,7 @@ def sparse_vd_pruned_fraction(log_alpha, *, threshold=3.0) -> jax.Array:
 
     ``mean(log_alpha > threshold)`` over all elements of all leaves (weighted by
     size, so a pytree of per-layer log alphas gives the whole-network fraction).
+    A NaN ``log_alpha`` counts as pruned, as :func:`sparse_vd_prune` zeroes it.
 
     Args:
       log_alpha: an array or a pytree of arrays of :math:`\\log\\alpha`.
@@ -458,7 +470,7 @@ def sparse_vd_pruned_fraction(log_alpha, *, threshold=3.0) -> jax.Array:
       Molchanov, Ashukha, Vetrov. "Variational Dropout Sparsifies Deep Neural
       Networks." ICML 2017. https://arxiv.org/abs/1701.05369
     """
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     leaves = jax.tree.leaves(log_alpha)
     if not leaves:
         raise ValueError("`log_alpha` is empty; pass at least one array.")
@@ -466,7 +478,7 @@ def sparse_vd_pruned_fraction(log_alpha, *, threshold=3.0) -> jax.Array:
     total = 0
     for leaf in leaves:
         la = check_float_array(leaf, "log_alpha")
-        pruned = pruned + jnp.sum(la > threshold)
+        pruned = pruned + jnp.sum(~(la <= threshold))  # as sparse_vd_prune: NaN too
         total += la.size
     return (pruned / total).astype(jnp.float32)
 
@@ -550,7 +562,7 @@ def sparse_vd_dense(
                 f"`bias` must have shape ({w.shape[1]},) to match `w` of shape "
                 f"{w.shape}; got bias.shape={bias.shape}."
             )
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     deterministic = check_bool(deterministic, "deterministic")
     ct = float32_or_wider(x.dtype, w.dtype)
     xc = x.astype(ct)
@@ -560,7 +572,10 @@ def sparse_vd_dense(
     else:
         key = as_key(key)
         mu = xc @ wc
-        var = (xc * xc) @ jnp.exp(jnp.asarray(log_sigma2).astype(ct))
+        # exp saturates (finite) beyond log_sigma2 ~ 87 so that a zero input
+        # never meets an infinite variance (0 * inf = NaN).
+        ls2 = jnp.minimum(jnp.asarray(log_sigma2).astype(ct), _exp_limit(ct))
+        var = (xc * xc) @ jnp.exp(ls2)
         eps = jax.random.normal(key, mu.shape, ct, out_sharding=explicit_sharding(mu))
         y = mu + jnp.sqrt(var + _EPS) * eps
     if bias is not None:

@@ -7,6 +7,12 @@ own. For a Dense kernel ``(in, out)`` the default ``axis=0`` constrains each out
 unit's incoming weight vector; for a conv kernel ``(h, w, in, out)`` use
 ``axis=(0, 1, 2)`` to constrain each filter. ``axis`` may be an int or a tuple.
 
+Norms are computed with scaling (each slice is divided by a power of two near its
+largest magnitude before squaring, and rescaled through the same factor), so
+weights around ``1e30`` or ``1e-30`` are projected exactly in float32 and bfloat16
+where the plain ``sqrt(sum(w**2))`` of Keras and optax overflows to ``inf`` or
+underflows to 0.
+
 Unlike Keras, which divides by ``norm + 1e-7``, weights that already satisfy the
 constraint come back unchanged, bit for bit, and projecting twice equals
 projecting once, bit for bit. To make that hold in floating point, a norm within
@@ -15,7 +21,10 @@ a relative tolerance :math:`\tau` of a bound counts as on the bound, with
 :math:`10^{-6}` for float32, :math:`2^{-7}` for bfloat16): the rounding noise of the
 rescaled weights and of the norm itself. All-zero slices give zeros, with finite
 values and gradients. Norms are computed in float32 (or wider); the output dtype
-equals the input dtype.
+equals the input dtype. Bounds given as Python numbers must be finite; traced bounds
+(e.g. under :func:`optax.inject_hyperparams`) cannot be checked and are clipped to
+their domain (a negative ``max_value`` acts as 0, a ``rate`` outside ``[0, 1]`` as
+the nearest end point).
 
 To apply a constraint after every optimizer step, use
 :func:`jaxreg.max_norm_constraint` and friends (built on :func:`jaxreg.project`).
@@ -23,13 +32,17 @@ To apply a constraint after every optimizer step, use
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
-from jaxreg._checks import check_float_array, check_nonnegative, check_positive
-from jaxreg.penalties import normalize_axes, safe_norm
+from jaxreg._checks import (
+    check_axes,
+    check_float_array,
+    check_norm_bounds,
+    check_positive,
+    check_unit_interval,
+)
+from jaxreg._numerics import clip_traced, norm_parts, promote_f32, safe_div
 
 __all__ = ["max_norm", "min_max_norm", "non_neg", "unit_norm"]
 
@@ -39,13 +52,22 @@ def tolerance(dtype) -> float:
     return max(float(jnp.finfo(dtype).eps), 8.0 * float(jnp.finfo(jnp.float32).eps))
 
 
-def _rescale(w: jax.Array, scale: jax.Array) -> jax.Array:
-    return (w.astype(scale.dtype) * scale).astype(w.dtype)
+def _slice_norms(w: jax.Array, axis):
+    """``(scale, unit, norms)`` of every slice: ``norms = scale * unit`` (see
+    :func:`jaxreg._numerics.norm_parts`; ``norms`` may overflow to inf, the
+    parts never do)."""
+    scale, unit = norm_parts(w, axis=check_axes(axis, w.ndim), keepdims=True)
+    return scale, unit, scale * unit
 
 
-def _safe_div(num, den):
-    positive = den > 0
-    return jnp.where(positive, num / jnp.where(positive, den, 1.0), 0.0)
+def _rescaled(w: jax.Array, keep, scale, factor) -> jax.Array:
+    """``w`` where ``keep``, else ``(w / scale) * factor``; rounded once to w.dtype.
+
+    With ``factor = target / unit`` the slice gets norm ``target`` without ever
+    forming ``w / norm`` (``w / scale`` is exact and below 2 in magnitude).
+    """
+    wc = promote_f32(w)
+    return jnp.where(keep, wc, (wc / scale) * factor).astype(w.dtype)
 
 
 def max_norm(w: jax.typing.ArrayLike, max_value, *, axis=0) -> jax.Array:
@@ -85,12 +107,10 @@ def max_norm(w: jax.typing.ArrayLike, max_value, *, axis=0) -> jax.Array:
       5.1, max-norm regularization). https://jmlr.org/papers/v15/srivastava14a.html
     """
     w = check_float_array(w, "w")
-    max_value = check_positive(max_value, "max_value")
-    axes = normalize_axes(axis, w.ndim)
-    norms = safe_norm(w, axis=axes, keepdims=True)
-    tol = tolerance(w.dtype)
-    scale = jnp.where(norms > max_value * (1.0 + tol), _safe_div(max_value, norms), 1.0)
-    return _rescale(w, scale)
+    c = clip_traced(check_positive(max_value, "max_value"), 0.0)
+    scale, unit, norms = _slice_norms(w, axis)
+    inside = norms <= c * (1.0 + tolerance(w.dtype))
+    return _rescaled(w, inside, scale, safe_div(c, unit))
 
 
 def unit_norm(w: jax.typing.ArrayLike, *, axis=0) -> jax.Array:
@@ -120,12 +140,10 @@ def unit_norm(w: jax.typing.ArrayLike, *, axis=0) -> jax.Array:
       Keras ``UnitNorm`` constraint, https://keras.io/api/layers/constraints/
     """
     w = check_float_array(w, "w")
-    axes = normalize_axes(axis, w.ndim)
-    norms = safe_norm(w, axis=axes, keepdims=True)
+    scale, unit, norms = _slice_norms(w, axis)
     # A slice whose norm is already 1 (within the tolerance) is returned unchanged.
-    tol = tolerance(w.dtype)
-    scale = jnp.where(jnp.abs(norms - 1.0) <= tol, 1.0, _safe_div(1.0, norms))
-    return _rescale(w, scale)
+    on_sphere = jnp.abs(norms - 1.0) <= tolerance(w.dtype)
+    return _rescaled(w, on_sphere, scale, safe_div(1.0, unit))
 
 
 def min_max_norm(
@@ -169,23 +187,16 @@ def min_max_norm(
       Keras ``MinMaxNorm`` constraint, https://keras.io/api/layers/constraints/
     """
     w = check_float_array(w, "w")
-    lo = check_nonnegative(min_value, "min_value")
-    hi = check_nonnegative(max_value, "max_value")
-    if isinstance(lo, float) and isinstance(hi, float) and lo > hi:
-        raise ValueError(
-            f"`min_value` must be <= `max_value`; got min_value={lo!r}, "
-            f"max_value={hi!r}."
-        )
-    r = check_nonnegative(rate, "rate")
-    if isinstance(r, float) and (math.isnan(r) or r > 1.0):
-        raise ValueError(f"`rate` must lie in [0, 1]; got rate={r!r}.")
-    axes = normalize_axes(axis, w.ndim)
-    norms = safe_norm(w, axis=axes, keepdims=True)
-    desired = r * jnp.clip(norms, lo, hi) + (1.0 - r) * norms
+    lo, hi = check_norm_bounds(min_value, max_value)
+    lo, hi = clip_traced(lo, 0.0), clip_traced(hi, 0.0)
+    r = clip_traced(check_unit_interval(rate, "rate"), 0.0, 1.0)
+    scale, unit, norms = _slice_norms(w, axis)
     tol = tolerance(w.dtype)
     inside = (norms >= lo * (1.0 - tol)) & (norms <= hi * (1.0 + tol))
-    scale = jnp.where(inside, 1.0, _safe_div(desired, norms))
-    return _rescale(w, scale)
+    # w * (r * clip(norm, lo, hi) + (1 - r) * norm) / norm, with w = scale * (w /
+    # scale) and norm = scale * unit: the factor on w / scale never overflows.
+    factor = r * safe_div(jnp.clip(norms, lo, hi), unit) + (1.0 - r) * scale
+    return _rescaled(w, inside, scale, factor)
 
 
 def non_neg(w: jax.typing.ArrayLike) -> jax.Array:

@@ -14,23 +14,27 @@ it, as for :func:`optax.masked`), or a callable ``params -> mask``.
 :func:`mask_by_ndim` and :func:`mask_by_path` build the common ones, e.g. "kernels
 only, not biases or LayerNorm scales".
 
-Leaves that are not floating-point arrays (integer counters, the activation
-function stored in an Equinox module, ...) are never penalised. Sums are
-accumulated in at least float32.
+Leaves that are not floating-point arrays (integer counters, boolean flags, the
+activation function stored in an Equinox module, ...) are never penalised, whatever
+the mask says. Sums are accumulated in at least float32, and the norms of
+:func:`group_lasso` and :func:`orthogonal` are computed with scaling, so weights
+around ``1e30`` or ``1e-30`` give finite, accurate values (and gradients) in
+float32 and bfloat16.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreg._checks import check_axis, check_nonnegative, float32_or_wider
+from jaxreg._checks import check_axes, check_choice, check_int, check_unit_interval
+from jaxreg._numerics import abs_zero_grad, norm, norm_parts, promote_f32, safe_div
+from jaxreg._trees import is_array, map_with_path, on_leaf, selected_float_leaves
 
 __all__ = [
     "elastic_net",
@@ -43,198 +47,6 @@ __all__ = [
 ]
 
 PyTree = Any
-
-
-# ---------------------------------------------------------------------------
-# Pytree plumbing shared with jaxreg.transforms.
-# ---------------------------------------------------------------------------
-
-
-def _is_nnx_variable(x) -> bool:
-    """True for a ``flax.nnx.Variable`` (checked without importing Flax)."""
-    return any(
-        c.__name__ == "Variable" and c.__module__.startswith("flax.nnx")
-        for c in type(x).__mro__
-    )
-
-
-def _key_name(key) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def path_string(path: Sequence[Any]) -> str:
-    """Join a JAX key path into ``"a/b/0/kernel"`` (the string masks match on)."""
-    return "/".join(_key_name(k) for k in path)
-
-
-def _is_array(x) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray, np.generic, float, int, complex))
-
-
-def _is_float_leaf(x) -> bool:
-    if isinstance(x, bool):
-        return False
-    if isinstance(x, float):
-        return True
-    if isinstance(x, (jax.Array, np.ndarray, np.generic)):
-        return bool(jnp.issubdtype(x.dtype, jnp.floating))
-    return False
-
-
-def _map_with_path(fn: Callable[[str, Any], Any], tree: PyTree) -> PyTree:
-    """``fn(path_string, leaf)`` for every leaf; ``nnx.Variable`` paths omit ``value``.
-
-    The result has exactly the structure of ``tree`` (Variables stay Variables).
-    """
-
-    def visit(path, node):
-        name = path_string(path)
-        if _is_nnx_variable(node):
-            return jax.tree_util.tree_map(lambda leaf: fn(name, leaf), node)
-        return fn(name, node)
-
-    return jax.tree_util.tree_map_with_path(visit, tree, is_leaf=_is_nnx_variable)
-
-
-def _brief(treedef, limit: int = 300) -> str:
-    text = str(treedef)
-    return text if len(text) <= limit else text[: limit - 5] + " ...)"
-
-
-def _unwrap_variable(node):
-    if _is_nnx_variable(node):
-        leaves = jax.tree_util.tree_leaves(node)
-        if len(leaves) == 1:
-            return leaves[0]
-    return node
-
-
-def _is_mask_fn(mask) -> bool:
-    """A callable mask builder, not a callable pytree (e.g. an Equinox module)."""
-    return callable(mask) and jax.tree_util.treedef_is_leaf(
-        jax.tree_util.tree_structure(mask)
-    )
-
-
-def resolve_mask(mask, params: PyTree, name: str = "mask") -> PyTree:
-    """Return a bool pytree with exactly the structure of ``params``.
-
-    ``mask`` may be None (everything selected), a pytree of bools with the structure
-    of ``params`` or a prefix of it, or a callable ``params -> mask``.
-
-    Raises:
-      ValueError: if the structures do not match (the message shows both).
-      TypeError: if a mask leaf is not a Python bool.
-    """
-    if mask is None:
-        return jax.tree_util.tree_map(lambda _: True, params)
-    if _is_mask_fn(mask):
-        mask = mask(params)
-    # A mask built from a flax.nnx.State of Variables also fits the pure State (of
-    # arrays) that nnx.Optimizer hands to optax: unwrap the Variables (a bool still
-    # broadcasts over a Variable in params, as a prefix).
-    mask = jax.tree_util.tree_map(_unwrap_variable, mask, is_leaf=_is_nnx_variable)
-
-    try:
-        full = jax.tree_util.tree_map(
-            lambda m, sub: jax.tree_util.tree_map(lambda _: m, sub), mask, params
-        )
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(
-            f"`{name}` must have the tree structure of the parameters (or a prefix "
-            f"of it). Got {name} structure {_brief(jax.tree_util.tree_structure(mask))}"
-            f" but params structure {_brief(jax.tree_util.tree_structure(params))}. "
-            "Build the mask from the same pytree, e.g. "
-            f"`{name}=jaxreg.mask_by_ndim(params)`."
-        ) from err
-
-    def check(m):
-        if not isinstance(m, (bool, np.bool_)):
-            raise TypeError(
-                f"`{name}` leaves must be Python bools (True = regularize this "
-                f"leaf); got {type(m).__name__} {m!r}. Build masks with "
-                "`jaxreg.mask_by_ndim` or `jaxreg.mask_by_path`."
-            )
-        return bool(m)
-
-    return jax.tree_util.tree_map(check, full)
-
-
-def _selected(params: PyTree, mask) -> list[tuple[str, jax.Array]]:
-    """``(path, leaf)`` for every floating leaf that ``mask`` selects."""
-    full = resolve_mask(mask, params)
-    paths = jax.tree_util.tree_flatten_with_path(params)[0]
-    flags = jax.tree_util.tree_leaves(full)
-    return [
-        (path_string(p), jnp.asarray(leaf))
-        for (p, leaf), keep in zip(paths, flags, strict=True)
-        if keep and _is_float_leaf(leaf)
-    ]
-
-
-def _accumulate(terms: list[jax.Array]) -> jax.Array:
-    if not terms:
-        return jnp.zeros((), jnp.float32)
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
-    return total
-
-
-def _f32(x: jax.Array) -> jax.Array:
-    return x.astype(float32_or_wider(x.dtype))
-
-
-def _sum_squares(x: jax.Array, axis=None, keepdims=False) -> jax.Array:
-    x = _f32(x)
-    return jnp.sum(x * x, axis=axis, keepdims=keepdims)
-
-
-def _abs(x: jax.Array) -> jax.Array:
-    """|x| as sign(x) * x: its gradient is sign(x), i.e. 0 at 0 (jnp.abs gives 1)."""
-    x = _f32(x)
-    return jnp.sign(x) * x
-
-
-def safe_norm(x: jax.Array, axis=None, keepdims=False) -> jax.Array:
-    """Euclidean norm over ``axis`` (float32 or wider) with gradient 0 at 0."""
-    sq = _sum_squares(x, axis=axis, keepdims=keepdims)
-    positive = sq > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
-
-
-def normalize_axes(axis, ndim: int, name: str = "axis") -> tuple[int, ...]:
-    """Normalize an int or a tuple of ints to sorted distinct non-negative axes."""
-    if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool):
-        axes = (axis,)
-    elif isinstance(axis, (tuple, list)):
-        axes = tuple(axis)
-        if not axes:
-            raise ValueError(f"`{name}` must name at least one axis; got {axis!r}.")
-    else:
-        raise TypeError(
-            f"`{name}` must be an int or a tuple of ints; got "
-            f"{type(axis).__name__} {axis!r}. (Under `optax.inject_hyperparams`, "
-            f'pass `static_args="{name}"`.)'
-        )
-    out = tuple(check_axis(a, ndim, name) for a in axes)
-    if len(set(out)) != len(out):
-        raise ValueError(f"`{name}` repeats an axis; got {axis!r}.")
-    return tuple(sorted(out))
-
-
-def _leaf_axes(axis, w: jax.Array, path: str) -> tuple[int, ...]:
-    """``normalize_axes`` for one leaf of a tree; errors name the leaf."""
-    try:
-        return normalize_axes(axis, w.ndim)
-    except (TypeError, ValueError) as err:
-        raise type(err)(
-            f"{err} (leaf {path or '<root>'!r} of shape {w.shape}; exclude it with "
-            "`mask`)"
-        ) from None
 
 
 # ---------------------------------------------------------------------------
@@ -268,14 +80,9 @@ def mask_by_ndim(params: PyTree, min_ndim: int = 2) -> PyTree:
       >>> jaxreg.mask_by_ndim(params)
       {'dense': {'bias': False, 'kernel': True}}
     """
-    if isinstance(min_ndim, bool) or not isinstance(min_ndim, (int, np.integer)):
-        raise TypeError(
-            f"`min_ndim` must be an int; got {type(min_ndim).__name__} {min_ndim!r}."
-        )
-    if min_ndim < 0:
-        raise ValueError(f"`min_ndim` must be >= 0; got min_ndim={min_ndim}.")
-    return _map_with_path(
-        lambda _, leaf: _is_array(leaf) and np.ndim(leaf) >= min_ndim, params
+    min_ndim = check_int(min_ndim, "min_ndim", minimum=0)
+    return map_with_path(
+        lambda _, leaf: is_array(leaf) and np.ndim(leaf) >= min_ndim, params
     )
 
 
@@ -332,18 +139,29 @@ def mask_by_path(
     exc = _compile(exclude, "exclude")
 
     def select(path: str, leaf) -> bool:
-        if not _is_array(leaf):
+        if not is_array(leaf):
             return False
         if inc is not None and inc.search(path) is None:
             return False
         return not (exc is not None and exc.search(path) is not None)
 
-    return _map_with_path(select, params)
+    return map_with_path(select, params)
 
 
 # ---------------------------------------------------------------------------
 # Penalties.
 # ---------------------------------------------------------------------------
+
+
+def _total(terms) -> jax.Array:
+    """The sum of scalar terms, float32 zero for none."""
+    terms = list(terms)
+    return sum(terms[1:], terms[0]) if terms else jnp.zeros((), jnp.float32)
+
+
+def _sum_squares(w: jax.Array) -> jax.Array:
+    w = promote_f32(w)
+    return jnp.sum(w * w)
 
 
 def l1(params: PyTree, *, mask=None) -> jax.Array:
@@ -376,7 +194,9 @@ def l1(params: PyTree, *, mask=None) -> jax.Array:
       Tibshirani. "Regression Shrinkage and Selection via the Lasso." JRSS B 58(1),
       1996. https://doi.org/10.1111/j.2517-6161.1996.tb02080.x
     """
-    return _accumulate([jnp.sum(_abs(w)) for _, w in _selected(params, mask)])
+    return _total(
+        jnp.sum(abs_zero_grad(w)) for _, w in selected_float_leaves(params, mask)
+    )
 
 
 def l2(params: PyTree, *, mask=None) -> jax.Array:
@@ -405,24 +225,7 @@ def l2(params: PyTree, *, mask=None) -> jax.Array:
       Hoerl, Kennard. "Ridge Regression: Biased Estimation for Nonorthogonal
       Problems." Technometrics 12(1), 1970. https://doi.org/10.1080/00401706.1970.10488634
     """
-    return _accumulate([0.5 * _sum_squares(w) for _, w in _selected(params, mask)])
-
-
-def _check_l1_ratio(l1_ratio):
-    """A concrete ratio must lie in [0, 1] (returned as float); traced passes."""
-    if isinstance(l1_ratio, str):
-        raise TypeError(
-            f"`l1_ratio` must be a Python float in [0, 1]; got str {l1_ratio!r}."
-        )
-    value = check_nonnegative(l1_ratio, "l1_ratio")
-    if not isinstance(value, float):
-        return value  # traced (e.g. optax.inject_hyperparams under jit)
-    if value > 1.0:
-        raise ValueError(
-            f"`l1_ratio` is the weight of the L1 part and must lie in [0, 1]; got "
-            f"l1_ratio={value!r}."
-        )
-    return value
+    return _total(0.5 * _sum_squares(w) for _, w in selected_float_leaves(params, mask))
 
 
 def elastic_net(params: PyTree, *, l1_ratio: float = 0.5, mask=None) -> jax.Array:
@@ -459,12 +262,10 @@ def elastic_net(params: PyTree, *, l1_ratio: float = 0.5, mask=None) -> jax.Arra
       Zou, Hastie. "Regularization and variable selection via the elastic net."
       JRSS B 67(2), 2005. https://doi.org/10.1111/j.1467-9868.2005.00503.x
     """
-    rho = _check_l1_ratio(l1_ratio)
-    return _accumulate(
-        [
-            rho * jnp.sum(_abs(w)) + 0.5 * (1.0 - rho) * _sum_squares(w)
-            for _, w in _selected(params, mask)
-        ]
+    rho = check_unit_interval(l1_ratio, "l1_ratio")
+    return _total(
+        rho * jnp.sum(abs_zero_grad(w)) + 0.5 * (1.0 - rho) * _sum_squares(w)
+        for _, w in selected_float_leaves(params, mask)
     )
 
 
@@ -510,17 +311,11 @@ def group_lasso(params: PyTree, *, axis=0, mask=None) -> jax.Array:
       variables." JRSS B 68(1), 2006. https://doi.org/10.1111/j.1467-9868.2005.00532.x
     """
     terms = []
-    for path, w in _selected(params, mask):
-        axes = _leaf_axes(axis, w, path)
+    for path, w in selected_float_leaves(params, mask):
+        axes = on_leaf(lambda w: check_axes(axis, w.ndim), path, w)
         size = math.prod(w.shape[a] for a in axes)
-        terms.append(math.sqrt(size) * jnp.sum(safe_norm(w, axis=axes)))
-    return _accumulate(terms)
-
-
-def _check_mode(mode) -> str:
-    if mode not in ("rows", "columns"):
-        raise ValueError(f'`mode` must be "rows" or "columns"; got mode={mode!r}.')
-    return mode
+        terms.append(math.sqrt(size) * jnp.sum(norm(w, axis=axes)))
+    return _total(terms)
 
 
 def orthogonal(params: PyTree, *, mode: str = "rows", mask=None) -> jax.Array:
@@ -567,23 +362,24 @@ def orthogonal(params: PyTree, *, mode: str = "rows", mask=None) -> jax.Array:
       Brock, Lim, Ritchie, Weston. "Neural Photo Editing with Introspective
       Adversarial Networks." ICLR 2017. https://arxiv.org/abs/1609.07093
     """
-    _check_mode(mode)
+    check_choice(mode, "mode", ("rows", "columns"))
     terms = []
-    for path, w in _selected(params, mask):
+    for path, w in selected_float_leaves(params, mask):
         if w.ndim != 2:
             raise ValueError(
                 f"`orthogonal` needs 2-D kernels; leaf {path or '<root>'!r} has shape "
                 f"{w.shape}. Exclude it with `mask=jaxreg.mask_by_ndim(params)` (or a "
                 "path mask), or reshape conv kernels to 2-D first."
             )
-        v = _f32(w) if mode == "rows" else _f32(w).T
+        v = promote_f32(w) if mode == "rows" else promote_f32(w).T
         n = v.shape[0]
         if n < 2:
             terms.append(jnp.zeros((), v.dtype))
             continue
-        norms = safe_norm(v, axis=1, keepdims=True)
-        unit = v / jnp.where(norms > 0, norms, 1.0)
+        # Unit vectors without forming the (overflow-prone) squared norms.
+        scale, unit_norm = norm_parts(v, axis=1, keepdims=True)
+        unit = safe_div(v / scale, unit_norm)
         gram = unit @ unit.T
         off = jnp.abs(gram) * (1.0 - jnp.eye(n, dtype=gram.dtype))
         terms.append(0.5 * jnp.sum(off) / (n * (n - 1) / 2.0))
-    return _accumulate(terms)
+    return _total(terms)

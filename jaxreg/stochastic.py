@@ -21,6 +21,7 @@ from jaxreg._checks import (
     check_axis,
     check_bool,
     check_broadcast_dims,
+    check_choice,
     check_float_array,
     check_int,
     check_nonnegative,
@@ -31,6 +32,7 @@ from jaxreg._checks import (
     static_value,
 )
 from jaxreg._keys import as_key
+from jaxreg._numerics import clip_traced, safe_inverse
 from jaxreg._sampler import (
     activation_fn,
     activation_name,
@@ -78,14 +80,6 @@ def _static_edge(x: jax.Array, rate):
     if value == 1.0:
         return jnp.zeros_like(x)
     return None
-
-
-def _safe_inverse(keep):
-    """1 / keep, with 0 where keep == 0 (no inf, no NaN in values or gradients)."""
-    if isinstance(keep, float):
-        return 1.0 / keep if keep > 0 else 0.0
-    positive = keep > 0
-    return jnp.where(positive, 1.0 / jnp.where(positive, keep, 1.0), 0.0)
 
 
 def _scaled(x: jax.Array, scale) -> jax.Array:
@@ -185,7 +179,7 @@ def dropout(
         return jnp.zeros_like(x)
     # The mask is regenerated from the key's seed words in the backward pass
     # (never stored); it is exactly keep_mask(key, x.shape, rate, ...).
-    scale = _safe_inverse(keep) if inverted else 1.0
+    scale = safe_inverse(keep) if inverted else 1.0
     if name is None:
         return masked_scale(key, x, rate, scale, broadcast_dims=dims, manual=manual)
     unscale = keep if inverted else 1.0
@@ -249,8 +243,9 @@ def spatial_dropout(
     ch = check_axis(channel_axis, x.ndim, "channel_axis")
     if ch == 0:
         raise ValueError(
-            "`channel_axis`=0 is the batch axis; spatial dropout needs the batch on "
-            "axis 0 and channels elsewhere (e.g. channel_axis=-1 or 1)."
+            f"`channel_axis`={channel_axis} is the batch axis (axis 0 of an input of "
+            f"rank {x.ndim}); spatial dropout needs the batch on axis 0 and channels "
+            "elsewhere (e.g. channel_axis=-1 or 1)."
         )
     spatial = tuple(i for i in range(1, x.ndim) if i != ch)
     return dropout(
@@ -276,8 +271,10 @@ def gaussian_dropout(
       key: PRNG key (may be None when ``deterministic=True`` or ``rate == 0``).
       x: floating array.
       rate: drop-equivalent rate in ``[0, 1)`` (``1`` would mean infinite noise,
-        so a Python 1.0 is an error; a traced rate of 1, which cannot be checked
-        in Python, returns zeros with zero gradients, like ``dropout`` at rate 1).
+        so a Python 1.0 is an error). A traced rate cannot be checked in Python:
+        it is clipped to ``[0, 1]`` like ``dropout``'s (a negative one acts as 0,
+        the input is returned), and a rate of 1 returns zeros with zero
+        gradients, like ``dropout`` at rate 1; never NaN.
       deterministic: return ``x`` unchanged.
 
     Returns:
@@ -302,7 +299,8 @@ def gaussian_dropout(
         return x
     key = as_key(key)
     ct = compute_dtype(x)
-    r = jnp.asarray(rate, ct)
+    # A traced rate outside [0, 1] acts as the nearest end point, as in dropout.
+    r = jnp.clip(jnp.asarray(rate, ct), 0.0, 1.0)
     finite = r < 1.0  # only a traced rate can reach 1 here
     safe_r = jnp.where(finite, r, 0.0)
     std = jnp.sqrt(safe_r / (1.0 - safe_r))
@@ -319,14 +317,15 @@ def gaussian_noise(
     Args:
       key: PRNG key (may be None when ``deterministic=True`` or ``stddev == 0``).
       x: floating array.
-      stddev: noise standard deviation, ``>= 0``.
+      stddev: noise standard deviation, finite and ``>= 0``; a traced value is
+        not validated (a negative one acts as 0).
       deterministic: return ``x`` unchanged.
 
     Returns:
       An array with the shape and dtype of ``x``.
 
     Raises:
-      ValueError: negative or NaN ``stddev``, missing key.
+      ValueError: negative, NaN or infinite ``stddev``, missing key.
       TypeError: non-float ``x``.
 
     Examples:
@@ -345,7 +344,8 @@ def gaussian_noise(
     key = as_key(key)
     ct = compute_dtype(x)
     eps = jax.random.normal(key, x.shape, ct, out_sharding=explicit_sharding(x))
-    return (x.astype(ct) + jnp.asarray(stddev, ct) * eps).astype(x.dtype)
+    stddev = jnp.asarray(clip_traced(stddev, 0.0), ct)  # traced < 0 acts as 0
+    return (x.astype(ct) + stddev * eps).astype(x.dtype)
 
 
 def alpha_dropout(
@@ -460,17 +460,13 @@ def drop_path(
       ECCV 2016. https://arxiv.org/abs/1603.09382
     """
     x = check_float_array(x)
-    if mode == "row":
-        if x.ndim == 0:
-            raise ValueError(
-                "`x` must have a batch axis for mode='row'; got a scalar. Use "
-                "mode='batch' to drop the whole input."
-            )
-        dims = tuple(range(1, x.ndim))
-    elif mode == "batch":
-        dims = tuple(range(x.ndim))
-    else:
-        raise ValueError(f"`mode` must be 'row' or 'batch'; got mode={mode!r}.")
+    check_choice(mode, "mode", ("row", "batch"))
+    if mode == "row" and x.ndim == 0:
+        raise ValueError(
+            "`x` must have a batch axis for mode='row'; got a scalar. Use "
+            "mode='batch' to drop the whole input."
+        )
+    dims = tuple(range(1 if mode == "row" else 0, x.ndim))
     return dropout(
         key,
         x,
@@ -562,7 +558,7 @@ def dropblock(
     # The seeds are keep_mask(key, (N, H + b - 1, W + b - 1, C), gamma), grown into
     # blocks by a b x b window minimum; seeds and blocks are regenerated in the
     # backward pass from the key's seed words instead of stored.
-    scale = _safe_inverse(keep)
+    scale = safe_inverse(keep)
     return masked_scale_blocks(key, x, gamma, scale, block_size, manual=manual)
 
 

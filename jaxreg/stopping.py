@@ -16,7 +16,6 @@ The stop decision reproduces Keras' ``keras.callbacks.EarlyStopping`` (Keras 3,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -24,7 +23,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreg._checks import check_nonnegative
+from jaxreg._checks import (
+    check_bool,
+    check_choice,
+    check_finite,
+    check_int,
+    check_nonnegative,
+    check_real_scalar,
+    short_repr,
+)
+from jaxreg._trees import path_string
 
 __all__ = ["EarlyStopping", "EarlyStoppingState", "early_stopping"]
 
@@ -37,9 +45,9 @@ class EarlyStoppingState(NamedTuple):
     Fields: ``step``, the number of ``update`` calls so far (int32; the next call
     is epoch ``step``, 0-based); ``best``, the best metric among monitored epochs
     (float32; ``+inf`` in mode ``"min"`` and ``-inf`` in mode ``"max"`` before
-    any); ``best_step``, the epoch of the best metric (int32; before any
-    improvement, the first monitored epoch, as Keras' ``best_epoch`` with
-    ``restore_best_weights``); ``wait``, epochs since the counter was last reset
+    the first monitored epoch, which always sets it, as Keras' ``best=None``);
+    ``best_step``, the epoch of the best metric (int32; Keras' ``best_epoch``);
+    ``wait``, epochs since the counter was last reset
     (int32); ``best_params``, the parameters at ``best_step`` if
     ``keep_best=True``, else None.
     """
@@ -58,14 +66,47 @@ class EarlyStopping(NamedTuple):
     update: Callable[..., tuple[EarlyStoppingState, jax.Array]]
 
 
-def _check_count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+def _check_state(state, metric) -> None:
+    if isinstance(state, EarlyStoppingState):
+        return
+    swapped = isinstance(metric, EarlyStoppingState)
+    hint = " (the arguments look swapped)" if swapped else ""
+    raise TypeError(
+        "`state` must be the EarlyStoppingState returned by `init` or by a "
+        f"previous `update`; got {type(state).__name__} {short_repr(state)}{hint}. "
+        "Call `state, stop = update(state, metric, params)`."
+    )
+
+
+def _check_metric(metric) -> jax.Array:
+    if isinstance(metric, EarlyStoppingState):
         raise TypeError(
-            f"`{name}` must be a Python int >= 0; got {type(value).__name__} {value!r}."
+            "`metric` must be a real scalar; got an EarlyStoppingState (the "
+            "arguments look swapped). Call `update(state, metric, params)`."
         )
-    if value < 0:
-        raise ValueError(f"`{name}` must be >= 0; got {name}={value}.")
-    return int(value)
+    return jnp.asarray(check_real_scalar(metric, "metric"), jnp.float32)
+
+
+def _check_best_params(params, kept) -> None:
+    """``params`` must match the best params kept since ``init``, leaf for leaf."""
+    new_def = jax.tree_util.tree_structure(params)
+    old_def = jax.tree_util.tree_structure(kept)
+    if new_def != old_def:
+        raise ValueError(
+            "`params` must have the tree structure of the params given to `init` "
+            f"(keep_best=True keeps a copy of them); got\n  params: {new_def}\n"
+            f"  init:   {old_def}"
+        )
+    paths = jax.tree_util.tree_flatten_with_path(params)[0]
+    for (path, new), old in zip(paths, jax.tree_util.tree_leaves(kept), strict=True):
+        shape, dtype = np.shape(new), jnp.asarray(new).dtype
+        if shape != old.shape or dtype != old.dtype:
+            raise ValueError(
+                f"`params` leaf {path_string(path) or '<root>'!r} has shape {shape} "
+                f"and dtype {dtype}, but the best params kept since `init` have "
+                f"shape {old.shape} and dtype {old.dtype}; pass params of the "
+                "same structure, shapes and dtypes at every `update`."
+            )
 
 
 def early_stopping(
@@ -87,25 +128,35 @@ def early_stopping(
 
     1. if :math:`e <` ``start_from`` (warm-up) nothing happens and ``stop`` is
        False;
-    2. otherwise ``wait`` grows by one; at the first monitored epoch the best step
-       (and best params) are set to this epoch;
-    3. if :math:`m` improves on ``best``: ``best`` :math:`\leftarrow m`, the best
-       step/params are this epoch's, and ``wait`` is reset to 0 only if there is no
-       ``baseline`` or :math:`m` also improves on ``baseline``; ``stop`` is False;
+    2. otherwise ``wait`` grows by one;
+    3. if this is the first monitored epoch (:math:`e =` ``start_from``), or
+       :math:`m` improves on ``best``: ``best`` :math:`\leftarrow m`, the best
+       step/params are this epoch's, and ``wait`` is reset to 0 only if there is
+       no ``baseline`` or :math:`m` also improves on ``baseline``; ``stop`` is
+       False;
     4. otherwise ``stop`` is True when ``wait >= patience`` and :math:`e > 0`.
 
-    This is exactly the rule of ``keras.callbacks.EarlyStopping(min_delta,
-    patience, mode, baseline, start_from_epoch)`` in Keras 3, so the same metric
-    sequence stops at the same epoch. A NaN metric never improves. ``stop`` is not
+    This is the rule of ``keras.callbacks.EarlyStopping(min_delta, patience,
+    mode, baseline, start_from_epoch)`` in Keras 3 (checked against Keras 3.15
+    itself): Keras starts with no best value, so its first monitored value always
+    counts as an improvement, even NaN or inf. A NaN never improves on anything
+    and nothing improves on a NaN best, so a NaN at the first monitored epoch
+    freezes ``best`` and training stops ``patience`` epochs later. ``stop`` is not
     sticky: it reports this epoch's decision (end your loop on the first True).
-    Comparisons are done in float32.
+    Comparisons are done in float32: the metric, ``min_delta`` and ``baseline``
+    are rounded to float32 and ``m + delta`` is rounded once (Keras subtracts
+    Python floats, then rounds; the decisions agree whenever ``min_delta`` and
+    ``baseline`` are float32 numbers, e.g. ``0``, ``0.125``, ``1.0``, and
+    otherwise differ only for a metric within half a float32 ulp of a
+    threshold).
 
     Args:
       patience: number of epochs without improvement before stopping (int >= 0).
-      min_delta: smallest change that counts as an improvement (>= 0).
+      min_delta: smallest change that counts as an improvement (finite, >= 0).
       mode: ``"min"`` (lower is better, e.g. a loss) or ``"max"`` (e.g. accuracy).
       baseline: if not None, ``wait`` is only reset by values that also improve on
         it; training stops after ``patience`` epochs unless the metric beats it.
+        A finite number.
       start_from: number of warm-up epochs that are not monitored (int >= 0).
       keep_best: keep a copy of the params at the best epoch in the state (to
         restore them after training).
@@ -114,13 +165,21 @@ def early_stopping(
       An :class:`EarlyStopping` ``(init, update)`` of pure functions:
       ``init(params=None) -> EarlyStoppingState`` and
       ``update(state, metric, params=None) -> (state, stop)`` with ``stop`` a
-      boolean scalar array. ``params`` is required when ``keep_best=True``.
+      boolean scalar array. ``metric`` is a real scalar (a Python number or a 0-d
+      array, concrete or traced; NaN and inf are allowed and follow Keras).
+      ``params`` is required when ``keep_best=True`` and must have the structure,
+      shapes and dtypes of the params given to ``init``.
 
     Raises:
       ValueError: negative ``patience``/``start_from``/``min_delta``; unknown
-        ``mode``; NaN ``baseline``; missing params with ``keep_best=True``.
+        ``mode``; NaN or infinite ``min_delta``/``baseline``; missing params
+        with ``keep_best=True``; in ``update``, a non-scalar ``metric``, params
+        of another structure, shape or dtype than at ``init``, or a state from
+        an ``early_stopping`` with another ``keep_best``.
       TypeError: non-int ``patience``/``start_from``; non-bool ``keep_best``;
-        non-number ``baseline``.
+        non-number ``baseline``; in ``update``, a ``state`` that is not an
+        :class:`EarlyStoppingState` (e.g. swapped arguments) or a ``metric``
+        that is not a real number (None, complex, bool, a string, ...).
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg
@@ -139,34 +198,16 @@ def early_stopping(
       Trade, LNCS 1524, 1998. https://doi.org/10.1007/3-540-49430-8_3 ;
       Keras ``EarlyStopping``, https://keras.io/api/callbacks/early_stopping/
     """
-    patience = _check_count(patience, "patience")
-    start_from = _check_count(start_from, "start_from")
-    min_delta = check_nonnegative(min_delta, "min_delta")
-    if mode not in ("min", "max"):
-        raise ValueError(
-            f'`mode` must be "min" (lower is better) or "max" (higher is better); '
-            f"got mode={mode!r}."
-        )
+    patience = check_int(patience, "patience", minimum=0)
+    start_from = check_int(start_from, "start_from", minimum=0)
+    delta = jnp.float32(check_nonnegative(min_delta, "min_delta"))
+    check_choice(mode, "mode", ("min", "max"))
     if baseline is not None:
-        if isinstance(baseline, bool) or not isinstance(
-            baseline, (int, float, np.number)
-        ):
-            raise TypeError(
-                f"`baseline` must be a Python float or None; got "
-                f"{type(baseline).__name__} {baseline!r}."
-            )
-        baseline = float(baseline)
-        if math.isnan(baseline):
-            raise ValueError("`baseline` must not be NaN; got baseline=nan.")
-    if not isinstance(keep_best, bool):
-        raise TypeError(
-            f"`keep_best` must be a Python bool; got {type(keep_best).__name__} "
-            f"{keep_best!r}."
-        )
+        baseline = jnp.float32(check_finite(baseline, "baseline"))
+    check_bool(keep_best, "keep_best")
     sign = 1.0 if mode == "min" else -1.0
 
     def improves(value, reference):
-        delta = jnp.float32(min_delta)
         if mode == "min":
             return value + delta < reference
         return value - delta > reference
@@ -191,34 +232,41 @@ def early_stopping(
     def update_fn(
         state: EarlyStoppingState, metric, params: PyTree = None
     ) -> tuple[EarlyStoppingState, jax.Array]:
-        if keep_best and params is None:
+        _check_state(state, metric)
+        value = _check_metric(metric)
+        if keep_best != (state.best_params is not None):
             raise ValueError(
-                "`early_stopping(..., keep_best=True).update` needs the current "
-                "params: call `update(state, metric, params)`."
+                f"`state` comes from an early_stopping with keep_best="
+                f"{not keep_best}, but this one has keep_best={keep_best}; pass the "
+                "state that this object's `init` returned."
             )
+        if keep_best:
+            if params is None:
+                raise ValueError(
+                    "`early_stopping(..., keep_best=True).update` needs the current "
+                    "params: call `update(state, metric, params)`."
+                )
+            _check_best_params(params, state.best_params)
         epoch = state.step
-        value = jnp.asarray(metric, jnp.float32)
-        if value.shape != ():
-            raise ValueError(
-                f"`metric` must be a scalar; got an array of shape {value.shape}."
-            )
         monitored = epoch >= start_from
-        improved = monitored & improves(value, state.best)
+        # Keras starts with best=None: the first monitored value always improves.
+        improved = monitored & ((epoch == start_from) | improves(value, state.best))
         resets = improved
         if baseline is not None:
-            resets = improved & improves(value, jnp.float32(baseline))
+            resets = improved & improves(value, baseline)
         wait = jnp.where(monitored, state.wait + 1, state.wait)
         wait = jnp.where(resets, 0, wait)
-        take = improved | (epoch == start_from)
         best_params = state.best_params
         if keep_best:
             best_params = jax.tree_util.tree_map(
-                lambda new, old: jnp.where(take, new, old), params, state.best_params
+                lambda new, old: jnp.where(improved, new, old),
+                params,
+                state.best_params,
             )
         new_state = EarlyStoppingState(
             step=epoch + 1,
             best=jnp.where(improved, value, state.best),
-            best_step=jnp.where(take, epoch, state.best_step),
+            best_step=jnp.where(improved, epoch, state.best_step),
             wait=wait,
             best_params=best_params,
         )

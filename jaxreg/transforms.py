@@ -30,7 +30,15 @@ unchanged): a pytree of bools with the structure of the parameters (or a
 prefix), or a callable ``params -> mask`` such as :func:`jaxreg.mask_by_ndim`.
 It is implemented with :func:`optax.masked` (so the state is an
 ``optax.MaskedState`` around the transform's own state), after checking the
-structure.
+structure. Leaves that are not floating-point (integer step counters, boolean
+flags, non-array leaves) are never touched, masked or not: their updates pass
+through unchanged, as do ``None`` updates (Equinox's ``filter_grad`` gives
+``None`` for such leaves). A leaf a transform cannot handle (e.g. an ``axis`` out
+of range for it) raises an error naming its path and the ``mask`` that skips it.
+
+A traced ``strength`` or ``learning_rate`` (or a schedule's value) cannot be
+validated in Python: a negative one acts as 0, like ``dropout``'s traced rate
+outside ``[0, 1]``.
 
 Under :func:`optax.inject_hyperparams`, every callable argument is taken for a
 schedule and every number becomes a traced hyperparameter, so list the
@@ -51,9 +59,24 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxreg import constraints as _constraints
-from jaxreg import penalties as _penalties
-from jaxreg._checks import check_nonnegative
+from jaxreg._checks import (
+    check_axes,
+    check_axes_syntax,
+    check_nonnegative,
+    check_norm_bounds,
+    check_positive,
+    check_unit_interval,
+)
+from jaxreg._numerics import clip_traced, norm_parts, promote_f32, safe_div
+from jaxreg._trees import (
+    check_mask,
+    float_grad,
+    map_float_params,
+    on_leaf,
+    resolve_mask,
+)
+from jaxreg.constraints import max_norm, min_max_norm, non_neg, unit_norm
+from jaxreg.penalties import l1, l2
 
 __all__ = [
     "PenaltyState",
@@ -72,7 +95,6 @@ __all__ = [
 ]
 
 PyTree = Any
-Schedule = Callable[[jax.Array], jax.Array]
 
 
 class PenaltyState(NamedTuple):
@@ -95,7 +117,8 @@ def _check_hparam(value, name: str):
 
 
 def _at(value, count):
-    return value(count) if callable(value) else value
+    """The hyperparameter at step ``count``; a traced negative value acts as 0."""
+    return clip_traced(value(count) if callable(value) else value, 0.0)
 
 
 def _require_params(params, name: str) -> None:
@@ -109,10 +132,18 @@ def _require_params(params, name: str) -> None:
 def _with_mask(tx: optax.GradientTransformation, mask) -> optax.GradientTransformation:
     if mask is None:
         return tx
-    if not _penalties._is_mask_fn(mask):
-        # Check the leaves now (a bad leaf type is a user error at build time).
-        _penalties.resolve_mask(mask, mask)
-    return optax.masked(tx, functools.partial(_penalties.resolve_mask, mask))
+    check_mask(mask)  # a bad leaf type is a user error at build time
+    return optax.masked(tx, functools.partial(resolve_mask, mask))
+
+
+def _stepped(u, p):
+    """``optax.apply_updates`` for one leaf: ``p + u`` in the dtype of ``p``."""
+    return jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
+
+
+def _update_to(target, u, p):
+    """The update that moves ``p`` to ``target``, in the dtype of ``u``."""
+    return jnp.asarray(target - p).astype(jnp.asarray(u).dtype)
 
 
 def _count_init(state_cls):
@@ -177,11 +208,14 @@ def add_penalty(
 
     def update_fn(updates, state, params=None):
         _require_params(params, "add_penalty")
-        grads = jax.grad(penalty_fn)(params)
-        new = optax.tree_utils.tree_add_scale(
-            updates, _at(strength, state.count), grads
+        s = _at(strength, state.count)
+        grads = float_grad(penalty_fn, params)  # non-float leaves: no gradient
+        new = map_float_params(
+            lambda _, u, p, g: jnp.asarray(u + s * g).astype(jnp.asarray(u).dtype),
+            updates,
+            params,
+            grads,
         )
-        new = optax.tree_utils.tree_cast_like(new, updates)
         return new, PenaltyState(count=optax.safe_int32_increment(state.count))
 
     return _with_mask(
@@ -216,7 +250,7 @@ def add_l1(strength, *, mask=None) -> optax.GradientTransformation:
       Tibshirani. "Regression Shrinkage and Selection via the Lasso." JRSS B 58(1),
       1996. https://doi.org/10.1111/j.2517-6161.1996.tb02080.x
     """
-    return add_penalty(_penalties.l1, strength, mask=mask)
+    return add_penalty(l1, strength, mask=mask)
 
 
 def add_l2(strength, *, mask=None) -> optax.GradientTransformation:
@@ -248,7 +282,7 @@ def add_l2(strength, *, mask=None) -> optax.GradientTransformation:
       Loshchilov, Hutter. "Decoupled Weight Decay Regularization." ICLR 2019.
       https://arxiv.org/abs/1711.05101
     """
-    return add_penalty(_penalties.l2, strength, mask=mask)
+    return add_penalty(l2, strength, mask=mask)
 
 
 def project(
@@ -264,8 +298,12 @@ def project(
        u \leftarrow P(w') - w ,
 
     so that ``optax.apply_updates(w, u)`` gives :math:`P(w')` up to one rounding of
-    the addition (exactly, where :math:`P(w')` is 0). This is projected gradient
-    descent; put the transform last in the chain, after the learning rate.
+    the addition (exactly, where :math:`P(w')` is 0). That rounding is relative to
+    the larger of :math:`|w|` and :math:`|P(w')|`: a step from weights around 1e30
+    onto a norm of 1 cannot land exactly in float32 (the plain function can).
+    This is projected gradient descent; put the transform last in the chain,
+    after the learning rate. Non-float leaves (int counters, bool flags) are not
+    projected: their updates pass through.
 
     Args:
       projection_fn: a function mapping one parameter array to its projection
@@ -281,6 +319,8 @@ def project(
     Raises:
       TypeError: ``projection_fn`` not callable.
       ValueError: ``params=None`` in ``update``; a mask with another structure.
+        A ValueError/TypeError raised by ``projection_fn`` on a leaf is re-raised
+        with the leaf's path and the ``mask`` that excludes it.
 
     Examples:
       >>> import jax.numpy as jnp, optax, jaxreg
@@ -300,12 +340,12 @@ def project(
         del params
         return optax.EmptyState()
 
+    def project_leaf(path, u, p):
+        return _update_to(on_leaf(projection_fn, path, _stepped(u, p)), u, p)
+
     def update_fn(updates, state, params=None):
         _require_params(params, "project")
-        stepped = optax.apply_updates(params, updates)
-        target = jax.tree_util.tree_map(projection_fn, stepped)
-        new = optax.tree_utils.tree_sub(target, params)
-        return optax.tree_utils.tree_cast_like(new, updates), state
+        return map_float_params(project_leaf, updates, params), state
 
     return _with_mask(optax.GradientTransformation(init_fn, update_fn), mask)
 
@@ -347,10 +387,10 @@ def max_norm_constraint(
       Way to Prevent Neural Networks from Overfitting." JMLR 15, 2014.
       https://jmlr.org/papers/v15/srivastava14a.html
     """
-    _constraints.max_norm(jnp.zeros((1,) * _min_rank(axis)), max_value, axis=axis)
+    check_positive(max_value, "max_value")
+    check_axes_syntax(axis)
     return project(
-        functools.partial(_constraints.max_norm, max_value=max_value, axis=axis),
-        mask=mask,
+        functools.partial(max_norm, max_value=max_value, axis=axis), mask=mask
     )
 
 
@@ -376,8 +416,8 @@ def unit_norm_constraint(*, axis=0, mask=None) -> optax.GradientTransformation:
       Array([[0.6],
              [0.8]], dtype=float32)
     """
-    _constraints.unit_norm(jnp.zeros((1,) * _min_rank(axis)), axis=axis)
-    return project(functools.partial(_constraints.unit_norm, axis=axis), mask=mask)
+    check_axes_syntax(axis)
+    return project(functools.partial(unit_norm, axis=axis), mask=mask)
 
 
 def min_max_norm_constraint(
@@ -409,12 +449,12 @@ def min_max_norm_constraint(
       Array([[0.6],
              [0.8]], dtype=float32)
     """
-    _constraints.min_max_norm(
-        jnp.zeros((1,) * _min_rank(axis)), min_value, max_value, rate=rate, axis=axis
-    )
+    check_norm_bounds(min_value, max_value)
+    check_unit_interval(rate, "rate")
+    check_axes_syntax(axis)
     return project(
         functools.partial(
-            _constraints.min_max_norm,
+            min_max_norm,
             min_value=min_value,
             max_value=max_value,
             rate=rate,
@@ -443,16 +483,7 @@ def non_neg_constraint(*, mask=None) -> optax.GradientTransformation:
       >>> optax.apply_updates(w, tx.update(jnp.array([-2.0, 0.5]), tx.init(w), w)[0])
       Array([0. , 1.5], dtype=float32)
     """
-    return project(_constraints.non_neg, mask=mask)
-
-
-def _min_rank(axis) -> int:
-    """Smallest rank for which ``axis`` is valid (used to validate eagerly)."""
-    axes = axis if isinstance(axis, (tuple, list)) else (axis,)
-    try:
-        return max(max(a + 1 if a >= 0 else -a for a in axes), 1)
-    except TypeError:
-        return 1  # let normalize_axes raise its TypeError
+    return project(non_neg, mask=mask)
 
 
 # ---------------------------------------------------------------------------
@@ -460,18 +491,20 @@ def _min_rank(axis) -> int:
 # ---------------------------------------------------------------------------
 
 
-def _prox_transform(prox: Callable, strength, learning_rate, mask):
-    """Shared plumbing: ``u <- prox(w + u, t) - w`` with ``t = lr * strength``."""
+def _prox_transform(name: str, prox: Callable, strength, learning_rate, mask):
+    """Shared plumbing of the transform ``name``: ``u <- prox(w + u, t) - w`` on
+    every floating leaf, with ``t = learning_rate * strength`` at this step."""
     strength = _check_hparam(strength, "strength")
     learning_rate = _check_hparam(learning_rate, "learning_rate")
 
     def update_fn(updates, state, params=None):
-        _require_params(params, prox.__name__.lstrip("_"))
+        _require_params(params, name)
         t = _at(learning_rate, state.count) * _at(strength, state.count)
-        stepped = optax.apply_updates(params, updates)
-        target = jax.tree_util.tree_map(lambda w: prox(w, t), stepped)
-        new = optax.tree_utils.tree_sub(target, params)
-        new = optax.tree_utils.tree_cast_like(new, updates)
+        new = map_float_params(
+            lambda path, u, p: _update_to(on_leaf(prox, path, _stepped(u, p), t), u, p),
+            updates,
+            params,
+        )
         return new, ProxState(count=optax.safe_int32_increment(state.count))
 
     return _with_mask(
@@ -480,12 +513,8 @@ def _prox_transform(prox: Callable, strength, learning_rate, mask):
 
 
 def _soft_threshold(w: jax.Array, t) -> jax.Array:
-    wf = _penalties._f32(w)
+    wf = promote_f32(w)
     return (jnp.sign(wf) * jnp.maximum(jnp.abs(wf) - t, 0.0)).astype(w.dtype)
-
-
-def _l1_prox(w, t):
-    return _soft_threshold(w, t)
 
 
 def l1_prox(strength, learning_rate, *, mask=None) -> optax.GradientTransformation:
@@ -532,7 +561,7 @@ def l1_prox(strength, learning_rate, *, mask=None) -> optax.GradientTransformati
       Inverse Problems." SIAM J. Imaging Sci. 2(1), 2009.
       https://doi.org/10.1137/080716542
     """
-    return _prox_transform(_l1_prox, strength, learning_rate, mask)
+    return _prox_transform("l1_prox", _soft_threshold, strength, learning_rate, mask)
 
 
 def group_lasso_prox(
@@ -578,18 +607,20 @@ def group_lasso_prox(
       Yuan, Lin. "Model selection and estimation in regression with grouped
       variables." JRSS B 68(1), 2006. https://doi.org/10.1111/j.1467-9868.2005.00532.x
     """
-    _penalties.normalize_axes(axis, _min_rank(axis))
+    check_axes_syntax(axis)
 
-    def _group_lasso_prox(w, t):
-        axes = _penalties.normalize_axes(axis, w.ndim)
+    def block_soft_threshold(w, t):
+        axes = check_axes(axis, w.ndim)
         size = math.prod(w.shape[a] for a in axes)
-        norms = _penalties.safe_norm(w, axis=axes, keepdims=True)
+        scale, unit = norm_parts(w, axis=axes, keepdims=True)
+        norms = scale * unit  # may overflow to inf (the factor is then 1)
         thresh = t * math.sqrt(size)
-        positive = norms > thresh
-        scale = jnp.where(positive, 1.0 - thresh / jnp.where(positive, norms, 1.0), 0.0)
-        return (_penalties._f32(w) * scale).astype(w.dtype)
+        factor = jnp.where(norms > thresh, 1.0 - safe_div(thresh, norms), 0.0)
+        return (promote_f32(w) * factor).astype(w.dtype)
 
-    return _prox_transform(_group_lasso_prox, strength, learning_rate, mask)
+    return _prox_transform(
+        "group_lasso_prox", block_soft_threshold, strength, learning_rate, mask
+    )
 
 
 def elastic_net_prox(
@@ -632,10 +663,11 @@ def elastic_net_prox(
       Zou, Hastie. "Regularization and variable selection via the elastic net."
       JRSS B 67(2), 2005. https://doi.org/10.1111/j.1467-9868.2005.00503.x
     """
-    rho = _penalties._check_l1_ratio(l1_ratio)
+    rho = check_unit_interval(l1_ratio, "l1_ratio")
 
-    def _elastic_net_prox(w, t):
-        shrunk = _soft_threshold(_penalties._f32(w), t * rho)
-        return (shrunk / (1.0 + t * (1.0 - rho))).astype(w.dtype)
+    def shrink(w, t):
+        r = clip_traced(rho, 0.0, 1.0)
+        shrunk = _soft_threshold(promote_f32(w), t * r)
+        return (shrunk / (1.0 + t * (1.0 - r))).astype(w.dtype)
 
-    return _prox_transform(_elastic_net_prox, strength, learning_rate, mask)
+    return _prox_transform("elastic_net_prox", shrink, strength, learning_rate, mask)

@@ -20,26 +20,12 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from jaxreg._checks import float32_or_wider
+from jaxreg._checks import check_int, float32_or_wider
 from jaxreg._keys import as_key
 
 __all__ = ["mc_dropout_predict"]
-
-
-def _check_count(value, name: str, *, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(
-            f"`{name}` must be a Python int (it fixes array shapes at trace time); "
-            f"got {type(value).__name__} {value!r}."
-        )
-    if value < 1:
-        raise ValueError(f"`{name}` must be >= 1; got {name}={int(value)}.")
-    return int(value)
 
 
 def _acc_dtype(dtype):
@@ -135,8 +121,8 @@ def mc_dropout_predict(
             "`fn` must be a callable `fn(key, *args)` (a stochastic forward pass); "
             f"got {type(fn).__name__} {fn!r}."
         )
-    num_samples = _check_count(num_samples, "num_samples")
-    chunk_size = _check_count(chunk_size, "chunk_size", allow_none=True)
+    num_samples = check_int(num_samples, "num_samples", minimum=1)
+    chunk_size = check_int(chunk_size, "chunk_size", minimum=1, allow_none=True)
     key = as_key(key)
     keys = jax.random.split(key, num_samples)
 

@@ -43,22 +43,24 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from jaxreg._checks import (
     check_bool,
     check_float_array,
+    check_int,
     check_rate,
     float32_or_wider,
     spec_entries,
     static_value,
 )
 from jaxreg._keys import as_key
+from jaxreg._numerics import safe_inverse, safe_sqrt
 from jaxreg._sampler import explicit_sharding, keep_probability, shard_position
+from jaxreg._trees import is_float_leaf, resolve_mask
 from jaxreg.stochastic import dropout
-from jaxreg.uncertainty import _check_count, mc_dropout_predict
+from jaxreg.uncertainty import mc_dropout_predict
 
 __all__ = [
     "dropconnect",
@@ -265,7 +267,7 @@ def dropconnect_dense(
     check_bool(per_example, "per_example")
     check_bool(inverted, "inverted")
     check_bool(deterministic, "deterministic")
-    chunk_size = _check_count(chunk_size, "chunk_size", allow_none=True)
+    chunk_size = check_int(chunk_size, "chunk_size", minimum=1, allow_none=True)
     value = static_value(rate)
     if deterministic or not per_example or value in (0.0, 1.0):
         kernel = dropconnect(
@@ -403,11 +405,7 @@ def _moment_scales(rate, inverted: bool):
     (the layer outputs the bias), so no division by zero occurs.
     """
     p = keep_probability(rate)
-    if isinstance(p, float):
-        s = (1.0 / p if p > 0 else 0.0) if inverted else 1.0
-        return p * s, p * (1.0 - p) * s * s
-    positive = p > 0
-    s = jnp.where(positive, 1.0 / jnp.where(positive, p, 1.0), 0.0) if inverted else 1.0
+    s = safe_inverse(p) if inverted else 1.0
     return p * s, p * (1.0 - p) * s * s
 
 
@@ -479,12 +477,6 @@ def dropconnect_moments(
     return mean.astype(out_dtype), var.astype(out_dtype)
 
 
-def _safe_sqrt(v: jax.Array) -> jax.Array:
-    """sqrt with a finite (zero) gradient at 0."""
-    positive = v > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, v, 1.0)), 0.0)
-
-
 def dropconnect_inference(
     key,
     x: jax.typing.ArrayLike,
@@ -551,11 +543,11 @@ def dropconnect_inference(
             f"{type(activation).__name__} {activation!r}."
         )
     mean, var = dropconnect_moments(x, w, rate, bias=bias, inverted=inverted)
-    num_samples = _check_count(num_samples, "num_samples")
-    chunk_size = _check_count(chunk_size, "chunk_size", allow_none=True)
+    num_samples = check_int(num_samples, "num_samples", minimum=1)
+    chunk_size = check_int(chunk_size, "chunk_size", minimum=1, allow_none=True)
     key = as_key(key)
     ct = float32_or_wider(mean.dtype)
-    mu, sigma = mean.astype(ct), _safe_sqrt(var.astype(ct))
+    mu, sigma = mean.astype(ct), safe_sqrt(var.astype(ct))
 
     sharding = explicit_sharding(mu)
 
@@ -567,11 +559,6 @@ def dropconnect_inference(
         sample, key, num_samples=num_samples, chunk_size=chunk_size
     )
     return avg.astype(mean.dtype)
-
-
-def _describe_tree(tree) -> str:
-    text = str(jax.tree_util.tree_structure(tree))
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def dropconnect_params(
@@ -598,11 +585,14 @@ def dropconnect_params(
 
     Args:
       key: PRNG key; may be None when ``deterministic=True`` or ``rate`` is 0 or 1.
-      params: a pytree of floating arrays.
+      params: a parameter pytree (Flax linen dict, ``flax.nnx.State``, Equinox
+        module, ...). Leaves that are not floating-point (integer counters,
+        boolean flags, functions) are returned unchanged, selected or not.
       rate: probability of dropping a weight, in ``[0, 1]``.
-      mask: None (every leaf), a pytree of Python bools with the structure of
-        ``params`` (e.g. from ``jaxreg.mask_by_ndim``), or a callable
-        ``params -> such a pytree`` (as in ``optax.masked``).
+      mask: None (every leaf), a pytree of bools with the structure of
+        ``params`` or a prefix of it (e.g. from ``jaxreg.mask_by_ndim``), or a
+        callable ``params -> such a pytree``: the same meaning as the ``mask`` of
+        the penalties and optax transforms.
       inverted: inverted or classic scaling (as in :func:`dropconnect`).
       deterministic: return the inference weights; ``key`` is ignored.
 
@@ -612,8 +602,7 @@ def dropconnect_params(
     Raises:
       ValueError: ``mask`` has another tree structure than ``params`` (both are
         shown); bad ``rate``; missing key.
-      TypeError: a ``mask`` leaf that is not a bool; a selected leaf that is not
-        a floating array (its path is shown).
+      TypeError: a ``mask`` leaf that is not a bool (its path is shown).
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg
@@ -634,50 +623,26 @@ def dropconnect_params(
     rate = check_rate(rate)
     check_bool(inverted, "inverted")
     check_bool(deterministic, "deterministic")
-    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    if mask is None:
-        selected = [True] * len(paths_leaves)
-    else:
-        if callable(mask):
-            mask = mask(params)
-        mask_leaves, mask_def = jax.tree_util.tree_flatten(mask)
-        if mask_def != treedef:
-            raise ValueError(
-                "`mask` must have the same tree structure as `params` (one bool per "
-                "parameter leaf); got\n  mask:   "
-                f"{_describe_tree(mask)}\n  params: {_describe_tree(params)}\n"
-                "Build it with e.g. `jaxreg.mask_by_ndim(params)` or "
-                "`jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)`."
-            )
-        selected = []
-        for (path, _), m in zip(paths_leaves, mask_leaves, strict=True):
-            if not isinstance(m, (bool, np.bool_)):
-                raise TypeError(
-                    "`mask` leaves must be Python bools; got "
-                    f"{type(m).__name__} {m!r} at {jax.tree_util.keystr(path)}."
-                )
-            selected.append(bool(m))
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    flags = jax.tree_util.tree_leaves(resolve_mask(mask, params))
+    selected = [
+        f and is_float_leaf(leaf) for leaf, f in zip(leaves, flags, strict=True)
+    ]
     need_key = (
         not deterministic and static_value(rate) not in (0.0, 1.0) and any(selected)
     )
     if need_key:
         key = as_key(key, why="dropconnect_params is stochastic")
-    out = []
-    for i, ((path, leaf), sel) in enumerate(zip(paths_leaves, selected, strict=True)):
-        if not sel:
-            out.append(leaf)
-            continue
-        try:
-            leaf = check_float_array(leaf, "params")
-        except TypeError as err:
-            raise TypeError(
-                f"`params` leaf at {jax.tree_util.keystr(path)} must be a floating "
-                f"array to be dropped; got {err}. Exclude it with `mask`."
-            ) from err
-        leaf_key = jax.random.fold_in(key, i) if need_key else None
-        out.append(
-            dropconnect(
-                leaf_key, leaf, rate, inverted=inverted, deterministic=deterministic
-            )
+    out = [
+        dropconnect(
+            jax.random.fold_in(key, i) if need_key else None,
+            leaf,
+            rate,
+            inverted=inverted,
+            deterministic=deterministic,
         )
+        if sel
+        else leaf
+        for i, (leaf, sel) in enumerate(zip(leaves, selected, strict=True))
+    ]
     return jax.tree_util.tree_unflatten(treedef, out)

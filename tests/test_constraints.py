@@ -178,16 +178,20 @@ def test_low_precision_dtype_kept_and_idempotent(dtype, name):
 
 
 def test_jit_equals_eager_vmap_and_traced_bound():
+    # The norms are reductions that jit and vmap may reorder: equal up to a few
+    # float32 roundings (the projection itself rounds once more).
+    rtol = 4 * float(jnp.finfo(jnp.float32).eps)
     w = _weights((6, 5), 1.0, 6)
     for proj in PROJECTIONS.values():
-        np.testing.assert_array_equal(jax.jit(proj)(w), proj(w))
+        np.testing.assert_allclose(jax.jit(proj)(w), proj(w), rtol=rtol)
     batch = jnp.stack([w, 2 * w, 0.1 * w])
-    np.testing.assert_array_equal(
+    np.testing.assert_allclose(
         jax.vmap(PROJECTIONS["max_norm"])(batch),
         jnp.stack([PROJECTIONS["max_norm"](x) for x in batch]),
+        rtol=rtol,
     )
     traced = jax.jit(lambda w, c: jaxreg.max_norm(w, c))(w, 1.5)
-    np.testing.assert_array_equal(traced, jaxreg.max_norm(w, 1.5))
+    np.testing.assert_allclose(traced, jaxreg.max_norm(w, 1.5), rtol=rtol)
 
 
 def test_bad_input():

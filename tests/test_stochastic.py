@@ -779,7 +779,7 @@ def test_broadcast_dims_of_the_wrong_type(dims):
         (4, ValueError, r"`channel_axis`=4 is out of range.*rank 4"),
         (-5, ValueError, r"`channel_axis`=-5 is out of range.*rank 4"),
         (0, ValueError, r"`channel_axis`=0 is the batch axis"),
-        (-4, ValueError, r"`channel_axis`=0 is the batch axis"),
+        (-4, ValueError, r"`channel_axis`=-4 is the batch axis \(axis 0"),
         (1.0, TypeError, r"`channel_axis` must be an int; got float 1\.0"),
         (None, TypeError, r"`channel_axis` must be an int; got NoneType None"),
     ],
@@ -927,7 +927,7 @@ def _alpha_reference(key, x, rate):
 def _dropblock_gamma_scale(rate, block_size):
     gamma = jaxreg.stochastic._dropblock_center_rate(rate, block_size)
     keep = keep_probability(gamma) ** (block_size * block_size)
-    return gamma, jaxreg.stochastic._safe_inverse(keep)
+    return gamma, 1.0 / keep  # keep > 0 for the rates used here
 
 
 def _dropblock_mask(key, shape, rate, block_size):

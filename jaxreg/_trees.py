@@ -1,0 +1,249 @@
+"""Parameter-tree plumbing shared by penalties, transforms and DropConnect.
+
+One meaning of ``mask=`` everywhere: None (every leaf), a pytree of bools with the
+structure of the parameters or a prefix of it (as for :func:`optax.masked`), or a
+callable ``params -> such a pytree``. One meaning of "a leaf that is regularized":
+a selected leaf holding floating-point numbers; integer and boolean leaves (step
+counters, flags), and non-array leaves (an Equinox module's activation function)
+are skipped, never penalised, projected, thresholded or dropped. Paths are the
+``"a/b/0/kernel"`` strings masks match on; a ``flax.nnx.Variable`` contributes no
+``value`` component. Flax is never imported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "check_mask",
+    "float_grad",
+    "is_array",
+    "is_float_leaf",
+    "is_mask_fn",
+    "map_float_params",
+    "map_with_path",
+    "on_leaf",
+    "path_string",
+    "resolve_mask",
+    "selected_float_leaves",
+]
+
+PyTree = Any
+
+
+def is_nnx_variable(x) -> bool:
+    """True for a ``flax.nnx.Variable`` (checked without importing Flax)."""
+    return any(
+        c.__name__ == "Variable" and c.__module__.startswith("flax.nnx")
+        for c in type(x).__mro__
+    )
+
+
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def path_string(path: Sequence[Any]) -> str:
+    """Join a JAX key path into ``"a/b/0/kernel"`` (the string masks match on)."""
+    return "/".join(_key_name(k) for k in path)
+
+
+def is_array(x) -> bool:
+    """An array or a Python/NumPy number (a leaf a mask may select)."""
+    return isinstance(x, (jax.Array, np.ndarray, np.generic, float, int, complex))
+
+
+def is_float_leaf(x) -> bool:
+    """A leaf holding floating-point numbers (a Python float or a float array)."""
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, float):
+        return True
+    if isinstance(x, (jax.Array, np.ndarray, np.generic)):
+        return bool(jnp.issubdtype(x.dtype, jnp.floating))
+    return False
+
+
+def map_with_path(fn: Callable[[str, Any], Any], tree: PyTree) -> PyTree:
+    """``fn(path, leaf)`` for every leaf; the result has the structure of ``tree``
+    (``nnx.Variable`` nodes stay Variables, their paths omit ``value``)."""
+
+    def visit(path, node):
+        name = path_string(path)
+        if is_nnx_variable(node):
+            return jax.tree_util.tree_map(lambda leaf: fn(name, leaf), node)
+        return fn(name, node)
+
+    return jax.tree_util.tree_map_with_path(visit, tree, is_leaf=is_nnx_variable)
+
+
+def _none_or_variable(x) -> bool:
+    return x is None or is_nnx_variable(x)
+
+
+def map_float_params(fn: Callable, updates: PyTree, params: PyTree, *rest) -> PyTree:
+    """``fn(path, u, p, *r)`` where the parameter ``p`` is a floating leaf.
+
+    Maps over ``updates`` (the output has its structure) alongside ``params``
+    and the ``rest`` trees (which have the structure of ``params``). Where the
+    parameter is not floating (an int counter, a bool flag, a function), or the
+    update is None (Equinox's ``filter_grad`` gives None for such leaves), the
+    update is returned unchanged.
+    """
+
+    def visit(path, u, p, *r):
+        if u is None or not is_float_leaf(p):
+            return u
+        return fn(path_string(path), u, p, *r)
+
+    def node(path, u, p, *r):
+        if is_nnx_variable(u):
+            return jax.tree_util.tree_map(
+                lambda *leaves: visit(path, *leaves), u, p, *r
+            )
+        return visit(path, u, p, *r)
+
+    return jax.tree_util.tree_map_with_path(
+        node, updates, params, *rest, is_leaf=_none_or_variable
+    )
+
+
+def float_grad(fn: Callable[[PyTree], jax.Array], params: PyTree) -> PyTree:
+    """``jax.grad(fn)(params)`` with respect to the floating leaves only.
+
+    ``fn`` sees the whole tree (its non-float leaves unchanged); the result has
+    the structure of ``params`` with the gradient at floating leaves and the
+    leaf itself elsewhere (a placeholder that :func:`map_float_params` skips).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    floating = [is_float_leaf(leaf) for leaf in leaves]
+
+    def of_floats(values):
+        it = iter(values)
+        full = [
+            next(it) if f else leaf for leaf, f in zip(leaves, floating, strict=True)
+        ]
+        return fn(jax.tree_util.tree_unflatten(treedef, full))
+
+    grads = iter(
+        jax.grad(of_floats)(
+            [leaf for leaf, f in zip(leaves, floating, strict=True) if f]
+        )
+    )
+    out = [next(grads) if f else leaf for leaf, f in zip(leaves, floating, strict=True)]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def on_leaf(fn: Callable, path: str, leaf, *args):
+    """``fn(leaf, *args)``; a ValueError/TypeError it raises names the leaf.
+
+    The message gains the leaf's path and shape and says how to skip the leaf
+    (the ``mask`` argument).
+    """
+    try:
+        return fn(leaf, *args)
+    except (TypeError, ValueError) as err:
+        if type(err) not in (TypeError, ValueError):
+            raise
+        raise type(err)(
+            f"{err} (leaf {path or '<root>'!r} of shape {np.shape(leaf)}; exclude it "
+            "with `mask`)"
+        ) from None
+
+
+def is_mask_fn(mask) -> bool:
+    """A callable mask builder, not a callable pytree (e.g. an Equinox module)."""
+    return callable(mask) and jax.tree_util.treedef_is_leaf(
+        jax.tree_util.tree_structure(mask)
+    )
+
+
+def _brief(treedef, limit: int = 300) -> str:
+    text = str(treedef)
+    return text if len(text) <= limit else text[: limit - 5] + " ...)"
+
+
+def _unwrap_variable(node):
+    if is_nnx_variable(node):
+        leaves = jax.tree_util.tree_leaves(node)
+        if len(leaves) == 1:
+            return leaves[0]
+    return node
+
+
+def _check_mask_leaf(m, path: str, name: str) -> bool:
+    if not isinstance(m, (bool, np.bool_)):
+        where = f" at {path!r}" if path else ""
+        raise TypeError(
+            f"`{name}` leaves must be Python bools (True = regularize this leaf); got "
+            f"{type(m).__name__} {m!r}{where}. Build masks with "
+            "`jaxreg.mask_by_ndim` or `jaxreg.mask_by_path`."
+        )
+    return bool(m)
+
+
+def _unwrapped(mask) -> PyTree:
+    # A mask built from a flax.nnx.State of Variables also fits the pure State (of
+    # arrays) that nnx.Optimizer hands to optax: unwrap the Variables (a bool still
+    # broadcasts over a Variable in params, as a prefix).
+    return jax.tree_util.tree_map(_unwrap_variable, mask, is_leaf=is_nnx_variable)
+
+
+def check_mask(mask, name: str = "mask") -> None:
+    """Check a mask before the parameters are known (a callable passes).
+
+    Raises:
+      TypeError: a mask leaf that is not a bool (its path is shown).
+    """
+    if mask is None or is_mask_fn(mask):
+        return
+    map_with_path(lambda path, m: _check_mask_leaf(m, path, name), _unwrapped(mask))
+
+
+def resolve_mask(mask, params: PyTree, name: str = "mask") -> PyTree:
+    """Return a bool pytree with exactly the structure of ``params``.
+
+    ``mask`` may be None (everything selected), a pytree of bools with the structure
+    of ``params`` or a prefix of it, or a callable ``params -> mask``.
+
+    Raises:
+      ValueError: if the structures do not match (the message shows both).
+      TypeError: if a mask leaf is not a bool (its path is shown).
+    """
+    if mask is None:
+        return jax.tree_util.tree_map(lambda _: True, params)
+    if is_mask_fn(mask):
+        mask = mask(params)
+    mask = _unwrapped(mask)
+    check_mask(mask, name)
+    try:
+        return jax.tree_util.tree_map(
+            lambda m, sub: jax.tree_util.tree_map(lambda _: bool(m), sub), mask, params
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"`{name}` must have the same tree structure as `params` (or a prefix of "
+            f"it: one bool per leaf or subtree); got\n  {name}:   "
+            f"{_brief(jax.tree_util.tree_structure(mask))}\n  params: "
+            f"{_brief(jax.tree_util.tree_structure(params))}\nBuild it from the same "
+            f"pytree, e.g. `{name}=jaxreg.mask_by_ndim(params)`."
+        ) from err
+
+
+def selected_float_leaves(params: PyTree, mask=None) -> list[tuple[str, jax.Array]]:
+    """``(path, leaf)`` for every floating leaf that ``mask`` selects."""
+    flags = jax.tree_util.tree_leaves(resolve_mask(mask, params))
+    paths = jax.tree_util.tree_flatten_with_path(params)[0]
+    return [
+        (path_string(p), jnp.asarray(leaf))
+        for (p, leaf), keep in zip(paths, flags, strict=True)
+        if keep and is_float_leaf(leaf)
+    ]
