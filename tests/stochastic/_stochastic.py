@@ -137,17 +137,30 @@ def residual_seed_words(f, x, key):
     np.testing.assert_array_equal(words[0], jax.random.bits(key, (2,), jnp.uint32))
 
 
-def scan_bytes_per_layer(fns, layer, weight, x, make_mask, key):
-    """Temporary bytes per extra layer of a scanned net, for each of ``fns``.
+def assert_memory_per_layer_is_that_of_a_given_mask(new, given, make_mask, net):
+    """A key-only function costs per scanned layer what its given-mask twin does.
 
-    Each ``fns[label](k, h, m)`` regularizes a layer's output ``h`` with the key
-    ``k`` (and, when it uses it, the mask ``m = make_mask(k)``, passed in as a
-    scanned argument, which ``temp_size_in_bytes`` does not count). The net of
-    ``depth`` layers is differentiated under jit; the difference between depths 6
-    and 2 cancels the one-layer workspace.
+    ``net = (layer, weight_shape, x, key)`` describes a net of ``layer(w, h)``
+    steps in a ``lax.scan``, differentiated under jit. ``new(k, h)`` is the
+    key-only function, ``given(h, m)`` the same map given its mask
+    ``m = make_mask(k)`` (passed in as a scanned argument, which
+    ``temp_size_in_bytes`` does not count), and a third net computes the mask in
+    each step and keeps it. Within one XLA program without loops a stored mask
+    costs nothing extra (XLA fuses the hash into both passes), but a scan stacks
+    each step's residuals, so there a stored mask costs its bytes per layer. The
+    difference between depths 6 and 2 cancels the one-layer workspace: per extra
+    layer the key-only net may need at most 64 bytes more than the given-mask
+    net (seed words and scalars, with alignment), the stored-mask net at least
+    the mask (one bool per element) more.
     """
+    layer, weight, x, key = net
+    fns = {
+        "new": lambda k, h, m: new(k, h),
+        "given": lambda k, h, m: given(h, m),
+        "stored": lambda k, h, m: given(h, make_mask(k)),
+    }
 
-    def net(f, depth):
+    def temp(f, depth):
         keys = jax.random.split(key, depth)
         masks = jax.vmap(make_mask)(keys)
         ws = jnp.full((depth,) + weight, 0.05, jnp.float32)
@@ -163,7 +176,20 @@ def scan_bytes_per_layer(fns, layer, weight, x, make_mask, key):
         return temp_bytes(loss, ws, x, masks)
 
     shallow, deep = 2, 6
-    return {
-        label: (net(f, deep) - net(f, shallow)) / (deep - shallow)
+    per_layer = {
+        label: (temp(f, deep) - temp(f, shallow)) / (deep - shallow)
         for label, f in fns.items()
     }
+    assert per_layer["new"] <= per_layer["given"] + 64, per_layer
+    assert per_layer["stored"] >= per_layer["given"] + x.size, per_layer
+
+
+def assert_vmap_over_keys_equals_loop(f, keys, x):
+    """``vmap(f)`` over keys and x (and its gradient) equals ``f`` per key, bit for
+    bit (elementwise maths; the masks are regenerated under vmap)."""
+    batched = jax.vmap(f)(keys, x)
+    grad = jax.grad(lambda x, k: jnp.sum(f(k, x) * x))
+    gb = jax.vmap(grad)(x, keys)
+    for i in range(len(x)):
+        bitwise_equal(batched[i], f(keys[i], x[i]))
+        bitwise_equal(gb[i], grad(x[i], keys[i]))

@@ -13,12 +13,12 @@ import pytest
 from _stochastic import (
     DTYPES,
     assert_mean,
-    bitwise_equal,
+    assert_memory_per_layer_is_that_of_a_given_mask,
+    assert_vmap_over_keys_equals_loop,
     data,
     key_at,
     residual_seed_words,
     residual_sizes,
-    scan_bytes_per_layer,
 )
 from jax.test_util import check_grads
 
@@ -184,7 +184,6 @@ def test_alpha_dropout_jit_and_vmap_over_keys():
     keys = jax.random.split(key_at(905, 5), 3)
     x = data((3, 2, 6, 5, 2), seed=5)
     f = lambda k, x: alpha_dropout(k, x, 0.25)  # noqa: E731
-    batched = jax.vmap(f)(keys, x)
     for i in range(3):
         eager = f(keys[i], x[i])
         jitted = jax.jit(f)(keys[i], x[i])
@@ -193,43 +192,17 @@ def test_alpha_dropout_jit_and_vmap_over_keys():
         np.testing.assert_allclose(jitted, eager, rtol=1e-6, atol=1e-6)
         dropped = ~keep_mask(keys[i], x[i].shape, 0.25)
         assert bool(jnp.all(jnp.where(dropped, jitted == jitted[dropped][0], True)))
-        bitwise_equal(batched[i], eager)
-    # Same for the gradients (the regenerated masks under vmap).
-    grad = jax.grad(lambda x, k: jnp.sum(f(k, x) * x))
-    gb = jax.vmap(grad)(x, keys)
-    for i in range(3):
-        bitwise_equal(gb[i], grad(x[i], keys[i]))
+    assert_vmap_over_keys_equals_loop(f, keys, x)
 
 
 def test_alpha_dropout_memory_per_layer_is_that_of_a_given_mask():
-    # A net of tanh(h @ w) layers in a scan, differentiated under jit. Within one
-    # XLA program without loops a stored mask costs nothing extra (XLA fuses the
-    # hash into both passes), but a scan stacks each step's residuals, so there a
-    # stored mask costs its bytes per layer. Per extra layer the key-only function
-    # may need at most 64 bytes more than the same map given its mask (seed words
-    # and scalars, with alignment); the map that computes and keeps its mask needs
-    # at least the mask (one bool per element) more.
+    # A net of tanh(h @ w) layers; see the helper for the bounds.
     rate = 0.3
     x = data((16, 64), seed=6)
     a, b, alpha_p = (np.float32(v) for v in _paper_affine(rate))
-
-    def given(k, h, m):
-        return a * jnp.where(m, h, alpha_p) + b
-
-    def make_mask(k):
-        return keep_mask(k, x.shape, rate)
-
-    per_layer = scan_bytes_per_layer(
-        {
-            "new": lambda k, h, m: alpha_dropout(k, h, rate),
-            "given": given,
-            "stored": lambda k, h, m: given(k, h, make_mask(k)),
-        },
-        lambda w, h: jnp.tanh(h @ w),
-        (64, 64),
-        x,
-        make_mask,
-        key_at(906, 5),
+    assert_memory_per_layer_is_that_of_a_given_mask(
+        lambda k, h: alpha_dropout(k, h, rate),
+        lambda h, m: a * jnp.where(m, h, alpha_p) + b,
+        lambda k: keep_mask(k, x.shape, rate),
+        (lambda w, h: jnp.tanh(h @ w), (64, 64), x, key_at(906, 5)),
     )
-    assert per_layer["new"] <= per_layer["given"] + 64, per_layer
-    assert per_layer["stored"] >= per_layer["given"] + x.size, per_layer

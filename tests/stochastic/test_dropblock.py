@@ -15,13 +15,14 @@ from _stochastic import (
     DTYPES,
     X4,
     assert_mean,
+    assert_memory_per_layer_is_that_of_a_given_mask,
+    assert_vmap_over_keys_equals_loop,
     bitwise_equal,
     data,
     key_at,
     ones_of,
     residual_seed_words,
     residual_sizes,
-    scan_bytes_per_layer,
 )
 from jax.test_util import check_grads
 
@@ -268,23 +269,14 @@ def test_dropblock_jit_and_vmap_over_keys():
     keys = jax.random.split(key_at(905, 9), 3)
     x = data((3, 2, 6, 5, 2), seed=5)
     f = lambda k, x: dropblock(k, x, 0.25, block_size=3)  # noqa: E731
-    batched = jax.vmap(f)(keys, x)
     for i in range(3):
         eager = f(keys[i], x[i])
         bitwise_equal(jax.jit(f)(keys[i], x[i]), eager)
-        bitwise_equal(batched[i], eager)
-    # Same for the gradients (the regenerated masks under vmap).
-    grad = jax.grad(lambda x, k: jnp.sum(f(k, x) * x))
-    gb = jax.vmap(grad)(x, keys)
-    for i in range(3):
-        bitwise_equal(gb[i], grad(x[i], keys[i]))
+    assert_vmap_over_keys_equals_loop(f, keys, x)
 
 
 def test_dropblock_memory_per_layer_is_that_of_a_given_mask():
-    # As for alpha dropout (see test_alpha_dropout.py), with 3 x 3 convolutions:
-    # per extra scanned layer the key-only DropBlock needs at most 64 bytes more
-    # than the same map given its block mask, and the map that computes and keeps
-    # its mask at least the mask (one bool per element) more.
+    # As for alpha dropout, with 3 x 3 convolutions; see the helper for the bounds.
     rate = 0.3
     x = data((2, 8, 8, 8), seed=6)
     scale = np.float32(_scale(rate, 3))
@@ -294,23 +286,9 @@ def test_dropblock_memory_per_layer_is_that_of_a_given_mask():
         conv = jax.lax.conv_general_dilated(h, w, (1, 1), "SAME", None, None, dims)
         return jnp.tanh(conv)
 
-    def given(k, h, m):
-        return jnp.where(m, h * scale, 0.0)
-
-    def make_mask(k):
-        return dropblock(k, jnp.ones(x.shape), rate, block_size=3) != 0
-
-    per_layer = scan_bytes_per_layer(
-        {
-            "new": lambda k, h, m: dropblock(k, h, rate, block_size=3),
-            "given": given,
-            "stored": lambda k, h, m: given(k, h, make_mask(k)),
-        },
-        layer,
-        (3, 3, 8, 8),
-        x,
-        make_mask,
-        key_at(906, 9),
+    assert_memory_per_layer_is_that_of_a_given_mask(
+        lambda k, h: dropblock(k, h, rate, block_size=3),
+        lambda h, m: jnp.where(m, h * scale, 0.0),
+        lambda k: dropblock(k, jnp.ones(x.shape), rate, block_size=3) != 0,
+        (layer, (3, 3, 8, 8), x, key_at(906, 9)),
     )
-    assert per_layer["new"] <= per_layer["given"] + 64, per_layer
-    assert per_layer["stored"] >= per_layer["given"] + x.size, per_layer
