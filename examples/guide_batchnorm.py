@@ -35,8 +35,6 @@ Batch Normalization by Variance Shift." CVPR 2019. https://arxiv.org/abs/1801.05
 
 from __future__ import annotations
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -233,15 +231,12 @@ def main(argv=None) -> dict:
     for ax in axes:
         ax.set_xticks(pos, names, rotation=25, ha="right", fontsize=8)
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(
-        f"MLP {'-'.join(map(str, sizes))} with BN on MNIST-1D, {args.epochs} epochs, "
-        f"{args.seeds} seeds",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    path = reporting.savefig(fig, out / "batchnorm.png")
     summary = {"table": table, "results": results}
-    (out / "batchnorm.json").write_text(json.dumps(summary))
+    title = (
+        f"MLP {'-'.join(map(str, sizes))} with BN on MNIST-1D, {args.epochs} epochs, "
+        f"{args.seeds} seeds"
+    )
+    path = reporting.save_figure(fig, out, "batchnorm", title, summary=summary)
     print(f"figure: {path}")
     return summary
 

@@ -25,8 +25,6 @@ Each at rate 0.2 (``--rates`` for more), three seeds (vmapped), Adam 1e-3, batch
 
 from __future__ import annotations
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +32,7 @@ import optax
 from jax import lax
 
 import jaxreg
-from examples.helpers import cli, datasets, reporting, training
+from examples.helpers import cli, reporting, training
 
 STRIDES = (1, 2, 2)
 KERNEL = 5
@@ -91,32 +89,15 @@ def cnn_apply(params, x, key=None, *, method: str = "none", rate: float = 0.0):
 
 
 def main(argv=None) -> dict:
-    ap = cli.parser(__doc__, cache=cli.TEMP_CACHE, epochs=20)
+    ap = cli.parser(__doc__, cache=cli.TEMP_CACHE, epochs=20, train_size=True)
     ap.add_argument("--channels", type=int, default=16)
     ap.add_argument("--rates", type=float, nargs="+", default=[0.2])
     ap.add_argument("--methods", nargs="+", default=["dropout", "spatial", "dropblock"])
-    ap.add_argument(
-        "--train-size",
-        type=int,
-        default=None,
-        help="use only the first N training examples (a regime that overfits)",
-    )
     args = ap.parse_args(argv)
     if args.quick:
         args.epochs, args.seeds, args.rates = 1, 1, [0.3]
     out = reporting.output_dir(args.out)
-    data = datasets.load_mnist1d(args.cache)
-    if args.quick:
-        data = datasets.Data(
-            data.x_train[:200], data.y_train[:200], data.x_test[:100], data.y_test[:100]
-        )
-    tag = ""
-    if args.train_size is not None:
-        n = args.train_size
-        data = datasets.Data(
-            data.x_train[:n], data.y_train[:n], data.x_test, data.y_test
-        )
-        tag = f"_train{n}"
+    data, tag = cli.mnist1d_for(args)
     opt = optax.adam(1e-3)
     configs = [("none", 0.0)] + [(m, r) for r in args.rates for m in args.methods]
     if args.quick:
@@ -176,18 +157,15 @@ def main(argv=None) -> dict:
     axes[1].set_ylabel("final accuracy (%)")
     axes[1].legend(fontsize=8)
     axes[1].grid(alpha=0.3, axis="y")
-    fig.suptitle(
-        f"1-D CNN on MNIST-1D ({len(data.y_train)} training examples), "
-        f"{args.epochs} epochs, {args.seeds} seeds",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    path = reporting.savefig(fig, out / f"cnn{tag}.png")
     summary = {
         "table": table,
         "results": {h.name: h.to_json("test_acc", "train_acc") for h in histories},
     }
-    (out / f"cnn{tag}.json").write_text(json.dumps(summary))
+    title = (
+        f"1-D CNN on MNIST-1D ({len(data.y_train)} training examples), "
+        f"{args.epochs} epochs, {args.seeds} seeds"
+    )
+    path = reporting.save_figure(fig, out, f"cnn{tag}", title, summary=summary)
     print(f"figure: {path}")
     return summary
 

@@ -23,7 +23,6 @@ guide's page 5 has the step-cost comparison).
 
 from __future__ import annotations
 
-import json
 import time
 
 import jax
@@ -211,15 +210,12 @@ def main(argv=None) -> dict:
         ax.set_xlabel("optimizer steps")
         ax.grid(alpha=0.3)
     axes[2].legend(fontsize=8)
-    fig.suptitle(
-        f"MLP 40-256-256-10 on MNIST-1D, Adam 1e-3, batch 100, "
-        f"{len(seeds)} seeds (band: min-max)",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    path = reporting.savefig(fig, out / "convergence.png")
     summary = {"table": table, "results": {str(k): v for k, v in results.items()}}
-    (out / "convergence.json").write_text(json.dumps(summary))
+    title = (
+        f"MLP 40-256-256-10 on MNIST-1D, Adam 1e-3, batch 100, "
+        f"{len(seeds)} seeds (band: min-max)"
+    )
+    path = reporting.save_figure(fig, out, "convergence", title, summary=summary)
     print(f"figure: {path}")
     return summary
 

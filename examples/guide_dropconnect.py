@@ -30,7 +30,6 @@ Writes ``dropconnect.png`` and ``dropconnect.json`` to ``--out``. Run
 
 from __future__ import annotations
 
-import json
 import time
 
 import jax
@@ -279,12 +278,6 @@ def main(argv=None) -> dict:
         ax.legend(fontsize=7)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(
-        f"MLP 40-256-256-10 on MNIST-1D, {args.epochs} epochs, {args.seeds} seeds",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    path = reporting.savefig(fig, out / "dropconnect.png")
     summary = {
         "table": table,
         "cost_table": cost_table,
@@ -298,7 +291,8 @@ def main(argv=None) -> dict:
             h.name: h.to_json("test_acc", "train_acc") for h in histories.values()
         },
     }
-    (out / "dropconnect.json").write_text(json.dumps(summary))
+    title = f"MLP 40-256-256-10 on MNIST-1D, {args.epochs} epochs, {args.seeds} seeds"
+    path = reporting.save_figure(fig, out, "dropconnect", title, summary=summary)
     print(f"figure: {path}")
     return summary
 

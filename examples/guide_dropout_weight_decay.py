@@ -148,9 +148,9 @@ def main(argv=None):
         a.set_yticks(range(len(RATES)), [f"{r:g}" for r in RATES])
         a.set_xlabel("decoupled weight decay (optax.adamw)")
         a.set_ylabel("dropout rate")
-    fig.suptitle(f"MNIST-1D, MLP {sizes}, {args.epochs} epochs", fontsize=10)
-    fig.tight_layout()
-    path = reporting.savefig(fig, out / "dropout_weight_decay.png")
+    path = reporting.save_figure(
+        fig, out, "dropout_weight_decay", f"MNIST-1D, MLP {sizes}, {args.epochs} epochs"
+    )
     print(f"\nfigure: {path}   ({time.perf_counter() - t0:.0f}s)")
     return mean, imean
 

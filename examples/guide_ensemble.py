@@ -234,13 +234,11 @@ def main(argv=None):
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(
+    title = (
         f"MNIST-1D, dropout {RATE}: weight scaling vs model averaging "
-        f"({args.seeds} seeds; bands: min-max over seeds)",
-        fontsize=10,
+        f"({args.seeds} seeds; bands: min-max over seeds)"
     )
-    fig.tight_layout()
-    path2 = reporting.savefig(fig, out / "dropout_ensemble.png")
+    path2 = reporting.save_figure(fig, out, "dropout_ensemble", title)
     print(f"\nfigures: {path1}, {path2}   ({time.perf_counter() - t0:.0f}s)")
     return ws, table
 

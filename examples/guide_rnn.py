@@ -23,15 +23,13 @@ time depends on how busy the machine is) or ``--quick`` (a smoke test).
 
 from __future__ import annotations
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 import jaxreg
-from examples.helpers import cli, datasets, reporting, training
+from examples.helpers import cli, reporting, training
 
 VARIANTS = (
     "none",
@@ -90,33 +88,16 @@ def gru_apply(params, x, key, *, variant: str, rate: float, train: bool):
 
 
 def main(argv=None) -> dict:
-    ap = cli.parser(__doc__, cache=cli.TEMP_CACHE, epochs=30)
+    ap = cli.parser(__doc__, cache=cli.TEMP_CACHE, epochs=30, train_size=True)
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--rate", type=float, default=0.25)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    ap.add_argument(
-        "--train-size",
-        type=int,
-        default=None,
-        help="use only the first N training examples (a regime that overfits)",
-    )
     args = ap.parse_args(argv)
     if args.quick:
         args.epochs, args.seeds, args.hidden = 1, 1, 4
         args.variants = ["locked (recurrent input)", "zoneout"]
     out = reporting.output_dir(args.out)
-    data = datasets.load_mnist1d(args.cache)
-    if args.quick:  # 2 minibatches per epoch
-        data = datasets.Data(
-            data.x_train[:200], data.y_train[:200], data.x_test[:100], data.y_test[:100]
-        )
-    tag = ""
-    if args.train_size is not None:
-        n = args.train_size
-        data = datasets.Data(
-            data.x_train[:n], data.y_train[:n], data.x_test, data.y_test
-        )
-        tag = f"_train{n}"
+    data, tag = cli.mnist1d_for(args)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(3e-3))
 
     histories = []
@@ -156,21 +137,18 @@ def main(argv=None) -> dict:
         ax.set_xlabel("optimizer steps")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(
-        f"GRU (hidden {args.hidden}) on MNIST-1D ({len(data.y_train)} training "
-        f"examples) as 40 steps x 1 feature, rate "
-        f"{args.rate:g}, {args.seeds} seeds (band: min-max)",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    path = reporting.savefig(fig, out / f"rnn{tag}.png")
     summary = {
         "table": table,
         "results": {
             h.name: h.to_json("test_acc", "train_acc", "train_loss") for h in histories
         },
     }
-    (out / f"rnn{tag}.json").write_text(json.dumps(summary))
+    title = (
+        f"GRU (hidden {args.hidden}) on MNIST-1D ({len(data.y_train)} training "
+        f"examples) as 40 steps x 1 feature, rate "
+        f"{args.rate:g}, {args.seeds} seeds (band: min-max)"
+    )
+    path = reporting.save_figure(fig, out, f"rnn{tag}", title, summary=summary)
     print(f"figure: {path}")
     return summary
 

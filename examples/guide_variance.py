@@ -140,13 +140,11 @@ def main(argv=None):
             ax.set_yscale("log")
             ax.grid(alpha=0.3, which="both")
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(
+    title = (
         f"MNIST-1D MLP {sizes}: activation variance per layer and epoch "
-        f"(mean over {args.seeds} seeds, band: min-max)",
-        fontsize=10,
+        f"(mean over {args.seeds} seeds, band: min-max)"
     )
-    fig.tight_layout()
-    path = reporting.savefig(fig, out / "dropout_variance.png")
+    path = reporting.save_figure(fig, out, "dropout_variance", title)
 
     print("\nlast epoch, mean over seeds (variance of h / of the next z):")
     print(

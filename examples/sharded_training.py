@@ -43,7 +43,6 @@ if "xla_cpu_collective_call_terminate_timeout_seconds" not in _flags:
     )
 os.environ["XLA_FLAGS"] = _flags.strip()
 
-import json  # noqa: E402
 import re  # noqa: E402
 
 import jax  # noqa: E402
@@ -292,13 +291,6 @@ def main(argv=None) -> dict:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(
-        "MLP 40-512-512-10, dropout 0.3 + L2 + Adam + max-norm, 8 simulated CPU "
-        f"devices, seed {args.seed}",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    path = reporting.savefig(fig, out / "sharding.png")
     summary = {
         "table": table,
         "results": {
@@ -310,7 +302,11 @@ def main(argv=None) -> dict:
             for k, v in results.items()
         },
     }
-    (out / "sharding.json").write_text(json.dumps(summary))
+    title = (
+        "MLP 40-512-512-10, dropout 0.3 + L2 + Adam + max-norm, 8 simulated CPU "
+        f"devices, seed {args.seed}"
+    )
+    path = reporting.save_figure(fig, out, "sharding", title, summary=summary)
     print(f"figure: {path}")
     return summary
 

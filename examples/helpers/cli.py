@@ -6,7 +6,9 @@ import argparse
 import pathlib
 import tempfile
 
-__all__ = ["CACHE", "GUIDE_FIGURES", "ROOT", "TEMP_CACHE", "parser"]
+from examples.helpers.datasets import Data, load_mnist1d
+
+__all__ = ["CACHE", "GUIDE_FIGURES", "ROOT", "TEMP_CACHE", "mnist1d_for", "parser"]
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 #: Where the guide's figures and JSON results live (the default ``--out``).
@@ -24,6 +26,7 @@ def parser(
     cache: str | None | bool = CACHE,
     seeds: int | None | bool = 3,
     epochs: int | None | bool = None,
+    train_size: bool = False,
 ) -> argparse.ArgumentParser:
     """The shared options, with the script's defaults; the script adds its own.
 
@@ -39,6 +42,8 @@ def parser(
         ``--cache`` option.
       seeds: default number of seeds, or False for no ``--seeds`` option.
       epochs: default number of epochs, or False for no ``--epochs`` option.
+      train_size: add ``--train-size N`` (train on the first N examples only);
+        see :func:`mnist1d_for`.
 
     Returns:
       An ``argparse.ArgumentParser``.
@@ -52,4 +57,26 @@ def parser(
         ap.add_argument("--seeds", type=int, default=seeds)
     if epochs is not False:
         ap.add_argument("--epochs", type=int, default=epochs)
+    if train_size:
+        ap.add_argument(
+            "--train-size",
+            type=int,
+            default=None,
+            help="use only the first N training examples (a regime that overfits)",
+        )
     return ap
+
+
+def mnist1d_for(args: argparse.Namespace) -> tuple[Data, str]:
+    """MNIST-1D as the parsed options ask for it, and a tag for file names.
+
+    ``--quick`` keeps 200 training and 100 test examples (2 minibatches of 100
+    per epoch); ``--train-size N`` then keeps the first N training examples and
+    makes the tag ``"_trainN"`` (else the tag is ``""``).
+    """
+    data = load_mnist1d(args.cache)
+    if args.quick:
+        data = data.head(200, 100)
+    if args.train_size is None:
+        return data, ""
+    return data.head(args.train_size), f"_train{args.train_size}"

@@ -31,6 +31,17 @@ class Data:
         """``(x_train, y_train, x_test, y_test)``."""
         return self.x_train, self.y_train, self.x_test, self.y_test
 
+    def head(self, num_train: int | None = None, num_test: int | None = None) -> Data:
+        """The first ``num_train`` training and ``num_test`` test examples (None:
+        all of them)."""
+        return Data(
+            self.x_train[:num_train],
+            self.y_train[:num_train],
+            self.x_test[:num_test],
+            self.y_test[:num_test],
+            self.num_classes,
+        )
+
     def split_validation(self, num_val: int) -> tuple[Data, Data]:
         """Split the last ``num_val`` training examples off as a validation set.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ __all__ = [
     "output_dir",
     "plot_curves",
     "pyplot",
+    "save_figure",
     "savefig",
     "summarize",
 ]
@@ -137,6 +139,22 @@ def savefig(fig, path: str | os.PathLike, *, dpi: int = 110) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
+    return path
+
+
+def save_figure(
+    fig, out: str | os.PathLike, stem: str, title: str, *, summary: dict | None = None
+) -> pathlib.Path:
+    """Title ``fig``, lay it out and save it as ``out/stem.png`` (then close it).
+
+    With ``summary``, also write it as JSON to ``out/stem.json``. Returns the
+    figure's path.
+    """
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = savefig(fig, pathlib.Path(out) / f"{stem}.png")
+    if summary is not None:
+        (pathlib.Path(out) / f"{stem}.json").write_text(json.dumps(summary))
     return path
 
 
