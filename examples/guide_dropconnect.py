@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 import jaxreg
-from examples.helpers import cli, datasets, models, reporting, training
+from examples.helpers import cli, models, reporting, training
 
 SIZES = (40, 256, 256, 10)
 
@@ -139,11 +139,7 @@ def main(argv=None) -> dict:
         args.epochs, args.seeds, args.samples = 1, 1, [1, 3]
         configs = ["DropConnect"]
     out = reporting.output_dir(args.out)
-    data = datasets.load_mnist1d(args.cache)
-    if args.quick:
-        data = datasets.Data(
-            data.x_train[:200], data.y_train[:200], data.x_test[:100], data.y_test[:100]
-        )
+    data, _ = cli.mnist1d_for(args)
     rate = args.rate
     train_fns = {
         "none": lambda p, x, k: models.mlp_apply(p, x),

@@ -72,11 +72,13 @@ def mnist1d_for(args: argparse.Namespace) -> tuple[Data, str]:
 
     ``--quick`` keeps 200 training and 100 test examples (2 minibatches of 100
     per epoch); ``--train-size N`` then keeps the first N training examples and
-    makes the tag ``"_trainN"`` (else the tag is ``""``).
+    makes the tag ``"_trainN"`` (else, or for a parser made without
+    ``train_size=True``, the tag is ``""``).
     """
     data = load_mnist1d(args.cache)
     if args.quick:
         data = data.head(200, 100)
-    if args.train_size is None:
+    n = getattr(args, "train_size", None)
+    if n is None:
         return data, ""
-    return data.head(args.train_size), f"_train{args.train_size}"
+    return data.head(n), f"_train{n}"
