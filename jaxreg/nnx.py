@@ -146,6 +146,11 @@ class _Stochastic(nnx.Module):
         else:
             raise _wrong_rngs(self, rngs, at_construction=True, optional=True)
 
+    def _current(self, checks) -> dict[str, Any]:
+        """The module's present values of the fields in ``checks``, checked again
+        (an NNX module's attributes may be reassigned after construction)."""
+        return _checked(self, checks, **{name: getattr(self, name) for name in checks})
+
     def _resolve_deterministic(self, deterministic):
         """The call's flag, else the attribute (Flax's ``first_from``)."""
         value = self.deterministic if deterministic is None else deterministic
@@ -270,8 +275,7 @@ class _Family(_Stochastic):
         attributes (a traced ``deterministic`` selects the path at run time).
         """
         det = self._resolve_deterministic(deterministic)
-        fields = {name: getattr(self, name) for name in self.LAYER.fields}
-        values = _checked(self, self.LAYER.fields, **fields)
+        values = self._current(self.LAYER.fields)
         return self.LAYER.apply(values, inputs, det, lambda: self._call_key(rngs, det))
 
 
@@ -701,8 +705,7 @@ class DropConnectDense(_Stochastic):
         """Apply the layer to ``inputs`` of shape ``(..., in_features)``."""
         det = self._resolve_deterministic(deterministic)
         x, kernel, bias = self._promoted(inputs)
-        fields = {name: getattr(self, name) for name in _layers.DROPCONNECT}
-        values = _checked(self, _layers.DROPCONNECT, **fields)
+        values = self._current(_layers.DROPCONNECT)
         return _layers.dropconnect(
             x, kernel, bias, det, lambda: self._call_key(rngs, det), **values
         )
@@ -976,8 +979,7 @@ class ConcreteDropout(_Stochastic):
     ) -> jax.Array:
         """Drop ``inputs`` with the learned rate, then apply ``layer`` (if any)."""
         det = self._resolve_deterministic(deterministic)
-        fields = {name: getattr(self, name) for name in _layers.CONCRETE}
-        values = _checked(self, _layers.CONCRETE, **fields)
+        values = self._current(_layers.CONCRETE)
         logit_p = self.logit_p[...]
         layer = self.layer
         y, penalty = _layers.concrete_layer(
@@ -1080,8 +1082,7 @@ class SparseVariationalDense(_Stochastic):
         """Apply the layer to ``inputs`` of shape ``(..., in_features)``."""
         det = self._resolve_deterministic(deterministic)
         x, kernel, bias = self._promoted(inputs)
-        fields = {name: getattr(self, name) for name in _layers.SPARSE_VD}
-        values = _checked(self, _layers.SPARSE_VD, **fields)
+        values = self._current(_layers.SPARSE_VD)
         log_sigma2 = self.log_sigma2[...]
         kl = _layers.sparse_vd_kl(values, kernel, log_sigma2)
         _sow_loss(self, self.variable_type, "sparse_vd_kl", kl)

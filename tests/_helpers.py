@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import jaxreg
+
 
 def digits(n_train=None):
     """sklearn's digits, standardized, split 75/25 (stratified, seed 0).
@@ -89,6 +91,52 @@ X_PRE = jax.random.uniform(jax.random.key(11), (4, 6, 6, 3), minval=-1.0, maxval
 def activation_sized(vjp, x):
     """The leaves of a ``jax.vjp`` closure with as many elements as ``x``."""
     return [leaf for leaf in jax.tree_util.tree_leaves(vjp) if np.size(leaf) == x.size]
+
+
+def check_fused_grads(fused, unfused, f, *, inverted, activation):
+    """A fused ``Dropout(activation=...)`` differentiates as ``f`` then dropout.
+
+    ``fused(x, key)`` and ``unfused(x, key)`` apply a framework's Dropout at rate
+    0.3 with and without ``activation`` (``f`` is that activation as a function).
+    Gradients agree with the unfused module to rtol 1e-6 (see ``X_PRE``), some
+    units are dropped and some kept, and the fused module's gradients are exactly
+    those of the pure function it calls.
+    """
+    key = jax.random.key(5)
+    w = jax.random.normal(jax.random.key(6), X_PRE.shape)
+
+    def grad(apply):
+        return jax.grad(lambda x: jnp.sum(apply(x) * w))(X_PRE)
+
+    g = grad(lambda x: fused(x, key))
+    g_unfused = grad(lambda x: unfused(f(x), key))
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_unfused), rtol=1e-6)
+    assert bool(jnp.any(g == 0)) and bool(jnp.any(g != 0))  # dropped and kept
+    g_pure = grad(
+        lambda x: jaxreg.dropout(key, x, 0.3, inverted=inverted, activation=activation)
+    )
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(g_pure))
+
+
+def check_fused_residuals(fused, unfused):
+    """The backward pass of a fused ``Dropout(activation="tanh")`` keeps its output.
+
+    ``fused(x, key)`` / ``unfused(x, key)`` as above. The only activation-sized
+    residual of the fused module is its output (which the next layer keeps
+    anyway); neither tanh(x) nor x nor a mask is stored. tanh then dropout keeps
+    two activation-sized arrays besides its output, one of them tanh(x).
+    """
+    key = jax.random.key(8)
+    x = jax.random.normal(jax.random.key(9), (32, 64))
+    y, vjp = jax.vjp(lambda x: fused(x, key), x)
+    kept = activation_sized(vjp, x)
+    assert len(kept) == 1
+    np.testing.assert_array_equal(np.asarray(kept[0]), np.asarray(y))
+    y_unfused, vjp_unfused = jax.vjp(lambda x: unfused(jnp.tanh(x), key), x)
+    kept = activation_sized(vjp_unfused, x)
+    assert len(kept) == 2
+    assert not any(bool(jnp.array_equal(leaf, y_unfused)) for leaf in kept)
+    assert any(bool(jnp.array_equal(leaf, jnp.tanh(x))) for leaf in kept)
 
 
 def load_example(name: str):

@@ -10,9 +10,12 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _helpers import X_PRE, activation_sized
 
 import jaxreg
+
+# The key and the NHWC input most adapter tests use.
+KEY = jax.random.key(0)
+X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
 
 # The dropout family: (case id, class name, keyword arguments, the pure function
 # the module must equal for the same key: ``pure(key, x)``).
@@ -361,49 +364,3 @@ def flat_paths(node, *filters):
     from flax import nnx
 
     return sorted(path for path, _ in nnx.to_flat_state(nnx.state(node, *filters)))
-
-
-def assert_fused_gradients_equal_unfused(fused, unfused, f, *, inverted, activation):
-    """A fused ``Dropout(activation=...)`` differentiates as ``f`` then dropout.
-
-    ``fused(x, key)`` and ``unfused(x, key)`` apply a framework's Dropout at rate
-    0.3 with and without ``activation`` (``f`` is that activation as a function).
-    Gradients agree with the unfused module to rtol 1e-6 (see ``X_PRE``), some
-    units are dropped and some kept, and the fused module's gradients are exactly
-    those of the pure function it calls.
-    """
-    key = jax.random.key(5)
-    w = jax.random.normal(jax.random.key(6), X_PRE.shape)
-
-    def grad(apply):
-        return jax.grad(lambda x: jnp.sum(apply(x) * w))(X_PRE)
-
-    g = grad(lambda x: fused(x, key))
-    g_unfused = grad(lambda x: unfused(f(x), key))
-    np.testing.assert_allclose(np.asarray(g), np.asarray(g_unfused), rtol=1e-6)
-    assert bool(jnp.any(g == 0)) and bool(jnp.any(g != 0))  # dropped and kept
-    g_pure = grad(
-        lambda x: jaxreg.dropout(key, x, 0.3, inverted=inverted, activation=activation)
-    )
-    np.testing.assert_array_equal(np.asarray(g), np.asarray(g_pure))
-
-
-def assert_fused_keeps_only_its_output(fused, unfused):
-    """The backward pass of a fused ``Dropout(activation="tanh")`` keeps its output.
-
-    ``fused(x, key)`` / ``unfused(x, key)`` as above. The only activation-sized
-    residual of the fused module is its output (which the next layer keeps
-    anyway); neither tanh(x) nor x nor a mask is stored. tanh then dropout keeps
-    two activation-sized arrays besides its output, one of them tanh(x).
-    """
-    key = jax.random.key(8)
-    x = jax.random.normal(jax.random.key(9), (32, 64))
-    y, vjp = jax.vjp(lambda x: fused(x, key), x)
-    kept = activation_sized(vjp, x)
-    assert len(kept) == 1
-    np.testing.assert_array_equal(np.asarray(kept[0]), np.asarray(y))
-    y_unfused, vjp_unfused = jax.vjp(lambda x: unfused(jnp.tanh(x), key), x)
-    kept = activation_sized(vjp_unfused, x)
-    assert len(kept) == 2
-    assert not any(bool(jnp.array_equal(leaf, y_unfused)) for leaf in kept)
-    assert any(bool(jnp.array_equal(leaf, jnp.tanh(x))) for leaf in kept)

@@ -14,7 +14,9 @@ from _modules import (
     BAD_FIELDS,
     FAMILY,
     FAMILY_IDS,
+    KEY,
     RATE_CLASSES,
+    X,
     assert_same_output,
     assert_traced_flag_matches_static,
     inference_output,
@@ -22,9 +24,6 @@ from _modules import (
 
 import jaxreg
 import jaxreg.equinox as je
-
-KEY = jax.random.key(0)
-X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
 
 
 def make(name, **kwargs):

@@ -14,15 +14,13 @@ import pytest
 from _modules import (
     BAD_BAYESIAN,
     BAD_BAYESIAN_IDS,
+    KEY,
     assert_close_to_sum_rounding,
     traced_flag_outputs,
 )
 
 import jaxreg
 import jaxreg.equinox as je
-
-KEY = jax.random.key(0)
-
 
 # ---------------------------------------------------------------------------------
 # DropConnectDense.

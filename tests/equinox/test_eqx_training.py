@@ -10,11 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from _helpers import digits
+from _modules import KEY
 
 import jaxreg
 import jaxreg.equinox as je
-
-KEY = jax.random.key(0)
 
 
 class MLP(eqx.Module):

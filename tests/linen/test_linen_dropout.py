@@ -10,12 +10,17 @@ import numpy as np
 import optax
 import pytest
 from _helpers import digits
-from _modules import BAD_FLAG_IDS, BAD_FLAGS, FLAG_IDS, FLAGS, traced_flag_outputs
+from _modules import (
+    BAD_FLAG_IDS,
+    BAD_FLAGS,
+    FLAG_IDS,
+    FLAGS,
+    KEY,
+    X,
+    traced_flag_outputs,
+)
 
 import jaxreg.linen as jl
-
-KEY = jax.random.key(0)
-X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
 
 
 def test_fields_and_call_signature_match_flax():

@@ -10,7 +10,9 @@ from _modules import (
     BAD_FIELDS,
     FAMILY,
     FAMILY_IDS,
+    KEY,
     RATE_CLASSES,
+    X,
     assert_traced_flag_matches_static,
     inference_output,
     module_key,
@@ -18,9 +20,6 @@ from _modules import (
 
 import jaxreg
 import jaxreg.linen as jl
-
-KEY = jax.random.key(0)
-X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
 
 
 @pytest.mark.parametrize("name, kwargs, pure", [c[1:] for c in FAMILY], ids=FAMILY_IDS)

@@ -5,19 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _helpers import FUSED_CASES, FUSED_IDS
-from _modules import (
-    assert_close_to_sum_rounding,
-    assert_fused_gradients_equal_unfused,
-    assert_fused_keeps_only_its_output,
-    module_key,
-)
+from _helpers import FUSED_CASES, FUSED_IDS, check_fused_grads, check_fused_residuals
+from _modules import KEY, X, assert_close_to_sum_rounding, module_key
 
 import jaxreg
 import jaxreg.linen as jl
-
-KEY = jax.random.key(0)
-X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
 
 
 @pytest.mark.parametrize("activation, f", FUSED_CASES, ids=FUSED_IDS)
@@ -83,7 +75,7 @@ def test_dropout_activation_gradients_equal_unfused(activation, f, inverted):
         0.3, deterministic=False, inverted=inverted, activation=activation
     )
     unfused = jl.Dropout(0.3, deterministic=False, inverted=inverted)
-    assert_fused_gradients_equal_unfused(
+    check_fused_grads(
         lambda x, k: fused.apply({}, x, rng=k),
         lambda x, k: unfused.apply({}, x, rng=k),
         f,
@@ -95,7 +87,7 @@ def test_dropout_activation_gradients_equal_unfused(activation, f, inverted):
 def test_dropout_activation_keeps_only_its_output_for_the_backward_pass():
     fused = jl.Dropout(0.3, deterministic=False, activation="tanh")
     unfused = jl.Dropout(0.3, deterministic=False)
-    assert_fused_keeps_only_its_output(
+    check_fused_residuals(
         lambda x, k: fused.apply({}, x, rng=k), lambda x, k: unfused.apply({}, x, rng=k)
     )
 

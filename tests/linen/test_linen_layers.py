@@ -6,13 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _modules import assert_close_to_sum_rounding, module_key, traced_flag_outputs
+from _modules import KEY, assert_close_to_sum_rounding, module_key, traced_flag_outputs
 
 import jaxreg
 import jaxreg.linen as jl
-
-KEY = jax.random.key(0)
-X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
 
 
 def test_dropconnect_dense_is_a_drop_in_for_dense():

@@ -11,14 +11,13 @@ import pytest
 from _modules import (
     BAD_BAYESIAN,
     BAD_BAYESIAN_IDS,
+    KEY,
     assert_close_to_sum_rounding,
     traced_flag_outputs,
 )
 
 import jaxreg
 import jaxreg.linen as jl
-
-KEY = jax.random.key(0)
 
 
 def test_activity_regularization_sows_keras_penalty():

@@ -5,12 +5,10 @@ import jax
 import jax.numpy as jnp
 import optax
 from _helpers import digits
+from _modules import KEY
 
 import jaxreg
 import jaxreg.linen as jl
-
-KEY = jax.random.key(0)
-X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
 
 
 def test_mlp_with_jaxreg_modules_and_chain_learns_digits():

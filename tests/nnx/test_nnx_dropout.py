@@ -14,6 +14,8 @@ from _modules import (
     BAD_FLAGS,
     FLAG_IDS,
     FLAGS,
+    KEY,
+    X,
     first_key,
     flat_paths,
     traced_flag_outputs,
@@ -22,9 +24,6 @@ from flax import nnx
 
 import jaxreg
 import jaxreg.nnx as jn
-
-KEY = jax.random.key(0)
-X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
 
 
 def test_signature_attributes_and_state_match_flax():

@@ -9,7 +9,9 @@ from _modules import (
     BAD_FIELDS,
     FAMILY,
     FAMILY_IDS,
+    KEY,
     RATE_CLASSES,
+    X,
     assert_traced_flag_matches_static,
     first_key,
     flat_paths,
@@ -19,9 +21,6 @@ from flax import nnx
 
 import jaxreg
 import jaxreg.nnx as jn
-
-KEY = jax.random.key(0)
-X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
 
 
 @pytest.mark.parametrize("name, kwargs, pure", [c[1:] for c in FAMILY], ids=FAMILY_IDS)

@@ -4,21 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _helpers import FUSED_CASES, FUSED_IDS
-from _modules import (
-    assert_close_to_sum_rounding,
-    assert_fused_gradients_equal_unfused,
-    assert_fused_keeps_only_its_output,
-    first_key,
-    flat_paths,
-)
+from _helpers import FUSED_CASES, FUSED_IDS, check_fused_grads, check_fused_residuals
+from _modules import X, assert_close_to_sum_rounding, first_key, flat_paths
 from flax import nnx
 
 import jaxreg
 import jaxreg.nnx as jn
-
-KEY = jax.random.key(0)
-X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
 
 
 @pytest.mark.parametrize("activation, f", FUSED_CASES, ids=FUSED_IDS)
@@ -108,7 +99,7 @@ def test_dropout_activation_deterministic_rate_zero_and_one(activation, f, how):
 def test_dropout_activation_gradients_equal_unfused(activation, f, inverted):
     fused = jn.Dropout(0.3, inverted=inverted, activation=activation)
     unfused = jn.Dropout(0.3, inverted=inverted)
-    assert_fused_gradients_equal_unfused(
+    check_fused_grads(
         lambda x, k: fused(x, rngs=k),
         lambda x, k: unfused(x, rngs=k),
         f,
@@ -120,7 +111,7 @@ def test_dropout_activation_gradients_equal_unfused(activation, f, inverted):
 def test_dropout_activation_keeps_only_its_output_for_the_backward_pass():
     fused = jn.Dropout(0.3, activation="tanh")
     unfused = jn.Dropout(0.3)
-    assert_fused_keeps_only_its_output(
+    check_fused_residuals(
         lambda x, k: fused(x, rngs=k), lambda x, k: unfused(x, rngs=k)
     )
 

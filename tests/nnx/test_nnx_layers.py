@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _modules import (
+    KEY,
     assert_close_to_sum_rounding,
     first_key,
     flat_paths,
@@ -14,9 +15,6 @@ from flax import nnx
 
 import jaxreg
 import jaxreg.nnx as jn
-
-KEY = jax.random.key(0)
-X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
 
 
 def test_dropconnect_dense_is_a_drop_in_for_linear():

@@ -10,6 +10,7 @@ import pytest
 from _modules import (
     BAD_BAYESIAN,
     BAD_BAYESIAN_IDS,
+    KEY,
     assert_close_to_sum_rounding,
     flat_paths,
     traced_flag_outputs,
@@ -18,9 +19,6 @@ from flax import nnx
 
 import jaxreg
 import jaxreg.nnx as jn
-
-KEY = jax.random.key(0)
-X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
 
 
 def test_activity_regularization_captured_penalty():

@@ -11,9 +11,6 @@ from flax import nnx
 import jaxreg
 import jaxreg.nnx as jn
 
-KEY = jax.random.key(0)
-X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
-
 
 def test_mlp_with_jaxreg_modules_and_chain_learns_digits():
     x_tr, y_tr, x_te, y_te = digits()

@@ -4,14 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _modules import flat_paths
+from _modules import KEY, flat_paths
 from flax import nnx
 
 import jaxreg
 import jaxreg.nnx as jn
-
-KEY = jax.random.key(0)
-X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
 
 
 class Block(nnx.Module):
