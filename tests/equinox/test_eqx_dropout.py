@@ -15,19 +15,13 @@ import numpy as np
 import optax
 import pytest
 from _helpers import assert_binomial, digits
-from _modules import (
-    BAD_FLAG_IDS,
-    BAD_FLAGS,
-    FLAG_IDS,
-    FLAGS,
-    KEY,
-    X,
-    traced_flag_outputs,
-)
+from _modules import BAD_FLAG_IDS, BAD_FLAGS, FLAG_IDS, FLAGS, traced_flag_outputs
 
 import jaxreg
 import jaxreg.equinox as je
 
+KEY = jax.random.key(0)
+X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
 # Equinox's own sentence (equinox/nn/_dropout.py), which ours starts with.
 EQX_NO_KEY = "Dropout requires a key when running in non-deterministic mode."
 

@@ -16,16 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from _helpers import fold_key
 
-from jaxreg import (
-    alpha_dropout,
-    drop_path,
-    dropblock,
-    dropout,
-    gaussian_dropout,
-    gaussian_noise,
-    spatial_dropout,
-    zoneout,
-)
+from jaxreg import stochastic as st
 
 BASE = jax.random.key(77)
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
@@ -61,16 +52,16 @@ def ones_of(shape, dtype=np.float32):
 X2 = data((6, 10))
 X4 = data((2, 7, 7, 3), 1)
 CALLS = {
-    "dropout": lambda k, x, r, **kw: dropout(k, x, r, **kw),
-    "dropout_classic": lambda k, x, r, **kw: dropout(k, x, r, inverted=False, **kw),
-    "spatial_dropout": lambda k, x, r, **kw: spatial_dropout(k, x, r, **kw),
-    "gaussian_dropout": lambda k, x, r, **kw: gaussian_dropout(k, x, r, **kw),
-    "gaussian_noise": lambda k, x, r, **kw: gaussian_noise(k, x, r, **kw),
-    "alpha_dropout": lambda k, x, r, **kw: alpha_dropout(k, x, r, **kw),
-    "drop_path": lambda k, x, r, **kw: drop_path(k, x, r, **kw),
-    "drop_path_batch": lambda k, x, r, **kw: drop_path(k, x, r, mode="batch", **kw),
-    "dropblock": lambda k, x, r, **kw: dropblock(k, x, r, block_size=3, **kw),
-    "zoneout": lambda k, x, r, **kw: zoneout(k, 0.5 * x, x, r, **kw),
+    "dropout": lambda k, x, r, **kw: st.dropout(k, x, r, **kw),
+    "dropout_classic": lambda k, x, r, **kw: st.dropout(k, x, r, inverted=False, **kw),
+    "spatial_dropout": lambda k, x, r, **kw: st.spatial_dropout(k, x, r, **kw),
+    "gaussian_dropout": lambda k, x, r, **kw: st.gaussian_dropout(k, x, r, **kw),
+    "gaussian_noise": lambda k, x, r, **kw: st.gaussian_noise(k, x, r, **kw),
+    "alpha_dropout": lambda k, x, r, **kw: st.alpha_dropout(k, x, r, **kw),
+    "drop_path": lambda k, x, r, **kw: st.drop_path(k, x, r, **kw),
+    "drop_path_batch": lambda k, x, r, **kw: st.drop_path(k, x, r, mode="batch", **kw),
+    "dropblock": lambda k, x, r, **kw: st.dropblock(k, x, r, block_size=3, **kw),
+    "zoneout": lambda k, x, r, **kw: st.zoneout(k, 0.5 * x, x, r, **kw),
 }
 INPUT = {name: X4 if name in ("spatial_dropout", "dropblock") else X2 for name in CALLS}
 # rate 1 is valid for all but the Gaussian ones (infinite noise at rate 1)
