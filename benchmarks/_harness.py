@@ -102,12 +102,19 @@ def mlp_params(key, depth: int, width: int, dtype=jnp.float32):
     ]
 
 
-def mlp_loss_fn(dropout_fn: Callable | None, *, rate: float = RATE, remat: bool):
-    """Loss of a tanh MLP with ``dropout_fn`` after every layer's activation.
+def mlp_loss_fn(
+    dropout_fn: Callable | None,
+    *,
+    rate: float = RATE,
+    remat: bool,
+    reduce: Callable = jnp.mean,
+):
+    """Loss ``reduce(h**2)`` of a tanh MLP with ``dropout_fn`` after every layer.
 
     ``dropout_fn(key, h, rate)``; None builds the same net without dropout, and
     the fused jaxreg form (:data:`FUSED_TANH`) gets the pre-activation and applies
     the ``tanh`` itself. With ``remat`` every layer is wrapped in ``jax.checkpoint``.
+    ``reduce`` is ``jnp.mean`` or ``jnp.sum`` (the sum of squares of issue 17).
     """
 
     def layer(w, b, h, key):
@@ -127,22 +134,40 @@ def mlp_loss_fn(dropout_fn: Callable | None, *, rate: float = RATE, remat: bool)
         h = x
         for (w, b), k in zip(params, keys, strict=True):
             h = layer(w, b, h, k)
-        return jnp.mean(jnp.square(h.astype(jnp.float32)))
+        return reduce(jnp.square(h.astype(jnp.float32)))
 
     return loss
 
 
-def mlp_step(dropout_fn: Callable | None, *, remat: bool = False):
+def mlp_step(
+    dropout_fn: Callable | None, *, remat: bool = False, reduce: Callable = jnp.mean
+):
     """Jitted fwd+bwd step: gradients of the MLP loss w.r.t. the parameters."""
-    return jax.jit(jax.grad(mlp_loss_fn(dropout_fn, remat=remat)))
+    return jax.jit(jax.grad(mlp_loss_fn(dropout_fn, remat=remat, reduce=reduce)))
+
+
+def cpu_model() -> str:
+    """The CPU model from ``/proc/cpuinfo`` ("model name"), or the platform's."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def load_note() -> str:
+    """The CPU model and ``os.getloadavg()``, printed with every set of figures."""
     import os
 
-    one, five, _ = os.getloadavg()
+    one, five, fifteen = os.getloadavg()
     return (
-        f"load average {one:.1f} (1 min) / {five:.1f} (5 min) on {os.cpu_count()} CPUs"
+        f"{cpu_model()}, {os.cpu_count()} CPUs, load average {one:.2f} (1 min) / "
+        f"{five:.2f} (5 min) / {fifteen:.2f} (15 min)"
     )
 
 

@@ -1,11 +1,21 @@
-"""P2 / P3 / P3' / P4b / P5: dropout inside an 8-layer tanh MLP, and compile time.
+"""P2 / P3 / P3' / P4b / P5 / S1-S3: dropout inside an 8-layer tanh MLP, and compile time.
 
 Usage::
 
-    python benchmarks/bench_mlp.py                 # everything (slow: ~100 steps)
+    python benchmarks/bench_mlp.py                 # everything (slow: ~200 steps)
     python benchmarks/bench_mlp.py --only memory   # P3, P3' (compile only, fast)
-    python benchmarks/bench_mlp.py --only time     # P2 (f32) and P4b (bf16)
+    python benchmarks/bench_mlp.py --only time     # P2 (f32) and P4b (bf16), peers
+    python benchmarks/bench_mlp.py --only step     # S1-S3: issue 17's step overhead
+    python benchmarks/bench_mlp.py --only step --quick   # S2, S3 only (small, fast)
     python benchmarks/bench_mlp.py --only compile  # P5
+
+``--only step`` is the configuration of issue 17: 8 layers of width 1024, batch
+4096, rate 0.1 after every layer, ``jax.grad`` of the *sum* of squares, no
+checkpointing (S1); the same with width 512 and batch 1024 (S2); and a small
+transformer-like block stack (S3, :func:`transformer_loss`). Each row gives the
+step time without dropout and the ratios of the unfused form
+``dropout(key, tanh(h), r)`` and the fused form ``dropout(key, h, r,
+activation="tanh")``, interleaved medians in one process.
 
 The net: 8 layers ``h = dropout(tanh(h @ W + b), 0.1)``, 1024 wide, batch 4096;
 a step is the jitted gradient of the mean squared output w.r.t. the parameters
@@ -46,6 +56,11 @@ from _harness import (
 )
 
 DEPTH, WIDTH, BATCH = 8, 1024, 4096
+#: S1 (issue 17) and S2 (a smaller case): (label, depth, width, batch).
+STEP_CASES = [
+    ("S1 8 x 1024, batch 4096", 8, 1024, 4096),
+    ("S2 8 x 512, batch 1024", 8, 512, 1024),
+]
 
 
 def _inputs(depth, width, batch, dtype):
@@ -88,6 +103,111 @@ def time_rows(repeats: int) -> list[list[str]]:
     return rows
 
 
+def step_rows(repeats: int, quick: bool) -> list[list[str]]:
+    """S1/S2: the MLP step with the sum-of-squares loss; S3: transformer blocks."""
+    forms = {
+        "none": None,
+        "unfused": MLP_DROPOUTS["jaxreg.dropout"],
+        "fused": MLP_DROPOUTS[FUSED_TANH],
+    }
+    rows = []
+    for label, depth, width, batch in STEP_CASES[1:] if quick else STEP_CASES:
+        args = _inputs(depth, width, batch, jnp.float32)
+        fns = {
+            name: functools.partial(mlp_step(fn, reduce=jnp.sum), *args)
+            for name, fn in forms.items()
+        }
+        med = interleaved_medians(fns, repeats=repeats, warmup=1)
+        rows.append(_ratio_row(label, med))
+    med = interleaved_medians(transformer_steps(), repeats=repeats, warmup=1)
+    rows.append(_ratio_row(f"S3 {TRANSFORMER_LABEL}", med))
+    return rows
+
+
+def _ratio_row(label: str, med: dict[str, float]) -> list[str]:
+    base = med["none"]
+    return [label, f"{base * 1e3:.0f} ms"] + [
+        f"{med[name] / base:.3f}x" for name in ("unfused", "fused")
+    ]
+
+
+# S3: pre-LayerNorm transformer blocks (batch, sequence, model width, heads, MLP
+# width, blocks), dropout on the attention probabilities, on the attention
+# block's output and after the MLP's hidden activation (tanh, so that the fused
+# form applies) -- the three places a transformer drops.
+T_BATCH, T_SEQ, T_MODEL, T_HEADS, T_MLP, T_BLOCKS = 8, 256, 256, 4, 1024, 2
+TRANSFORMER_LABEL = (
+    f"{T_BLOCKS} blocks, batch {T_BATCH} x seq {T_SEQ} x {T_MODEL}, "
+    f"{T_HEADS} heads, MLP {T_MLP}"
+)
+
+
+def _layer_norm(h):
+    mu = jnp.mean(h, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(h - mu), axis=-1, keepdims=True)
+    return (h - mu) * jax.lax.rsqrt(var + 1e-6)
+
+
+def transformer_loss(form: str | None):
+    """Sum of squares of a stack of transformer blocks; ``form`` is None (no
+    dropout), ``"unfused"`` or ``"fused"`` (the MLP's ``tanh`` fused)."""
+    import jaxreg
+
+    def drop(key, h):
+        return h if form is None else jaxreg.dropout(key, h, 0.1)
+
+    def block(p, h, key):
+        k = jax.random.split(key, 3)
+        a = _layer_norm(h)
+        q, kk, v = (jnp.einsum("bsd,dhk->bhsk", a, p[n]).astype(a.dtype) for n in "qkv")
+        s = jnp.einsum("bhsk,bhtk->bhst", q, kk) * (q.shape[-1] ** -0.5)
+        probs = drop(k[0], jax.nn.softmax(s, axis=-1))
+        att = jnp.einsum("bhst,bhtk->bhsk", probs, v)
+        h = h + drop(k[1], jnp.einsum("bhsk,hkd->bsd", att, p["o"]))
+        pre = _layer_norm(h) @ p["w1"]
+        if form == "fused":
+            hid = jaxreg.dropout(k[2], pre, 0.1, activation="tanh")
+        else:
+            hid = drop(k[2], jnp.tanh(pre))
+        return h + hid @ p["w2"]
+
+    def loss(params, x, key):
+        keys = jax.random.split(key, len(params))
+        h = x
+        for p, k in zip(params, keys, strict=True):
+            h = block(p, h, k)
+        return jnp.sum(jnp.square(h))
+
+    return loss
+
+
+def transformer_steps() -> dict:
+    """The S3 thunks (no dropout, unfused, fused) on shared inputs."""
+    hk = T_MODEL // T_HEADS
+    keys = iter(jax.random.split(jax.random.key(0), 7 * T_BLOCKS + 1))
+
+    def init(shape, fan_in):
+        return jax.random.normal(next(keys), shape) * fan_in**-0.5
+
+    params = [
+        {
+            **{n: init((T_MODEL, T_HEADS, hk), T_MODEL) for n in "qkv"},
+            "o": init((T_HEADS, hk, T_MODEL), T_MODEL),
+            "w1": init((T_MODEL, T_MLP), T_MODEL),
+            "w2": init((T_MLP, T_MODEL), T_MLP),
+        }
+        for _ in range(T_BLOCKS)
+    ]
+    x = jax.random.normal(next(keys), (T_BATCH, T_SEQ, T_MODEL))
+    key = jax.random.key(2)
+    return {
+        name: functools.partial(
+            jax.jit(jax.grad(transformer_loss(form))), params, x, key
+        )
+        for name, form in (("none", None), ("unfused", "unfused"), ("fused", "fused"))
+    }
+
+
 def compile_seconds(dropout_fn, depth=48, width=256, batch=256) -> float:
     args = _inputs(depth, width, batch, jnp.float32)
     # A fresh function object each time, so nothing is served from a cache.
@@ -123,7 +243,10 @@ def compile_rows(repeats: int, all_peers: bool) -> list[list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--only", choices=["memory", "time", "compile"])
+    parser.add_argument("--only", choices=["memory", "time", "step", "compile"])
+    parser.add_argument(
+        "--quick", action="store_true", help="step: skip S1 (the large case)"
+    )
     parser.add_argument(
         "--all-peers", action="store_true", help="P5 for every peer (slow)"
     )
@@ -144,6 +267,19 @@ def main() -> None:
         )
         print(table(["figure", "without dropout"] + header, time_rows(args.repeats)))
         print()
+    if args.only in (None, "step"):
+        print(
+            "Step time (fwd+bwd, sum-of-squares loss, no checkpoint), with dropout "
+            "/ without, jaxreg unfused `dropout(key, tanh(h), 0.1)` and fused "
+            '`dropout(key, h, 0.1, activation="tanh")` (target <= 1.05x)\n'
+        )
+        print(
+            table(
+                ["case", "without dropout", "unfused", "fused"],
+                step_rows(args.repeats, args.quick),
+            )
+        )
+        print(f"\n<!-- {load_note()} -->\n")
     if args.only in (None, "compile"):
         print("Compile time of a 48-layer MLP step, / flax.linen (target <= 1.0x)\n")
         print(
