@@ -7,6 +7,7 @@ of machine load hits all of them alike; ratios are always taken within one proce
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -74,20 +75,36 @@ def block(tree):
     return jax.block_until_ready(tree)
 
 
+def interleaved_timings(
+    fns: dict[str, Callable[[], object]], *, repeats: int = 7, warmup: int = 2
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall time and median process CPU time (seconds) of each thunk.
+
+    Runs are interleaved across thunks. The CPU time (``time.process_time``, all
+    threads of this process) is the steadier figure on a shared machine: it does
+    not count the time the process waits for a core, which is what the wall time
+    of a loaded machine is mostly made of.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            block(fn())
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            block(fn())
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    med = statistics.median
+    return {n: med(t) for n, t in wall.items()}, {n: med(t) for n, t in cpu.items()}
+
+
 def interleaved_medians(
     fns: dict[str, Callable[[], object]], *, repeats: int = 7, warmup: int = 2
 ) -> dict[str, float]:
     """Median wall time (seconds) of each thunk, runs interleaved across thunks."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            block(fn())
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            block(fn())
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return interleaved_timings(fns, repeats=repeats, warmup=warmup)[0]
 
 
 def mlp_params(key, depth: int, width: int, dtype=jnp.float32):
@@ -188,3 +205,98 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+# --- HLO profile: where the mask generator runs in a compiled step ---------------
+
+_COMP_HEADER = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(")
+_INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\]\S* ([\w\-]+)\(")
+_FUSION = re.compile(
+    r"^\s*(?:ROOT )?%([\w.\-]+) = \w+\[([\d,]*)\]\S* fusion\(.*kind=(\w+), "
+    r"calls=%([\w.\-]+)"
+)
+
+
+def _computations(hlo: str) -> dict[str, list[str]]:
+    comps: dict[str, list[str]] = {}
+    current = None
+    for line in hlo.splitlines():
+        header = _COMP_HEADER.match(line)
+        if header and line.rstrip().endswith("{"):
+            current = header.group(1)
+            comps[current] = []
+        elif line.strip() == "}":
+            current = None
+        elif current is not None:
+            comps[current].append(line)
+    return comps
+
+
+def _int_multiplies(lines: list[str], dims: str) -> int:
+    """Integer multiplies on arrays of shape ``dims`` (the hash's mixing steps)."""
+    count = 0
+    for line in lines:
+        m = _INSTR.match(line)
+        if m and m.group(2) in ("u32", "s32", "u64") and m.group(3) == dims:
+            count += m.group(4) == "multiply"
+    return count
+
+
+def hash_multiplies() -> int:
+    """Integer multiplies per element of one evaluation of jaxreg's mask hash,
+    read off the compiled ``keep_mask`` (so the count follows the generator)."""
+    hlo = jax.jit(lambda k: jaxreg.keep_mask(k, (64, 128), 0.1)).lower(
+        jax.random.key(0)
+    )
+    comps = _computations(hlo.compile().as_text())
+    return max(_int_multiplies(lines, "64,128") for lines in comps.values())
+
+
+def hash_fusions(hlo: str, per_hash: int) -> list[dict]:
+    """Every fusion of a compiled module that evaluates the mask hash.
+
+    Returns one dict per fusion: its ``name``, output ``shape``, ``kind``
+    (kLoop, kInput, ...), ``hashes`` (mask-hash evaluations per element, from
+    the integer multiplies on arrays of its output shape / ``per_hash``),
+    ``backward`` (its op_name lies under an autodiff transpose) and ``ops`` (the
+    float work fused with it: tanh, exp, select, multiply, reduce).
+    """
+    comps = _computations(hlo)
+    out = []
+    for lines in comps.values():
+        for line in lines:
+            m = _FUSION.match(line)
+            if not m:
+                continue
+            name, dims, kind, called = m.groups()
+            body = comps.get(called, [])
+            mults = _int_multiplies(body, dims)
+            if mults < per_hash:
+                continue
+            ops = set()
+            for b in body:
+                i = _INSTR.match(b)
+                if i and i.group(2) in ("f32", "bf16", "f16", "f64"):
+                    ops.add(i.group(4))
+            out.append(
+                {
+                    "name": name,
+                    "shape": dims,
+                    "kind": kind,
+                    "hashes": mults / per_hash,
+                    "backward": "transpose(" in line,
+                    "ops": sorted(
+                        ops
+                        & {
+                            "tanh",
+                            "exponential",
+                            "select",
+                            "multiply",
+                            "add",
+                            "reduce",
+                            "logistic",
+                        }
+                    ),
+                }
+            )
+    return out

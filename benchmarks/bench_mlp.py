@@ -8,6 +8,7 @@ Usage::
     python benchmarks/bench_mlp.py --only step     # S1-S3: issue 17's step overhead
     python benchmarks/bench_mlp.py --only step --quick   # S2, S3 only (small, fast)
     python benchmarks/bench_mlp.py --only compile  # P5
+    python benchmarks/bench_mlp.py --only hlo      # where the hash runs (compile only)
 
 ``--only step`` is the configuration of issue 17: 8 layers of width 1024, batch
 4096, rate 0.1 after every layer, ``jax.grad`` of the *sum* of squares, no
@@ -46,7 +47,10 @@ import jax.numpy as jnp
 from _harness import (
     FUSED_TANH,
     MLP_DROPOUTS,
+    hash_fusions,
+    hash_multiplies,
     interleaved_medians,
+    interleaved_timings,
     load_note,
     mlp_loss_fn,
     mlp_params,
@@ -104,7 +108,11 @@ def time_rows(repeats: int) -> list[list[str]]:
 
 
 def step_rows(repeats: int, quick: bool) -> list[list[str]]:
-    """S1/S2: the MLP step with the sum-of-squares loss; S3: transformer blocks."""
+    """S1/S2: the MLP step with the sum-of-squares loss; S3: transformer blocks.
+
+    Each case gives two rows, from the same interleaved runs: wall time and
+    process CPU time (the steadier figure on a shared machine).
+    """
     forms = {
         "none": None,
         "unfused": MLP_DROPOUTS["jaxreg.dropout"],
@@ -117,18 +125,21 @@ def step_rows(repeats: int, quick: bool) -> list[list[str]]:
             name: functools.partial(mlp_step(fn, reduce=jnp.sum), *args)
             for name, fn in forms.items()
         }
-        med = interleaved_medians(fns, repeats=repeats, warmup=1)
-        rows.append(_ratio_row(label, med))
-    med = interleaved_medians(transformer_steps(), repeats=repeats, warmup=1)
-    rows.append(_ratio_row(f"S3 {TRANSFORMER_LABEL}", med))
+        rows += _ratio_rows(label, *interleaved_timings(fns, repeats=repeats, warmup=1))
+    timings = interleaved_timings(transformer_steps(), repeats=repeats, warmup=1)
+    rows += _ratio_rows(f"S3 {TRANSFORMER_LABEL}", *timings)
     return rows
 
 
-def _ratio_row(label: str, med: dict[str, float]) -> list[str]:
-    base = med["none"]
-    return [label, f"{base * 1e3:.0f} ms"] + [
-        f"{med[name] / base:.3f}x" for name in ("unfused", "fused")
-    ]
+def _ratio_rows(label: str, wall: dict, cpu: dict) -> list[list[str]]:
+    rows = []
+    for clock, med in (("wall", wall), ("CPU", cpu)):
+        base = med["none"]
+        rows.append(
+            [label, clock, f"{base * 1e3:.0f} ms"]
+            + [f"{med[name] / base:.3f}x" for name in ("unfused", "fused")]
+        )
+    return rows
 
 
 # S3: pre-LayerNorm transformer blocks (batch, sequence, model width, heads, MLP
@@ -208,6 +219,51 @@ def transformer_steps() -> dict:
     }
 
 
+def hlo_rows(depth=DEPTH, width=WIDTH, batch=BATCH) -> list[list[str]]:
+    """Where the mask hash runs in the compiled S1 step, per form.
+
+    Counts the fusions that evaluate the hash (:func:`_harness.hash_fusions`),
+    split into forward and backward, the hash evaluations per element, the float
+    work fused with them, the fusion kinds, the loop fusions on activation-sized
+    arrays and the compiled temporary memory.
+    """
+    per_hash = hash_multiplies()
+    args = _inputs(depth, width, batch, jnp.float32)
+    forms = {
+        "none": None,
+        "unfused": MLP_DROPOUTS["jaxreg.dropout"],
+        "fused": MLP_DROPOUTS[FUSED_TANH],
+    }
+    rows = []
+    for name, fn in forms.items():
+        compiled = mlp_step(fn, reduce=jnp.sum).lower(*args).compile()
+        hlo = compiled.as_text()
+        found = hash_fusions(hlo, per_hash)
+        fwd = [f for f in found if not f["backward"]]
+        bwd = [f for f in found if f["backward"]]
+        act = f"{batch},{width}"
+        loops = sum(
+            1
+            for line in hlo.splitlines()
+            if f"[{act}]" in line and "kind=kLoop" in line
+        )
+        kinds = sorted({f["kind"] for f in found}) or ["-"]
+        fused_with = sorted({op for f in found for op in f["ops"]}) or ["-"]
+        rows.append(
+            [
+                name,
+                str(len(fwd)),
+                str(len(bwd)),
+                f"{sum(f['hashes'] for f in found) / depth:.2f}",
+                ", ".join(kinds),
+                ", ".join(fused_with),
+                str(loops),
+                f"{compiled.memory_analysis().temp_size_in_bytes / 2**20:.0f} MiB",
+            ]
+        )
+    return rows
+
+
 def compile_seconds(dropout_fn, depth=48, width=256, batch=256) -> float:
     args = _inputs(depth, width, batch, jnp.float32)
     # A fresh function object each time, so nothing is served from a cache.
@@ -243,7 +299,7 @@ def compile_rows(repeats: int, all_peers: bool) -> list[list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--only", choices=["memory", "time", "step", "compile"])
+    parser.add_argument("--only", choices=["memory", "time", "step", "compile", "hlo"])
     parser.add_argument(
         "--quick", action="store_true", help="step: skip S1 (the large case)"
     )
@@ -275,11 +331,22 @@ def main() -> None:
         )
         print(
             table(
-                ["case", "without dropout", "unfused", "fused"],
+                ["case", "clock", "without dropout", "unfused", "fused"],
                 step_rows(args.repeats, args.quick),
             )
         )
         print(f"\n<!-- {load_note()} -->\n")
+    if args.only in (None, "hlo"):
+        print(
+            f"Compiled S1 step ({DEPTH} x {WIDTH}, batch {BATCH}): fusions that "
+            "evaluate the mask hash (forward / backward), hash evaluations per "
+            "element per layer, fusion kinds, float ops fused with the hash, "
+            f"kLoop fusions on [{BATCH},{WIDTH}] arrays, temp memory\n"
+        )
+        header = ["form", "hash fusions fwd", "bwd", "hashes / layer", "kinds"]
+        header += ["fused with", "activation-sized kLoop fusions", "temp"]
+        print(table(header, hlo_rows()))
+        print()
     if args.only in (None, "compile"):
         print("Compile time of a 48-layer MLP step, / flax.linen (target <= 1.0x)\n")
         print(

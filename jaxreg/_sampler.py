@@ -493,10 +493,23 @@ def _activation_select(seed, t, drop_all, scale, unscale, x, name, layout):
     return _scale_where(keep, fx, scale).astype(x.dtype)
 
 
+# Activations whose derivative, written in terms of the output, is 0 where the
+# output is 0 (relu, sigmoid, softplus): where the dropout output ``z`` is 0 the
+# tangent is 0 whether the element was dropped or kept, and where ``z`` is not 0
+# the element was kept. Their tangent rule reads the mask off ``z`` and draws no
+# random words in the backward pass. (tanh and elu have ``f'(0) = 1``: an element
+# kept with ``f(x) == 0`` needs the regenerated mask.)
+_MASK_FROM_OUTPUT = frozenset({"relu", "sigmoid", "softplus"})
+
+
 def _activation_tangent(seed, t, drop_all, scale, unscale, z, tx, name, layout):
     """Tangent ``where(keep, tx * scale * f'(x), 0)`` with ``f'(x)`` computed from
-    the kept output ``z = f(x) * scale`` and the mask regenerated from the seed."""
-    keep = _keep_like(seed, layout, t, drop_all, z)
+    the kept output ``z = f(x) * scale`` and the mask regenerated from the seed
+    (or, for the activations of ``_MASK_FROM_OUTPUT``, read off ``z != 0``)."""
+    if name in _MASK_FROM_OUTPUT:
+        keep = z != 0
+    else:
+        keep = _keep_like(seed, layout, t, drop_all, z)
     ct = compute_dtype(z)
     slope = _ACTIVATIONS[name][1](z.astype(ct) * unscale.astype(ct))
     return _scale_where(keep, tx.astype(ct) * slope, scale).astype(tx.dtype)
@@ -557,6 +570,28 @@ def masked_activation_scale(
         activation,
         _mask_layout(x.shape, broadcast_dims, manual),
     )
+
+
+def seed_words(key) -> jax.Array:
+    """The two uint32 seed words of ``key``: all a mask depends on besides its
+    shape and rate (``keep_mask(key, ...)`` is a function of them alone)."""
+    return _seed(key)
+
+
+def stacked_keep(seeds: jax.Array, shape, rate, *, manual=None) -> jax.Array:
+    """Keep decisions of a stack of masks: ``(k, *shape)`` booleans.
+
+    Row ``r`` is exactly ``keep_mask(key_r, shape, rate)`` for the key with
+    ``seed_words(key_r) == seeds[r]`` (``seeds`` has shape ``(k, 2)``); inside
+    ``jax.shard_map``, ``manual`` (a checked ``shard_spec`` of ``shape``) makes
+    each row this shard's block of the global mask. Meant to be fused by XLA into
+    the elementwise or reducing consumer of the decisions (per-example
+    DropConnect), so that the stack is never materialised. ``rate`` must already
+    be checked.
+    """
+    t, drop_all = _threshold_arrays(rate)
+    layout = _mask_layout(tuple(shape), (), manual)
+    return jax.vmap(lambda seed: _keep(seed, layout, t, drop_all))(seeds)
 
 
 def keep_probability(rate):

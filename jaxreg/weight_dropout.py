@@ -51,13 +51,20 @@ from jaxreg._checks import (
     check_float_array,
     check_int,
     check_rate,
+    check_shard_spec,
     float32_or_wider,
     spec_entries,
     static_value,
 )
 from jaxreg._keys import as_key
 from jaxreg._numerics import safe_inverse, safe_sqrt
-from jaxreg._sampler import explicit_sharding, keep_probability, shard_position
+from jaxreg._sampler import (
+    explicit_sharding,
+    keep_probability,
+    seed_words,
+    shard_position,
+    stacked_keep,
+)
 from jaxreg._trees import is_float_leaf, resolve_mask
 from jaxreg.stochastic import dropout
 from jaxreg.uncertainty import mc_dropout_predict
@@ -70,9 +77,13 @@ __all__ = [
     "dropconnect_params",
 ]
 
-# Default live-memory budget of per-example masks, in mask elements per chunk:
-# chunk * in * out <= 2**23 (32 MiB of float32 masked weights per chunk).
-_PER_EXAMPLE_BUDGET = 2**23
+# Default budget of per-example masks, in mask elements per chunk:
+# chunk * in * out <= 2**18 (1 MiB of float32 masked weights per chunk), so that
+# a chunk's masked kernels stay in cache between the hash that draws them and
+# the products that read them. Kernels of at least _ONE_BY_ONE elements are
+# always processed one example at a time (see _per_example_matmul).
+_PER_EXAMPLE_BUDGET = 2**18
+_ONE_BY_ONE = 2**16
 
 
 def _check_dense_args(x, w, bias):
@@ -363,37 +374,53 @@ def _per_example_matmul(
     Jitted at module level (a Python-float rate is a static argument, so it keeps
     its exact static threshold) so that eager calls hit the compilation cache.
     Inside ``shard_map`` ``kernel_spec`` is the ``shard_spec`` of ``w``.
+
+    The seed words of every example's key are drawn up front, in one vectorised
+    threefry call; example ``n``'s mask is then
+    ``keep_mask(fold_in(key, offset + n), w.shape, rate)`` drawn from its seed
+    words (:func:`jaxreg._sampler.stacked_keep`). Kernels of at least
+    ``_ONE_BY_ONE`` elements are processed one example per loop step whatever
+    ``chunk`` is (measured on CPU: a batched product of several such masked
+    kernels costs 5-7x more than one kernel at a time; the result does not
+    depend on the chunking). Each step is a :func:`jax.checkpoint`: the backward
+    pass keeps the seed words and regenerates the masks.
     """
     rate = static_rate if traced_rate is None else traced_rate
+    manual = None if kernel_spec is None else check_shard_spec(kernel_spec, 2)
     n, in_features = rows.shape
+    if w.size >= _ONE_BY_ONE:
+        chunk = 1
     num_chunks = -(-n // chunk)
     padded = num_chunks * chunk
     if padded != n:
         rows = jnp.concatenate([rows, jnp.zeros((padded - n, in_features), rows.dtype)])
     index = jnp.arange(padded, dtype=jnp.uint32) + jnp.asarray(offset, jnp.uint32)
+    seeds = jax.vmap(lambda i: seed_words(jax.random.fold_in(key, i)))(index)
+    keep_p = keep_probability(rate)
+    scale = safe_inverse(keep_p) if inverted else 1.0
 
     @jax.checkpoint
-    def run_chunk(key, w, xs, idx):
-        def one(xi, i):
-            wi = dropconnect(
-                jax.random.fold_in(key, i),
-                w,
-                rate,
-                inverted=inverted,
-                shard_spec=kernel_spec,
-            )
-            return xi @ wi
-
-        return jax.vmap(one)(xs, idx)
+    def run_chunk(w, xs, sd):
+        keep = stacked_keep(sd, w.shape, rate, manual=manual)
+        kernels = _scaled_where(keep, w, scale)
+        return jax.vmap(jnp.matmul)(xs, kernels)
 
     if num_chunks == 1:
-        y = run_chunk(key, w, rows, index)
+        y = run_chunk(w, rows, seeds)
     else:
         xs = rows.reshape(num_chunks, chunk, in_features)
-        idx = index.reshape(num_chunks, chunk)
-        y = lax.map(lambda a: run_chunk(key, w, a[0], a[1]), (xs, idx))
+        sd = seeds.reshape(num_chunks, chunk, 2)
+        y = lax.map(lambda a: run_chunk(w, a[0], a[1]), (xs, sd))
         y = y.reshape(padded, -1)
     return y[:n]
+
+
+def _scaled_where(keep, w, scale):
+    """``where(keep, w * scale, 0)`` in (at least) float32, rounded once to
+    ``w.dtype``: the kernels :func:`dropconnect` returns for these masks."""
+    ct = float32_or_wider(w.dtype)
+    kept = w.astype(ct) * jnp.asarray(scale).astype(ct)
+    return jnp.where(keep, kept, jnp.zeros((), ct)).astype(w.dtype)
 
 
 def _moment_scales(rate, inverted: bool):
