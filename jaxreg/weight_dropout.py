@@ -218,14 +218,20 @@ def dropconnect_dense(
 
       so the result does not depend on ``chunk_size``. (For ``rbg`` and
       ``unsafe_rbg`` keys, whose bits JAX does not reproduce under ``vmap``,
-      ``key`` here is the threefry key with data ``jax.random.bits(key, (2,))``.) Cost: the masks grow as
-      ``batch x in x out`` (one random 32-bit word per weight per example) and
-      every example needs its own masked kernel, so compute is a few times that
-      of the matmul. Live memory is bounded by processing the batch in chunks of
-      ``chunk_size`` examples (``lax.map``): at most ``chunk_size x in x out``
-      mask elements exist at once, in the forward *and* the backward pass (each
-      chunk is rematerialised with :func:`jax.checkpoint`, so masks are
-      regenerated from the key rather than stored for the gradient).
+      ``key`` here is the threefry key with data ``jax.random.bits(key, (2,))``.)
+      Cost: the masks grow as ``batch x in x out`` (one random 32-bit word per
+      weight per example, drawn in the forward pass and again in the backward
+      pass) and every example needs its own masked kernel; for batch 256 and a
+      512 x 512 kernel a forward + backward step costs about 20x a plain dense
+      step on CPU (``benchmarks/bench_dropconnect.py``). Live memory is bounded
+      by processing the batch in chunks of ``chunk_size`` examples
+      (``lax.map``): at most ``chunk_size x in x out`` mask elements exist at
+      once, in the forward *and* the backward pass (each chunk is
+      rematerialised with :func:`jax.checkpoint`, so masks are regenerated from
+      the seed words rather than stored for the gradient). Kernels of
+      ``2**16`` or more elements are processed one example at a time whatever
+      ``chunk_size`` says (a batched product of large masked kernels is several
+      times slower on CPU).
 
     ``deterministic=True`` returns the inference output
     ``x @ dropconnect(None, w, rate, inverted=inverted, deterministic=True) + bias``
@@ -242,7 +248,8 @@ def dropconnect_dense(
       per_example: independent mask per example (True) or one shared mask.
       chunk_size: examples per chunk when ``per_example=True`` (ignored
         otherwise); ``None`` picks the largest chunk with
-        ``chunk_size * in * out <= 2**23``. The last chunk is zero-padded.
+        ``chunk_size * in * out <= 2**18`` (1 MiB of float32 kernels, which
+        stays in cache). The last chunk is zero-padded.
       inverted: inverted (scale ``1/p`` at training) or classic scaling.
       deterministic: return the inference output; ``key`` is ignored.
 
