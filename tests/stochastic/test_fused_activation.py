@@ -89,6 +89,32 @@ def test_fused_activation_gradients_equal_the_composition(name, inverted):
 
 
 @pytest.mark.parametrize("name", sorted(FUSABLE))
+def test_fused_activation_gradients_at_exact_zeros(name):
+    # Where f(x) == 0 an element's output is 0 whether it was kept or dropped.
+    # tanh and elu have f'(0) = 1, so a kept zero must still pass its gradient
+    # (the mask is needed); relu, sigmoid and softplus have f' = 0 there.
+    x, key = _fused_inputs()
+    x = x.at[::3].set(0.0)
+    f = FUSABLE[name]
+
+    def loss(x, fused):
+        if fused:
+            h = jaxreg.dropout(key, x, 0.3, activation=name)
+        else:
+            h = jaxreg.dropout(key, f(x), 0.3)
+        return jnp.sum(jnp.sin(h) + h)
+
+    g_fused = jax.grad(loss)(x, True)
+    np.testing.assert_allclose(g_fused, jax.grad(loss)(x, False), rtol=1e-5, atol=1e-6)
+    keep = jaxreg.keep_mask(key, x.shape, 0.3)
+    zero_kept = keep & (x == 0)
+    assert bool(zero_kept.any())
+    if name in ("tanh", "elu"):
+        assert bool((g_fused[zero_kept] != 0).all())
+    assert bool((g_fused[~keep] == 0).all())
+
+
+@pytest.mark.parametrize("name", sorted(FUSABLE))
 def test_fused_activation_check_grads_second_order(name):
     # Finite differences need float64 (in float32 they fail for the unfused
     # composition too). Second order checks the derivative rule's own derivative.
