@@ -8,160 +8,77 @@ transformations (:mod:`jaxreg.transforms`) and as Flax and Equinox modules
 ``import jaxreg`` imports neither Flax nor Equinox).
 """
 
+# Each module below re-exports its ``__all__`` through a star import, and those lists
+# make up the package's ``__all__``: a public name is listed once, by its definition.
+from jaxreg import (
+    _sampler,
+    augment,
+    bayesian,
+    constraints,
+    keys,
+    penalties,
+    stochastic,
+    stopping,
+    tokens,
+    transforms,
+    uncertainty,
+    weight_dropout,
+)
+
 # Public submodules whose functions are used by module path (jaxreg.losses.*,
 # jaxreg.schedules.*); their names are not re-exported at the top level.
 from jaxreg import losses as losses
 from jaxreg import schedules as schedules
 
 # The mask sampler.
-from jaxreg._sampler import keep_mask, keep_probability
+from jaxreg._sampler import *
 
 # Input-side regularizers (augmentations).
-from jaxreg.augment import cutmix, cutout, mixup, random_shift
+from jaxreg.augment import *
 
 # Learned-rate and Bayesian dropout (concrete dropout, sparse variational dropout).
-from jaxreg.bayesian import (
-    concrete_dropout,
-    concrete_dropout_regularizer,
-    sparse_vd_dense,
-    sparse_vd_kl,
-    sparse_vd_log_alpha,
-    sparse_vd_prune,
-    sparse_vd_pruned_fraction,
-)
+from jaxreg.bayesian import *
 
 # Constraints (projections).
-from jaxreg.constraints import max_norm, min_max_norm, non_neg, unit_norm
+from jaxreg.constraints import *
 
 # Keys per layer and call site (scan over layers without split_rngs).
-from jaxreg.keys import derive_key, layer_keys
+from jaxreg.keys import *
 
 # Penalties and parameter masks.
-from jaxreg.penalties import (
-    elastic_net,
-    group_lasso,
-    l1,
-    l2,
-    mask_by_ndim,
-    mask_by_path,
-    orthogonal,
-)
+from jaxreg.penalties import *
 
 # The dropout family on activations.
-from jaxreg.stochastic import (
-    alpha_dropout,
-    drop_path,
-    dropblock,
-    dropout,
-    gaussian_dropout,
-    gaussian_noise,
-    spatial_dropout,
-    zoneout,
-)
+from jaxreg.stochastic import *
 
 # Early stopping.
-from jaxreg.stopping import EarlyStopping, EarlyStoppingState, early_stopping
+from jaxreg.stopping import *
 
 # Token-level regularizers (PatchDropout).
-from jaxreg.tokens import patch_dropout
+from jaxreg.tokens import *
 
 # optax transformations.
-from jaxreg.transforms import (
-    PenaltyState,
-    ProxState,
-    add_l1,
-    add_l2,
-    add_penalty,
-    elastic_net_prox,
-    group_lasso_prox,
-    l1_prox,
-    max_norm_constraint,
-    min_max_norm_constraint,
-    non_neg_constraint,
-    project,
-    unit_norm_constraint,
-)
+from jaxreg.transforms import *
 
-# DropConnect (weight_dropout) and MC-dropout uncertainty.
-from jaxreg.uncertainty import mc_dropout_predict
-from jaxreg.weight_dropout import (
-    dropconnect,
-    dropconnect_dense,
-    dropconnect_inference,
-    dropconnect_moments,
-    dropconnect_params,
-)
+# MC-dropout uncertainty.
+from jaxreg.uncertainty import *
+
+# DropConnect (weight_dropout).
+from jaxreg.weight_dropout import *
 
 __version__ = "0.1.0"
 
-__all__ = [
-    # _sampler
-    "keep_mask",
-    "keep_probability",
-    # stochastic
-    "alpha_dropout",
-    "drop_path",
-    "dropblock",
-    "dropout",
-    "gaussian_dropout",
-    "gaussian_noise",
-    "spatial_dropout",
-    "zoneout",
-    # bayesian
-    "concrete_dropout",
-    "concrete_dropout_regularizer",
-    "sparse_vd_dense",
-    "sparse_vd_kl",
-    "sparse_vd_log_alpha",
-    "sparse_vd_prune",
-    "sparse_vd_pruned_fraction",
-    # augment
-    "cutmix",
-    "cutout",
-    "mixup",
-    "random_shift",
-    # weight_dropout
-    "dropconnect",
-    "dropconnect_dense",
-    "dropconnect_inference",
-    "dropconnect_moments",
-    "dropconnect_params",
-    # uncertainty
-    "mc_dropout_predict",
-    # penalties
-    "elastic_net",
-    "group_lasso",
-    "l1",
-    "l2",
-    "mask_by_ndim",
-    "mask_by_path",
-    "orthogonal",
-    # constraints
-    "max_norm",
-    "min_max_norm",
-    "non_neg",
-    "unit_norm",
-    # transforms
-    "PenaltyState",
-    "ProxState",
-    "add_l1",
-    "add_l2",
-    "add_penalty",
-    "elastic_net_prox",
-    "group_lasso_prox",
-    "l1_prox",
-    "max_norm_constraint",
-    "min_max_norm_constraint",
-    "non_neg_constraint",
-    "project",
-    "unit_norm_constraint",
-    # tokens
-    "patch_dropout",
-    # keys
-    "derive_key",
-    "layer_keys",
-    # stopping
-    "EarlyStopping",
-    "EarlyStoppingState",
-    "early_stopping",
-]
+# ``__all__ += module.__all__`` is the form static checkers (pyright, mypy) follow.
+__all__: list[str] = []
+__all__ += _sampler.__all__
+__all__ += stochastic.__all__
+__all__ += bayesian.__all__
+__all__ += augment.__all__
+__all__ += weight_dropout.__all__
+__all__ += uncertainty.__all__
+__all__ += penalties.__all__
+__all__ += constraints.__all__
+__all__ += transforms.__all__
+__all__ += tokens.__all__
+__all__ += keys.__all__
+__all__ += stopping.__all__
