@@ -68,17 +68,19 @@ from jaxreg.weight_dropout import *
 
 __version__ = "0.1.0"
 
-# ``__all__ += module.__all__`` is the form static checkers (pyright, mypy) follow.
-__all__: list[str] = []
-__all__ += _sampler.__all__
-__all__ += stochastic.__all__
-__all__ += bayesian.__all__
-__all__ += augment.__all__
-__all__ += weight_dropout.__all__
-__all__ += uncertainty.__all__
-__all__ += penalties.__all__
-__all__ += constraints.__all__
-__all__ += transforms.__all__
-__all__ += tokens.__all__
-__all__ += keys.__all__
-__all__ += stopping.__all__
+# The star-imported modules, in the order their names take in ``__all__``.
+_REEXPORTED = (
+    _sampler,
+    stochastic,
+    bayesian,
+    augment,
+    weight_dropout,
+    uncertainty,
+    penalties,
+    constraints,
+    transforms,
+    tokens,
+    keys,
+    stopping,
+)
+__all__ = [name for module in _REEXPORTED for name in module.__all__]
