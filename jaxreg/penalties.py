@@ -177,7 +177,7 @@ def l1(params: PyTree, *, mask=None) -> jax.Array:
       mask: optional bool pytree (or callable ``params -> mask``) selecting leaves.
 
     Returns:
-      A float32 (or wider) scalar.
+      :math:`\sum_i |w_i|` over the selected leaves, a float32 (or wider) scalar.
 
     Raises:
       ValueError: ``mask`` does not have the structure of ``params``.
