@@ -10,6 +10,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jaxreg
 
@@ -83,6 +84,10 @@ FAMILY = [
     ),
 ]
 FAMILY_IDS = [case[0] for case in FAMILY]
+# A test over every family case takes ``(name, kwargs, pure)``.
+each_family_case = pytest.mark.parametrize(
+    "name, kwargs, pure", [c[1:] for c in FAMILY], ids=FAMILY_IDS
+)
 
 # Modules whose output is the input times a mask-dependent scale (one multiply per
 # element): bit-exact under any compilation. The others compute an affine map
@@ -233,6 +238,10 @@ BAD_FIELDS = [
     ),
 ]
 BAD_FIELD_IDS = [f"{c}-{'-'.join(map(str, k.values()))}" for c, k, _, _ in BAD_FIELDS]
+# A test over every bad field takes ``(name, kwargs, error, message)``.
+each_bad_field = pytest.mark.parametrize(
+    "name, kwargs, error, message", BAD_FIELDS, ids=BAD_FIELD_IDS
+)
 
 # Bad arguments of the learned-rate layers: (class name, keyword arguments, error,
 # message).

@@ -10,15 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _modules import (
-    BAD_FIELD_IDS,
-    BAD_FIELDS,
     FAMILY,
-    FAMILY_IDS,
     KEY,
     RATE_CLASSES,
     X,
     assert_same_output,
     assert_traced_flag_matches_static,
+    each_bad_field,
+    each_family_case,
     inference_output,
 )
 
@@ -33,7 +32,7 @@ def make(name, **kwargs):
     return getattr(je, name)(**kwargs)
 
 
-@pytest.mark.parametrize("name, kwargs, pure", [c[1:] for c in FAMILY], ids=FAMILY_IDS)
+@each_family_case
 def test_module_equals_pure_function(name, kwargs, pure):
     module = make(name, **kwargs)
     key = jax.random.key(7)
@@ -82,7 +81,7 @@ def test_vmap_over_examples_with_one_key_each():
     assert bool(jnp.all((drop == 0).all(1) | (drop == 2).all(1)))
 
 
-@pytest.mark.parametrize("name, kwargs, pure", [c[1:] for c in FAMILY], ids=FAMILY_IDS)
+@each_family_case
 def test_traced_inference_flag_selects_the_path_like_the_static_flag(
     name, kwargs, pure
 ):
@@ -104,7 +103,7 @@ def test_rate_out_of_range_at_construction(name, rate):
         getattr(je, name)(rate)
 
 
-@pytest.mark.parametrize("name, kwargs, error, message", BAD_FIELDS, ids=BAD_FIELD_IDS)
+@each_bad_field
 def test_bad_fields_raise_at_construction(name, kwargs, error, message):
     if name == "Dropout":
         message = message.replace("`rate`", "`p`").replace("rate=", "p=")

@@ -6,14 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _modules import (
-    BAD_FIELD_IDS,
-    BAD_FIELDS,
-    FAMILY,
-    FAMILY_IDS,
     KEY,
     RATE_CLASSES,
     X,
     assert_traced_flag_matches_static,
+    each_bad_field,
+    each_family_case,
     inference_output,
     module_key,
 )
@@ -22,7 +20,7 @@ import jaxreg
 import jaxreg.linen as jl
 
 
-@pytest.mark.parametrize("name, kwargs, pure", [c[1:] for c in FAMILY], ids=FAMILY_IDS)
+@each_family_case
 def test_module_equals_pure_function(name, kwargs, pure):
     module = getattr(jl, name)(**kwargs)
     key = jax.random.key(7)
@@ -99,7 +97,7 @@ def test_missing_collection_named_for_every_module():
             module.apply({}, x, deterministic=False)
 
 
-@pytest.mark.parametrize("name, kwargs, pure", [c[1:] for c in FAMILY], ids=FAMILY_IDS)
+@each_family_case
 def test_traced_deterministic_selects_the_path_like_the_static_flag(name, kwargs, pure):
     module = getattr(jl, name)(**kwargs)
 
@@ -118,7 +116,7 @@ def test_rate_out_of_range_at_construction(name, rate):
         getattr(jl, name)(rate)
 
 
-@pytest.mark.parametrize("name, kwargs, error, message", BAD_FIELDS, ids=BAD_FIELD_IDS)
+@each_bad_field
 def test_bad_fields_raise_at_construction(name, kwargs, error, message):
     with pytest.raises(error, match=rf"^jaxreg\.linen\.{name}: {message}"):
         getattr(jl, name)(**kwargs)

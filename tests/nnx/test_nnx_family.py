@@ -5,14 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _modules import (
-    BAD_FIELD_IDS,
-    BAD_FIELDS,
-    FAMILY,
-    FAMILY_IDS,
     KEY,
     RATE_CLASSES,
     X,
     assert_traced_flag_matches_static,
+    each_bad_field,
+    each_family_case,
     first_key,
     flat_paths,
     inference_output,
@@ -23,7 +21,7 @@ import jaxreg
 import jaxreg.nnx as jn
 
 
-@pytest.mark.parametrize("name, kwargs, pure", [c[1:] for c in FAMILY], ids=FAMILY_IDS)
+@each_family_case
 def test_module_equals_pure_function(name, kwargs, pure):
     def make(rngs):
         return getattr(jn, name)(**kwargs, rngs=rngs)
@@ -117,7 +115,7 @@ def test_rate_out_of_range_at_construction(name, rate):
         getattr(jn, name)(rate)
 
 
-@pytest.mark.parametrize("name, kwargs, error, message", BAD_FIELDS, ids=BAD_FIELD_IDS)
+@each_bad_field
 def test_bad_fields_raise_at_construction(name, kwargs, error, message):
     # Every argument is checked in the constructor (broadcast_dims, inverted and
     # channel_axis too), not at the first call.
@@ -159,7 +157,7 @@ def test_numpy_integer_arguments_work_like_ints():
     np.testing.assert_array_equal(np.asarray(layer(x, rngs=key)), np.asarray(expected))
 
 
-@pytest.mark.parametrize("name, kwargs, pure", [c[1:] for c in FAMILY], ids=FAMILY_IDS)
+@each_family_case
 def test_traced_deterministic_selects_the_path_like_the_static_flag(name, kwargs, pure):
     module = getattr(jn, name)(**kwargs)
 
