@@ -140,6 +140,10 @@ RATE_CLASSES = [
     "DropPath",
     "DropBlock",
 ]
+# A test over every such class and a rate outside [0, 1] takes ``(name, rate)``.
+each_bad_rate = pytest.mark.parametrize(
+    "name, rate", [(n, r) for n in RATE_CLASSES for r in (-0.1, 1.5, float("nan"))]
+)
 
 # Bad constructor arguments every adapter rejects the same way: (class name,
 # keyword arguments, error type, what the message must say after the module's

@@ -12,11 +12,11 @@ import pytest
 from _modules import (
     FAMILY,
     KEY,
-    RATE_CLASSES,
     X,
     assert_same_output,
     assert_traced_flag_matches_static,
     each_bad_field,
+    each_bad_rate,
     each_family_case,
     inference_output,
 )
@@ -93,8 +93,7 @@ def test_traced_inference_flag_selects_the_path_like_the_static_flag(
     assert_traced_flag_matches_static(call, name, kwargs, pure, X, KEY)
 
 
-@pytest.mark.parametrize("name", RATE_CLASSES)
-@pytest.mark.parametrize("rate", [-0.1, 1.5, float("nan")])
+@each_bad_rate
 def test_rate_out_of_range_at_construction(name, rate):
     field = "p" if name == "Dropout" else "rate"
     with pytest.raises(

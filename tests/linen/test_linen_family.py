@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from _modules import (
     KEY,
-    RATE_CLASSES,
     X,
     assert_traced_flag_matches_static,
     each_bad_field,
+    each_bad_rate,
     each_family_case,
     inference_output,
     module_key,
@@ -107,8 +107,7 @@ def test_traced_deterministic_selects_the_path_like_the_static_flag(name, kwargs
     assert_traced_flag_matches_static(call, name, kwargs, pure, X, KEY)
 
 
-@pytest.mark.parametrize("name", RATE_CLASSES)
-@pytest.mark.parametrize("rate", [-0.1, 1.5, float("nan")])
+@each_bad_rate
 def test_rate_out_of_range_at_construction(name, rate):
     with pytest.raises(
         ValueError, match=rf"jaxreg\.linen\.{name}: `rate`.*rate={rate}"

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from _modules import (
     KEY,
-    RATE_CLASSES,
     X,
     assert_traced_flag_matches_static,
     each_bad_field,
+    each_bad_rate,
     each_family_case,
     first_key,
     flat_paths,
@@ -108,8 +108,7 @@ def test_state_paths_of_every_module_are_stable():
         assert int(module.rngs.count[...]) == 2
 
 
-@pytest.mark.parametrize("name", RATE_CLASSES)
-@pytest.mark.parametrize("rate", [-0.1, 1.5, float("nan")])
+@each_bad_rate
 def test_rate_out_of_range_at_construction(name, rate):
     with pytest.raises(ValueError, match=rf"jaxreg\.nnx\.{name}: `rate`.*rate={rate}"):
         getattr(jn, name)(rate)
