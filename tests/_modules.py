@@ -292,6 +292,9 @@ BAD_BAYESIAN = [
     ),
 ]
 BAD_BAYESIAN_IDS = [f"{c}-{next(iter(k))}" for c, k, _, _ in BAD_BAYESIAN]
+each_bad_bayesian = pytest.mark.parametrize(
+    "name, kwargs, error, message", BAD_BAYESIAN, ids=BAD_BAYESIAN_IDS
+)
 
 # The `deterministic` (Equinox: `inference`) flags Flax accepts, with the path
 # they select, and values every adapter rejects.

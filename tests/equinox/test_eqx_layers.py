@@ -12,10 +12,9 @@ import numpy as np
 import optax
 import pytest
 from _modules import (
-    BAD_BAYESIAN,
-    BAD_BAYESIAN_IDS,
     KEY,
     assert_close_to_sum_rounding,
+    each_bad_bayesian,
     traced_flag_outputs,
 )
 
@@ -187,9 +186,7 @@ def test_concrete_dropout_returns_output_and_regularizer_and_learns_its_rate():
         je.ConcreteDropout(lambda v: v)
 
 
-@pytest.mark.parametrize(
-    "name, kwargs, error, message", BAD_BAYESIAN, ids=BAD_BAYESIAN_IDS
-)
+@each_bad_bayesian
 def test_bad_arguments_raise_at_construction(name, kwargs, error, message):
     if name == "SparseVariationalDense":
         kwargs = {**kwargs, "key": KEY}

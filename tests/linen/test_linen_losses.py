@@ -9,10 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _modules import (
-    BAD_BAYESIAN,
-    BAD_BAYESIAN_IDS,
     KEY,
     assert_close_to_sum_rounding,
+    each_bad_bayesian,
     traced_flag_outputs,
 )
 
@@ -121,9 +120,7 @@ def test_sparse_variational_dense_module():
         jl.SparseVariationalDense(3, threshold=float("nan"))
 
 
-@pytest.mark.parametrize(
-    "name, kwargs, error, message", BAD_BAYESIAN, ids=BAD_BAYESIAN_IDS
-)
+@each_bad_bayesian
 def test_bad_fields_raise_at_construction(name, kwargs, error, message):
     args = (3,) if name == "SparseVariationalDense" else ()
     with pytest.raises(error, match=rf"^jaxreg\.linen\.{name}: {message}"):

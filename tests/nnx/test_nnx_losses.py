@@ -8,10 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _modules import (
-    BAD_BAYESIAN,
-    BAD_BAYESIAN_IDS,
     KEY,
     assert_close_to_sum_rounding,
+    each_bad_bayesian,
     flat_paths,
     traced_flag_outputs,
 )
@@ -139,9 +138,7 @@ def test_loss_terms_are_sown_only_inside_a_capture_of_their_type():
     assert flat_paths(model) == paths
 
 
-@pytest.mark.parametrize(
-    "name, kwargs, error, message", BAD_BAYESIAN, ids=BAD_BAYESIAN_IDS
-)
+@each_bad_bayesian
 def test_bad_arguments_raise_at_construction(name, kwargs, error, message):
     args = (3, 2) if name == "SparseVariationalDense" else ()
     with pytest.raises(error, match=rf"^jaxreg\.nnx\.{name}: {message}"):
