@@ -279,6 +279,20 @@ class _Family(_Stochastic):
         return self.LAYER.apply(values, inputs, det, lambda: self._call_key(rngs, det))
 
 
+class _RateOnly(_Family):
+    """A dropout-family module whose one field is ``rate`` (not public)."""
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        rngs: _Rngs | None = None,
+    ):
+        self._init_family(deterministic, rng_collection, rngs, rate=rate)
+
+
 class Dropout(_Family):
     """Dropout: a drop-in replacement for :class:`flax.nnx.Dropout`.
 
@@ -416,7 +430,7 @@ class SpatialDropout(_Family):
         )
 
 
-class GaussianDropout(_Family):
+class GaussianDropout(_RateOnly):
     """Multiplicative Gaussian noise with mean 1 and variance ``rate / (1 - rate)``.
 
     See :func:`jaxreg.gaussian_dropout`.
@@ -440,16 +454,6 @@ class GaussianDropout(_Family):
     """
 
     LAYER = _layers.GAUSSIAN_DROPOUT
-
-    def __init__(
-        self,
-        rate: float,
-        *,
-        deterministic: bool | None = False,
-        rng_collection: str = "dropout",
-        rngs: _Rngs | None = None,
-    ):
-        self._init_family(deterministic, rng_collection, rngs, rate=rate)
 
 
 class GaussianNoise(_Family):
@@ -489,7 +493,7 @@ class GaussianNoise(_Family):
         self._init_family(deterministic, rng_collection, rngs, stddev=stddev)
 
 
-class AlphaDropout(_Family):
+class AlphaDropout(_RateOnly):
     """Alpha dropout for self-normalizing (SELU) networks.
 
     See :func:`jaxreg.alpha_dropout`.
@@ -515,16 +519,6 @@ class AlphaDropout(_Family):
     """
 
     LAYER = _layers.ALPHA_DROPOUT
-
-    def __init__(
-        self,
-        rate: float,
-        *,
-        deterministic: bool | None = False,
-        rng_collection: str = "dropout",
-        rngs: _Rngs | None = None,
-    ):
-        self._init_family(deterministic, rng_collection, rngs, rate=rate)
 
 
 class DropPath(_Family):
