@@ -328,6 +328,22 @@ BAD_FLAGS = [
     ),
 ]
 BAD_FLAG_IDS = ["str", "float", "int-2", "vector", "float-array"]
+# Tests over the accepted and the rejected flags.
+each_flag = pytest.mark.parametrize("flag, deterministic", FLAGS, ids=FLAG_IDS)
+each_bad_flag = pytest.mark.parametrize(
+    "flag, error, message", BAD_FLAGS, ids=BAD_FLAG_IDS
+)
+
+# The dropout edge rates, which draw no key: rate 0 keeps X, rate 1 zeros it.
+RATE_EDGES = ((0.0, X), (1.0, jnp.zeros_like(X)))
+
+
+def assert_inference_is_reference_and_input(reference, ours, x, dtype):
+    """The inference output equals the reference framework's and the input ``x``,
+    bit for bit, in ``dtype``."""
+    assert reference.dtype == ours.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(reference))
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(x))
 
 
 def assert_close_to_sum_rounding(a, b):

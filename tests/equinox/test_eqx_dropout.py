@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 from _helpers import assert_binomial, digits
-from _modules import BAD_FLAG_IDS, BAD_FLAGS, FLAG_IDS, FLAGS, traced_flag_outputs
+from _modules import each_bad_flag, each_flag, traced_flag_outputs
 
 import jaxreg
 import jaxreg.equinox as je
@@ -188,7 +188,7 @@ def test_model_swapping_equinox_dropout_for_ours_trains_unchanged():
     )
 
 
-@pytest.mark.parametrize("flag, deterministic", FLAGS, ids=FLAG_IDS)
+@each_flag
 @pytest.mark.parametrize("where", ["constructor", "call"])
 def test_inference_flag_accepts_bools_and_0_d_arrays(flag, deterministic, where):
     if where == "constructor":
@@ -199,7 +199,7 @@ def test_inference_flag_accepts_bools_and_0_d_arrays(flag, deterministic, where)
     np.testing.assert_array_equal(np.asarray(y), np.asarray(expected))
 
 
-@pytest.mark.parametrize("flag, error, message", BAD_FLAGS, ids=BAD_FLAG_IDS)
+@each_bad_flag
 def test_inference_flag_rejects_other_objects(flag, error, message):
     match = r"jaxreg\.equinox\.Dropout: `inference` " + message
     with pytest.raises(error, match=match):

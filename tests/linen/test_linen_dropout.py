@@ -11,12 +11,12 @@ import optax
 import pytest
 from _helpers import digits
 from _modules import (
-    BAD_FLAG_IDS,
-    BAD_FLAGS,
-    FLAG_IDS,
-    FLAGS,
     KEY,
+    RATE_EDGES,
     X,
+    assert_inference_is_reference_and_input,
+    each_bad_flag,
+    each_flag,
     traced_flag_outputs,
 )
 
@@ -53,14 +53,12 @@ def test_deterministic_path_identical_to_flax(dtype, where):
         else:
             y = cls(0.5).apply({}, x, deterministic=True)
         outs.append(y)
-    assert outs[0].dtype == outs[1].dtype == dtype
-    np.testing.assert_array_equal(np.asarray(outs[1]), np.asarray(outs[0]))
-    np.testing.assert_array_equal(np.asarray(outs[1]), np.asarray(x))
+    assert_inference_is_reference_and_input(*outs, x, dtype)
 
 
 def test_rate_zero_and_one_match_flax_without_rng():
     # Neither module draws a key at rate 0 or 1: no rngs needed.
-    for rate, expected in ((0.0, X), (1.0, jnp.zeros_like(X))):
+    for rate, expected in RATE_EDGES:
         for cls in (nn.Dropout, jl.Dropout):
             y = cls(rate).apply({}, X, deterministic=False)
             np.testing.assert_array_equal(np.asarray(y), np.asarray(expected))
@@ -126,7 +124,7 @@ def test_missing_deterministic_errors_start_with_flax_sentence():
         jl.Dropout(0.5, deterministic=True).apply({}, X, deterministic=True)
 
 
-@pytest.mark.parametrize("flag, deterministic", FLAGS, ids=FLAG_IDS)
+@each_flag
 @pytest.mark.parametrize("where", ["constructor", "call"])
 def test_deterministic_accepts_what_flax_accepts(flag, deterministic, where):
     rngs = {"dropout": KEY}
@@ -146,7 +144,7 @@ def test_deterministic_accepts_what_flax_accepts(flag, deterministic, where):
         assert bool(jnp.any(ours == 0)) and bool(jnp.any(ours == 2 * X))
 
 
-@pytest.mark.parametrize("flag, error, message", BAD_FLAGS, ids=BAD_FLAG_IDS)
+@each_bad_flag
 def test_deterministic_rejects_other_objects(flag, error, message):
     with pytest.raises(
         error, match=r"jaxreg\.linen\.Dropout: `deterministic` " + message

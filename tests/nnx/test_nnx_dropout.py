@@ -10,12 +10,12 @@ import optax
 import pytest
 from _helpers import digits
 from _modules import (
-    BAD_FLAG_IDS,
-    BAD_FLAGS,
-    FLAG_IDS,
-    FLAGS,
     KEY,
+    RATE_EDGES,
     X,
+    assert_inference_is_reference_and_input,
+    each_bad_flag,
+    each_flag,
     first_key,
     flat_paths,
     traced_flag_outputs,
@@ -66,13 +66,11 @@ def test_deterministic_path_identical_to_flax(dtype, how):
         else:
             y = nnx.view(cls(0.5, rngs=nnx.Rngs(0)), deterministic=True)(x)
         outs.append(y)
-    assert outs[0].dtype == outs[1].dtype == dtype
-    np.testing.assert_array_equal(np.asarray(outs[1]), np.asarray(outs[0]))
-    np.testing.assert_array_equal(np.asarray(outs[1]), np.asarray(x))
+    assert_inference_is_reference_and_input(*outs, x, dtype)
 
 
 def test_rate_zero_and_one_match_flax_without_rngs():
-    for rate, expected in ((0.0, X), (1.0, jnp.zeros_like(X))):
+    for rate, expected in RATE_EDGES:
         for cls in (nnx.Dropout, jn.Dropout):
             y = cls(rate)(X)  # no rngs anywhere: no key is drawn
             np.testing.assert_array_equal(np.asarray(y), np.asarray(expected))
@@ -166,7 +164,7 @@ def test_wrong_rngs_type_raises_type_error_starting_with_flax_sentence():
         jn.Dropout(0.5, rngs=nnx.Rngs(params=0))
 
 
-@pytest.mark.parametrize("flag, deterministic", FLAGS, ids=FLAG_IDS)
+@each_flag
 @pytest.mark.parametrize("where", ["constructor", "call"])
 def test_deterministic_accepts_what_flax_accepts(flag, deterministic, where):
     outs = []
@@ -184,7 +182,7 @@ def test_deterministic_accepts_what_flax_accepts(flag, deterministic, where):
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(expected))
 
 
-@pytest.mark.parametrize("flag, error, message", BAD_FLAGS, ids=BAD_FLAG_IDS)
+@each_bad_flag
 def test_deterministic_rejects_other_objects(flag, error, message):
     match = r"jaxreg\.nnx\.Dropout: `deterministic` " + message
     with pytest.raises(error, match=match):
