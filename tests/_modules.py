@@ -140,10 +140,6 @@ RATE_CLASSES = [
     "DropPath",
     "DropBlock",
 ]
-# A test over every such class and a rate outside [0, 1] takes ``(name, rate)``.
-each_bad_rate = pytest.mark.parametrize(
-    "name, rate", [(n, r) for n in RATE_CLASSES for r in (-0.1, 1.5, float("nan"))]
-)
 
 # Bad constructor arguments every adapter rejects the same way: (class name,
 # keyword arguments, error type, what the message must say after the module's
@@ -240,6 +236,13 @@ BAD_FIELDS = [
         ValueError,
         r"`l2` must be >= 0; got l2=nan",
     ),
+]
+# Each other class with a drop rate rejects a rate outside [0, 1] as Dropout does.
+BAD_FIELDS += [
+    (name, {"rate": rate}, ValueError, rf"`rate`.*rate={rate}")
+    for name in RATE_CLASSES
+    if name != "Dropout"
+    for rate in (-0.1, 1.5, NAN)
 ]
 BAD_FIELD_IDS = [f"{c}-{'-'.join(map(str, k.values()))}" for c, k, _, _ in BAD_FIELDS]
 # A test over every bad field takes ``(name, kwargs, error, message)``.

@@ -16,7 +16,6 @@ from _modules import (
     assert_same_output,
     assert_traced_flag_matches_static,
     each_bad_field,
-    each_bad_rate,
     each_family_case,
     inference_output,
 )
@@ -91,15 +90,6 @@ def test_traced_inference_flag_selects_the_path_like_the_static_flag(
         return module(x, key=KEY, inference=flag)
 
     assert_traced_flag_matches_static(call, name, kwargs, pure, X, KEY)
-
-
-@each_bad_rate
-def test_rate_out_of_range_at_construction(name, rate):
-    field = "p" if name == "Dropout" else "rate"
-    with pytest.raises(
-        ValueError, match=rf"jaxreg\.equinox\.{name}: `{field}`.*{field}={rate}"
-    ):
-        getattr(je, name)(rate)
 
 
 @each_bad_field

@@ -10,7 +10,6 @@ from _modules import (
     X,
     assert_traced_flag_matches_static,
     each_bad_field,
-    each_bad_rate,
     each_family_case,
     inference_output,
     module_key,
@@ -105,14 +104,6 @@ def test_traced_deterministic_selects_the_path_like_the_static_flag(name, kwargs
         return module.apply({}, x, deterministic=det, rng=KEY)
 
     assert_traced_flag_matches_static(call, name, kwargs, pure, X, KEY)
-
-
-@each_bad_rate
-def test_rate_out_of_range_at_construction(name, rate):
-    with pytest.raises(
-        ValueError, match=rf"jaxreg\.linen\.{name}: `rate`.*rate={rate}"
-    ):
-        getattr(jl, name)(rate)
 
 
 @each_bad_field

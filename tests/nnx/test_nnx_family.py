@@ -9,7 +9,6 @@ from _modules import (
     X,
     assert_traced_flag_matches_static,
     each_bad_field,
-    each_bad_rate,
     each_family_case,
     first_key,
     flat_paths,
@@ -106,12 +105,6 @@ def test_state_paths_of_every_module_are_stable():
         module(x)
         assert flat_paths(module) == paths, name
         assert int(module.rngs.count[...]) == 2
-
-
-@each_bad_rate
-def test_rate_out_of_range_at_construction(name, rate):
-    with pytest.raises(ValueError, match=rf"jaxreg\.nnx\.{name}: `rate`.*rate={rate}"):
-        getattr(jn, name)(rate)
 
 
 @each_bad_field
