@@ -25,8 +25,10 @@ from jaxreg import (
     weight_dropout,
 )
 
-# Public submodules whose functions are used by module path (jaxreg.losses.*,
-# jaxreg.schedules.*); their names are not re-exported at the top level.
+# Public submodules whose functions are used by module path (jaxreg.attention.*,
+# jaxreg.losses.*, jaxreg.schedules.*); their names are not re-exported at the top
+# level.
+from jaxreg import attention as attention
 from jaxreg import losses as losses
 from jaxreg import schedules as schedules
 

@@ -396,6 +396,33 @@ def masked_scale(
     )
 
 
+def mask_words(key, rate):
+    """The state a mask is regenerated from: ``(seed, t, drop_all)`` arrays.
+
+    ``seed`` are the key's two uint32 seed words, ``t`` the uint32 threshold and
+    ``drop_all`` the bool "drop everything" flag (rate 1). Together with the
+    data's shape and ``broadcast_dims`` they determine the mask exactly, so a
+    caller may keep these three small arrays for a backward pass instead of
+    the mask (see :func:`select_scaled`). ``rate`` must already be checked.
+    """
+    t, drop_all = _threshold_arrays(rate)
+    return _seed(key), jnp.asarray(t), jnp.asarray(drop_all)
+
+
+def select_scaled(words, x: jax.Array, scale, *, broadcast_dims=(), manual=None):
+    """``where(keep, x * scale, 0)`` with the mask regenerated from ``words``.
+
+    ``words`` come from :func:`mask_words`; the mask is exactly
+    ``keep_mask(key, x.shape, rate, broadcast_dims=broadcast_dims)``, laid out
+    like ``x`` (Explicit sharding) and, with ``manual`` (a checked
+    ``shard_spec``), this shard's block of the global mask. Not a checkpoint:
+    the caller decides what autodiff keeps.
+    """
+    seed, t, drop_all = words
+    layout = _mask_layout(x.shape, broadcast_dims, manual)
+    return _select_scaled(seed, t, drop_all, jnp.asarray(scale), x, layout)
+
+
 def masked_select(
     key, rate, on_keep: jax.Array, on_drop: jax.Array, *, manual=None
 ) -> jax.Array:
