@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +47,7 @@ from jaxreg._checks import (
     check_float_array,
     check_rate,
     check_shard_spec,
+    float32_or_wider,
     short_repr,
     static_value,
 )
@@ -257,24 +259,77 @@ def _weighted_values(weights, value, einsum):
     return out.reshape(out.shape[:-3] + (heads, out.shape[-1]))
 
 
-def _dropped_values(seed, t, drop_all, scale, weights, value, static):
-    """``_weighted_values(dropout(weights), value)`` with the mask from the seed."""
-    dims, manual, precision, dot_general = static
+def _probabilities(logits, static):
+    """The softmax of the logits, in Flax's dtypes (see :func:`_softmax`)."""
+    return _softmax(logits, static.dtype, static.force_fp32_for_softmax)
+
+
+def _dropped_values(words, scale, weights, value, static):
+    """``_weighted_values(dropout(weights), value)``, mask regenerated from
+    ``words``."""
     dropped = select_scaled(
-        (seed, t, drop_all), weights, scale, broadcast_dims=dims, manual=manual
+        words, weights, scale, broadcast_dims=static.dims, manual=static.manual
     )
-    return _weighted_values(dropped, value, _einsum(precision, dot_general))
+    return _weighted_values(
+        dropped, value, _einsum(static.precision, static.dot_general)
+    )
 
 
-# A checkpoint that saves nothing: differentiating it keeps only its inputs (the
-# probabilities, which the softmax keeps anyway, the values, the seed words and
-# scalars). The backward pass regenerates the mask and the dropped probabilities;
-# neither is ever stored. Unlike a custom_vjp this keeps forward mode working.
-_dropped_values_remat = jax.checkpoint(
-    _dropped_values,
+@functools.partial(jax.custom_jvp, nondiff_argnums=(6,))
+def _attend(seed, t, drop_all, scale, logits, value, static):
+    """``(dropout(softmax(logits)) @ value, softmax(logits))`` in one region.
+
+    The derivative rule below computes the tangent from the probabilities, the
+    values and the seed words alone, inside a checkpoint that saves nothing:
+    linearizing it (reverse mode) keeps exactly those, so the backward pass
+    stores one probability-sized array (the softmax's derivative needs it in
+    any case) and regenerates the mask and the dropped probabilities. Without
+    the rule, autodiff would keep the mask or the dropped probabilities and
+    the softmax's own intermediates beside the probabilities.
+    """
+    p = _probabilities(logits, static)
+    return _dropped_values((seed, t, drop_all), scale, p, value, static), p
+
+
+def _attend_tangent(seed, t, drop_all, scale, p, value, dlogits, dvalue, static):
+    """Tangents of the output and of the probabilities, linear in
+    ``(dlogits, dvalue)``; the mask is regenerated from the seed words."""
+    ct = float32_or_wider(p.dtype, dlogits.dtype)
+    pf, dl = p.astype(ct), dlogits.astype(ct)
+    dp = (pf * (dl - jnp.sum(pf * dl, axis=-1, keepdims=True))).astype(p.dtype)
+    words = (seed, t, drop_all)
+    dout = _dropped_values(words, scale, p, dvalue, static) + _dropped_values(
+        words, scale, dp, value, static
+    )
+    return dout, dp
+
+
+_attend_tangent_remat = jax.checkpoint(
+    _attend_tangent,
     policy=jax.checkpoint_policies.nothing_saveable,
-    static_argnums=(6,),
+    static_argnums=(8,),
 )
+
+
+@_attend.defjvp
+def _attend_jvp(static, primals, tangents):
+    seed, t, drop_all, scale, logits, value = primals
+    out, p = _attend(seed, t, drop_all, scale, logits, value, static)
+    dout, dp = _attend_tangent_remat(
+        seed, t, drop_all, scale, p, value, tangents[4], tangents[5], static
+    )
+    return (out, p), (dout.astype(out.dtype), dp)
+
+
+class _Static(NamedTuple):
+    """The static (hashable) configuration of :func:`_attend`."""
+
+    dims: tuple[int, ...]
+    manual: tuple | None
+    precision: object
+    dot_general: object
+    dtype: object
+    force_fp32_for_softmax: bool
 
 
 def _fused(query, key, value, bias, mask, is_causal):
@@ -648,31 +703,43 @@ def dot_product_attention(
     )
     if fusable:
         return _fused(query, key, value, bias, mask, is_causal)
-    weights = dot_product_attention_weights(
-        query,
-        key,
-        bias,
-        mask,
-        deterministic=True,
-        precision=precision,
-        module=module,
-        force_fp32_for_softmax=force_fp32_for_softmax,
-        einsum_dot_general=einsum_dot_general,
-        einsum=qk_attn_weights_einsum,
-        is_causal=is_causal,
-    )
-    dims = _broadcast_dims(broadcast_dropout, weights.ndim)
-    if attn_weights_value_einsum is not None:
-        if train:
+    dims = _broadcast_dims(broadcast_dropout, len(shape))
+    if attn_weights_value_einsum is not None or not train:
+        weights = dot_product_attention_weights(
+            query,
+            key,
+            bias,
+            mask,
+            deterministic=True,
+            precision=precision,
+            module=module,
+            force_fp32_for_softmax=force_fp32_for_softmax,
+            einsum_dot_general=einsum_dot_general,
+            einsum=qk_attn_weights_einsum,
+            is_causal=is_causal,
+        )
+        if attn_weights_value_einsum is None:
+            attn_weights_value_einsum = _einsum(precision, einsum_dot_general)
+        elif train:
             weights = dropout(
                 dropout_rng, weights, rate, broadcast_dims=dims, shard_spec=shard_spec
             )
         return _weighted_values(weights, value, attn_weights_value_einsum)
-    if not train:
-        return _weighted_values(weights, value, _einsum(precision, einsum_dot_general))
+    einsum = qk_attn_weights_einsum or _einsum(precision, einsum_dot_general)
+    logits = _logits(query, key, bias, mask, is_causal, einsum)
     seed, t, drop_all = mask_words(dropout_rng, rate)
     scale = jax.lax.stop_gradient(
         jnp.asarray(safe_inverse(keep_probability(rate)), jnp.float32)
     )
-    static = (dims, manual, precision, einsum_dot_general)
-    return _dropped_values_remat(seed, t, drop_all, scale, weights, value, static)
+    static = _Static(
+        dims,
+        manual,
+        precision,
+        einsum_dot_general,
+        jnp.dtype(query.dtype),
+        force_fp32_for_softmax,
+    )
+    out, weights = _attend(seed, t, drop_all, scale, logits, value, static)
+    if module is not None:
+        _sow(module, weights)
+    return out
