@@ -59,7 +59,7 @@ Q5 = (2, 3, 5, 4, 8)  # two batch axes, 5 queries, 4 heads, depth 8
 K5 = (2, 3, 7, 4, 8)
 BIAS = (4, 5, 7)
 MASK = (2, 1, 1, 5, 7)
-EXTRAS = ["plain", "bias", "mask", "bias+mask"]
+EXTRAS = ["plain", "bias+mask"]
 
 
 def _extras(name, seed=3):
@@ -89,13 +89,18 @@ def test_inference_matches_linen(extra):
     )
     # Inference with a rate and a key: no dropout.
     det = dot_product_attention(
-        q, k, v, dropout_rng=jax.random.key(1), dropout_rate=0.5, deterministic=True, **kw
+        q,
+        k,
+        v,
+        dropout_rng=jax.random.key(1),
+        dropout_rate=0.5,
+        deterministic=True,
+        **kw,
     )
     _close(det, want, v)
 
 
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+@pytest.mark.parametrize(("causal", "kv_heads"), [(False, 4), (True, 2), (True, 1)])
 def test_inference_matches_nnx_with_gqa_and_causal(causal, kv_heads):
     q, k, v = _qkv((2, 6, 4, 8), (2, 6, kv_heads, 8))
     mask = jax.random.bernoulli(jax.random.key(5), 0.8, (2, 1, 6, 6))
@@ -150,6 +155,8 @@ def test_linen_module_swap_same_params_outputs_and_sown_weights():
     assert y1.shape == x.shape and bool(jnp.all(jnp.isfinite(y1)))
 
 
+# Flax 0.12 deprecates Module.sow outside nnx.capture, for its own attention too.
+@pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)':DeprecationWarning")
 def test_nnx_module_swap_same_state_outputs_and_sown_weights():
     x = jax.random.normal(jax.random.key(0), (2, 6, 16))
     kw = dict(dropout_rate=0.1, decode=False)
@@ -164,8 +171,8 @@ def test_nnx_module_swap_same_state_outputs_and_sown_weights():
     _close(ours(x, deterministic=True), y0, y0)
     flax_mha(x, deterministic=False, rngs=nnx.Rngs(dropout=3), sow_weights=True)
     ours(x, deterministic=False, rngs=nnx.Rngs(dropout=3), sow_weights=True)
-    w0 = nnx.state(flax_mha, nnx.Intermediate)["attention_weights"].value[0]
-    w1 = nnx.state(ours, nnx.Intermediate)["attention_weights"].value[0]
+    w0 = nnx.state(flax_mha, nnx.Intermediate)["attention_weights"].get_value()[0]
+    w1 = nnx.state(ours, nnx.Intermediate)["attention_weights"].get_value()[0]
     np.testing.assert_array_equal(w1, w0)
 
 
@@ -206,9 +213,11 @@ def test_training_output_is_linear_in_the_keep_mask_so_expectation_is_exact(broa
     _close(mean, dot_product_attention(q, k, v), v)
     # And a Monte Carlo check: the mean over 2000 keys is within 4 standard errors.
     keys = jax.random.split(jax.random.key(12), 2000)
-    draws = jax.vmap(
-        lambda kk: dot_product_attention(
-            q, k, v, dropout_rng=kk, dropout_rate=RATE, broadcast_dropout=broadcast
+    draws = jax.jit(
+        jax.vmap(
+            lambda kk: dot_product_attention(
+                q, k, v, dropout_rng=kk, dropout_rate=RATE, broadcast_dropout=broadcast
+            )
         )
     )(keys)
     err = jnp.abs(draws.mean(0) - dot_product_attention(q, k, v))
@@ -266,9 +275,9 @@ def test_check_grads(kv_heads):
     f = lambda q, k, v, b: dot_product_attention(  # noqa: E731
         q, k, v, b, dropout_rng=key, dropout_rate=RATE, broadcast_dropout=False
     )
-    check_grads(f, (q, k, v, bias), order=2, modes=["fwd", "rev"])
+    check_grads(jax.jit(f), (q, k, v, bias), order=2, modes=["fwd", "rev"])
     w = dot_product_attention_weights(q, k)
-    check_grads(lambda w: attention_dropout(key, w, RATE), (w,), order=2)
+    check_grads(jax.jit(lambda w: attention_dropout(key, w, RATE)), (w,), order=2)
 
 
 def test_gradients_equal_the_stored_mask_reference():
@@ -334,7 +343,7 @@ def test_jit_vmap_scan_and_remat():
         return jnp.sum(h)
 
     np.testing.assert_allclose(scanned(ws, q), looped(ws, q), rtol=1e-5)
-    gs, gl = jax.grad(scanned)(ws, q), jax.grad(looped)(ws, q)
+    gs, gl = jax.jit(jax.grad(scanned))(ws, q), jax.jit(jax.grad(looped))(ws, q)
     np.testing.assert_allclose(gs, gl, rtol=1e-4, atol=1e-5)
 
 
@@ -432,7 +441,7 @@ for broadcast in (False, True):
                          "collective-permute") if c in hlo],
         )
     # shard_map: each shard draws its block of the global mask.
-    mesh = jax.make_mesh((2, 4), ("b", "h"))
+    mesh = jax.make_mesh((2, 4), ("b", "h"), axis_types=(AxisType.Auto,) * 2)
     w_spec = P("b", "h")
     dims = (0, 1) if broadcast else ()
 
@@ -510,7 +519,9 @@ def test_bad_qkv_shapes_raise(shapes, match):
 
 def test_bad_mask_bias_flags_dtypes_and_arguments_raise():
     q, k, v = _qkv((2, 3, 4, 2), (2, 5, 4, 2))
-    with pytest.raises(ValueError, match=r"`mask` of shape \(3, 3\) does not broadcast"):
+    with pytest.raises(
+        ValueError, match=r"`mask` of shape \(3, 3\) does not broadcast"
+    ):
         dot_product_attention(q, k, v, mask=jnp.ones((3, 3), bool))
     with pytest.raises(ValueError, match=r"`bias` of shape \(2, 1, 4, 3, 5\)"):
         dot_product_attention(q, k, v, bias=jnp.ones((2, 1, 4, 3, 5)))
