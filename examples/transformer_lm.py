@@ -49,22 +49,19 @@ def load_text(num_train: int, num_val: int) -> tuple[np.ndarray, np.ndarray]:
     gap of one file validate (so no file is in both).
     """
     root = pathlib.Path(sysconfig.get_paths()["stdlib"])
-    chunks, total = [], 0
-    for path in sorted(root.glob("*.py")):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        chunks.append(text)
-        total += len(text)
-        if total >= num_train + num_val + 200_000:
-            break
+    chunks = [
+        path.read_text(encoding="utf-8", errors="replace")
+        for path in sorted(root.glob("*.py"))
+    ]
     codes = [np.frombuffer(c.encode("ascii", "replace"), np.uint8) for c in chunks]
     codes = [np.where(c < VOCAB, c, 0).astype(np.int32) for c in codes]
     train, i = [], 0
-    while sum(map(len, train)) < num_train:
+    while i < len(codes) and sum(map(len, train)) < num_train:
         train.append(codes[i])
         i += 1
-    val = np.concatenate(codes[i + 1 :])[:num_val]
+    val = np.concatenate([np.zeros(0, np.int32)] + codes[i + 1 :])[:num_val]
     train = np.concatenate(train)[:num_train]
-    if len(val) < num_val:
+    if len(train) < num_train or len(val) < num_val:
         raise ValueError(f"the standard library has too little text in {root}")
     return train, val
 
