@@ -45,13 +45,17 @@ RATE = 0.1
 LAYERS, BATCH, WIDTH, HEADS = 4, 8, 256, 8
 
 
-class Block(nn.Module):
-    """Pre-norm block: x + drop(attn(LN x)), then x + drop(mlp(LN x))."""
+class _Config(nn.Module):
+    """The dropout configuration shared by the block and the model."""
 
     rate: float
     broadcast: bool
     attention_fn: object
     dropout_cls: type
+
+
+class Block(_Config):
+    """Pre-norm block: x + drop(attn(LN x)), then x + drop(mlp(LN x))."""
 
     @nn.compact
     def __call__(self, x, deterministic):
@@ -67,11 +71,8 @@ class Block(nn.Module):
         return x + self.dropout_cls(self.rate)(h, deterministic=deterministic)
 
 
-class Model(nn.Module):
-    rate: float
-    broadcast: bool
-    attention_fn: object
-    dropout_cls: type
+class Model(_Config):
+    """``LAYERS`` blocks and a final LayerNorm."""
 
     @nn.compact
     def __call__(self, x, deterministic):
@@ -154,7 +155,11 @@ def main() -> None:
             f"residual branches, jax.grad step; median of {repeats} interleaved "
             "runs (targets for jaxreg: memory <= 1.05x, time <= 1.10x)\n"
         )
-        print(table(["variant", "temp memory", "memory ratio", "time", "time ratio"], rows))
+        print(
+            table(
+                ["variant", "temp memory", "memory ratio", "time", "time ratio"], rows
+            )
+        )
         print(f"\n<!-- {load_note()} after T = {seq} -->\n")
 
 
