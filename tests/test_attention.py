@@ -211,6 +211,8 @@ def test_training_output_is_linear_in_the_keep_mask_so_expectation_is_exact(broa
     # Exact expectation over the mask: E[mask] = keep elementwise.
     mean = jnp.einsum("bhqk,bkhd->bqhd", jnp.broadcast_to(p, w.shape) * w / p, v)
     _close(mean, dot_product_attention(q, k, v), v)
+    if broadcast:
+        return
     # And a Monte Carlo check: the mean over 2000 keys is within 4 standard errors.
     keys = jax.random.split(jax.random.key(12), 2000)
     draws = jax.jit(
@@ -256,7 +258,7 @@ def test_rate_one_gives_zeros_with_finite_gradients_and_traced_rate_works():
         q, k, v, dropout_rng=key, dropout_rate=r, broadcast_dropout=False
     )
     np.testing.assert_array_equal(f(q, 1.0), jnp.zeros_like(q))
-    g = jax.grad(lambda q: jnp.sum(f(q, 1.0) ** 2))(q)
+    g = jax.jit(jax.grad(lambda q: jnp.sum(f(q, 1.0) ** 2)))(q)
     assert bool(jnp.all(g == 0))
     traced = jax.jit(f)(q, 0.3)
     _close(traced, f(q, 0.3), v / 0.7)
@@ -267,9 +269,10 @@ def test_rate_one_gives_zeros_with_finite_gradients_and_traced_rate_works():
 # --- autodiff and transformations -----------------------------------------------
 
 
-@pytest.mark.parametrize("kv_heads", [2, 1])
-def test_check_grads(kv_heads):
-    q, k, v = _qkv((2, 4, 2, 3), (2, 5, kv_heads, 3))
+def test_check_grads():
+    # Grouped-query attention (2 query heads share 1 key/value head) and a bias:
+    # every branch of the derivative rule.
+    q, k, v = _qkv((2, 4, 2, 3), (2, 5, 1, 3))
     bias = jax.random.normal(jax.random.key(9), (2, 4, 5))
     key = jax.random.key(5)
     f = lambda q, k, v, b: dot_product_attention(  # noqa: E731
@@ -299,8 +302,8 @@ def test_gradients_equal_the_stored_mask_reference():
         return jnp.sum(jnp.sin(out))
 
     for a, b in zip(
-        jax.grad(ours, (0, 1, 2))(q, k, v),
-        jax.grad(reference, (0, 1, 2))(q, k, v),
+        jax.jit(jax.grad(ours, (0, 1, 2)))(q, k, v),
+        jax.jit(jax.grad(reference, (0, 1, 2)))(q, k, v),
         strict=True,
     ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -382,13 +385,14 @@ def test_backward_keeps_no_mask_and_no_second_probability_array():
 
     # No (b, h, q, k) boolean or integer (uint32 bits) array.
     assert not big(ours, jnp.bool_) and not big(ours, jnp.integer)
-    # Exactly the probability-sized floats attention without dropout keeps (the
-    # softmax's), where Flax's dropout adds the dropped probabilities and the mask.
-    n_ours, n_none = len(big(ours, jnp.floating)), len(big(no_dropout, jnp.floating))
-    assert n_ours == n_none
+    # One probability-sized float, the probabilities themselves: fewer than
+    # attention without dropout keeps (the softmax's intermediates and the
+    # probabilities), where Flax's dropout adds the mask and the dropped ones.
+    n_none = len(big(no_dropout, jnp.floating))
+    assert len(big(ours, jnp.floating)) == 1 <= n_none
     assert len(big(flax_dropout, jnp.floating)) > n_none
     weights = nn.dot_product_attention_weights(q, q)
-    assert any(np.array_equal(leaf, weights) for leaf in big(ours, jnp.floating))
+    np.testing.assert_array_equal(big(ours, jnp.floating)[0], weights)
 
 
 def test_compiled_backward_memory_matches_no_dropout():
@@ -528,9 +532,11 @@ def test_bad_mask_bias_flags_dtypes_and_arguments_raise():
     with pytest.raises(TypeError, match="`bias` must be None or an array"):
         dot_product_attention(q, k, v, bias=[1.0])
     for flag in ("deterministic", "broadcast_dropout", "is_causal"):
-        with pytest.raises(TypeError, match=f"`{flag}` must be a bool"):
+        with pytest.raises(TypeError, match=f"`{flag}` must be a Python bool"):
             dot_product_attention(q, k, v, **{flag: "yes"})
-    with pytest.raises(TypeError, match="`force_fp32_for_softmax` must be a bool"):
+    with pytest.raises(
+        TypeError, match="`force_fp32_for_softmax` must be a Python bool"
+    ):
         dot_product_attention_weights(q, k, force_fp32_for_softmax=None)
     with pytest.raises(TypeError, match="`query` must have a floating dtype"):
         dot_product_attention(q.astype(jnp.int32), k, v)
