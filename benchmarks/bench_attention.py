@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_attention.py              # T = 512 and T = 1024
     python benchmarks/bench_attention.py --quick      # T = 128, 3 repeats (smoke test)
     python benchmarks/bench_attention.py --seq 512    # one length
+    python benchmarks/bench_attention.py --seq 1024 --no-time   # memory only
 
 The model: 4 pre-norm transformer blocks (flax.linen), batch 8, width 256, 8
 heads, MLP width 1024, dropout 0.1 on the attention probabilities and on both
@@ -111,7 +112,7 @@ def step_fn(model, deterministic):
     return jax.jit(jax.grad(loss))
 
 
-def measure(seq: int, repeats: int):
+def measure(seq: int, repeats: int, timed: bool = True):
     x = jax.random.normal(jax.random.key(0), (BATCH, seq, WIDTH))
     key = jax.random.key(1)
     base_model = variants()["no dropout"][0]
@@ -122,6 +123,8 @@ def measure(seq: int, repeats: int):
         compiled = step.lower(params, x, key).compile()
         memory[name] = compiled.memory_analysis().temp_size_in_bytes
         fns[name] = functools.partial(compiled, params, x, key)
+    if not timed:
+        return memory, None
     times = interleaved_medians(fns, repeats=repeats, warmup=1)
     return memory, times
 
@@ -131,35 +134,36 @@ def main() -> None:
     parser.add_argument("--seq", type=int, nargs="*", default=None)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="T=128, 3 repeats")
+    parser.add_argument("--no-time", action="store_true", help="memory only")
     args = parser.parse_args()
     seqs = args.seq or ([128] if args.quick else [512, 1024])
     repeats = 3 if args.quick else args.repeats
     print(f"<!-- {versions()} -->")
     print(f"<!-- CPU: {cpu_model()}; {load_note()} at start -->\n")
     for seq in seqs:
-        memory, times = measure(seq, repeats)
-        base_m, base_t = memory["no dropout"], times["no dropout"]
-        rows = [
-            [
+        memory, times = measure(seq, repeats, timed=not args.no_time)
+        base_m = memory["no dropout"]
+        rows = []
+        for name in memory:
+            row = [
                 f"`{name}`",
                 f"{memory[name] / 2**20:.0f} MiB",
                 f"{memory[name] / base_m:.2f}x",
-                f"{times[name] * 1e3:.0f} ms",
-                f"{times[name] / base_t:.2f}x",
             ]
-            for name in memory
-        ]
+            if times is not None:
+                base_t = times["no dropout"]
+                row += [f"{times[name] * 1e3:.0f} ms", f"{times[name] / base_t:.2f}x"]
+            rows.append(row)
+        header = ["variant", "temp memory", "memory ratio"]
+        if times is not None:
+            header += ["time", "time ratio"]
         print(
             f"T = {seq}: {LAYERS} pre-norm blocks, batch {BATCH}, width {WIDTH}, "
             f"{HEADS} heads, dropout {RATE} on attention probabilities and both "
             f"residual branches, jax.grad step; median of {repeats} interleaved "
             "runs (targets for jaxreg: memory <= 1.05x, time <= 1.10x)\n"
         )
-        print(
-            table(
-                ["variant", "temp memory", "memory ratio", "time", "time ratio"], rows
-            )
-        )
+        print(table(header, rows))
         print(f"\n<!-- {load_note()} after T = {seq} -->\n")
 
 
