@@ -300,17 +300,3 @@ def hash_fusions(hlo: str, per_hash: int) -> list[dict]:
                 }
             )
     return out
-
-
-def cpu_model() -> str:
-    """The CPU model name from ``/proc/cpuinfo`` (or the platform's guess)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
