@@ -19,6 +19,9 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 __all__ = [
+    "check_layer_axes",
+    "check_layer_names",
+    "check_stacked_count",
     "check_axes",
     "check_axes_syntax",
     "check_axis",
@@ -246,6 +249,59 @@ def check_int(value, name: str, *, minimum: int | None = None, allow_none=False)
     if minimum is not None and value < minimum:
         raise ValueError(f"`{name}` must be >= {minimum}; got {name}={int(value)}.")
     return int(value)
+
+
+def check_layer_names(value, name: str = "stacked_axes") -> tuple[str, ...] | None:
+    """Layer-axis names (a str or a non-empty sequence of strs) as a tuple; None
+    when ``value`` is not a str or a sequence made only of strs."""
+    if isinstance(value, str):
+        return (value,)
+    if (
+        isinstance(value, (tuple, list))
+        and value
+        and all(isinstance(v, str) for v in value)
+    ):
+        return tuple(value)
+    return None
+
+
+def check_stacked_count(value, ndim: int | None = None, name: str = "stacked_axes"):
+    """A number of leading layer axes: a Python int ``>= 0`` (None means 0),
+    at most ``ndim`` when the rank of the array is known.
+
+    Raises:
+      TypeError: not an int (a bool, a float, a traced value).
+      ValueError: negative, or more layer axes than the array has dimensions.
+    """
+    if value is None:
+        return 0
+    if not _is_int(value):
+        raise TypeError(
+            f"`{name}` must be the number of leading layer axes (a Python int >= 0), "
+            "axis names such as 'layers', a pytree of ints or a callable "
+            f"params -> pytree of ints; got {_described(value)}."
+        )
+    if value < 0:
+        raise ValueError(
+            f"`{name}` counts leading layer axes and must be >= 0; got {name}="
+            f"{int(value)}."
+        )
+    if ndim is not None and value > ndim:
+        raise ValueError(
+            f"`{name}`={int(value)} leading layer axes do not fit an array of rank "
+            f"{ndim}."
+        )
+    return int(value)
+
+
+def check_layer_axes(
+    axis, ndim: int, stacked_axes, name: str = "axis"
+) -> tuple[int, ...]:
+    """``axis`` counted on the per-layer shape (rank ``ndim`` less the
+    ``stacked_axes`` leading layer axes), returned as sorted axes of the whole
+    array (see :func:`check_axes`, :func:`check_stacked_count`)."""
+    k = check_stacked_count(stacked_axes, ndim)
+    return tuple(a + k for a in check_axes(axis, ndim - k, name))
 
 
 def check_choice(value, name: str, choices: Sequence[str]) -> str:

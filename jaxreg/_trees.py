@@ -8,6 +8,12 @@ counters, flags), and non-array leaves (an Equinox module's activation function)
 are skipped, never penalised, projected, thresholded or dropped. Paths are the
 ``"a/b/0/kernel"`` strings masks match on; a ``flax.nnx.Variable`` contributes no
 ``value`` component. Flax is never imported here.
+
+One meaning of ``stacked_axes=`` (layer axes, for models whose layers are stacked
+on leading axes by ``nn.scan``, ``nnx.vmap``/``nnx.scan`` or ``eqx.filter_vmap``):
+how many leading axes of a leaf index layers, so that everything else (ranks,
+norm axes, matrices) is counted on the per-layer shape. See
+:func:`resolve_stacked`.
 """
 
 from __future__ import annotations
@@ -19,7 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreg._checks import check_layer_names, check_stacked_count
+
 __all__ = [
+    "check_stacked_axes",
+    "map_stacked",
+    "per_layer",
+    "resolve_stacked",
+    "selected_stacked_leaves",
     "check_mask",
     "float_grad",
     "is_array",
@@ -240,10 +253,175 @@ def resolve_mask(mask, params: PyTree, name: str = "mask") -> PyTree:
 
 def selected_float_leaves(params: PyTree, mask=None) -> list[tuple[str, jax.Array]]:
     """``(path, leaf)`` for every floating leaf that ``mask`` selects."""
+    return [(path, leaf) for path, leaf, _ in selected_stacked_leaves(params, mask)]
+
+
+def selected_stacked_leaves(
+    params: PyTree, mask=None, stacked_axes=None
+) -> list[tuple[str, jax.Array, int]]:
+    """``(path, leaf, k)`` for every floating leaf that ``mask`` selects, with
+    ``k`` its number of leading layer axes (:func:`resolve_stacked`)."""
     flags = jax.tree_util.tree_leaves(resolve_mask(mask, params))
+    counts = jax.tree_util.tree_leaves(resolve_stacked(stacked_axes, params))
     paths = jax.tree_util.tree_flatten_with_path(params)[0]
-    return [
-        (path_string(p), jnp.asarray(leaf))
-        for (p, leaf), keep in zip(paths, flags, strict=True)
-        if keep and is_float_leaf(leaf)
+    out = []
+    for (p, leaf), keep, k in zip(paths, flags, counts, strict=True):
+        if keep and is_float_leaf(leaf):
+            out.append((path_string(p), jnp.asarray(leaf), k))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Layer axes (``stacked_axes=``).
+# ---------------------------------------------------------------------------
+
+
+def _box_names(node) -> tuple | None:
+    """The per-axis partition names a Flax box carries, or None.
+
+    ``nn.Partitioned`` / ``nn.LogicallyPartitioned`` (linen) keep them in
+    ``names``; an ``nnx.Variable`` in its ``out_sharding`` metadata (``sharding``
+    or ``sharding_names`` in older Flax). ``nn.scan(..., metadata_params=
+    {nn.PARTITION_NAME: "layers"})`` and ``nnx.vmap``/``nnx.scan(...,
+    transform_metadata={nnx.PARTITION_NAME: "layers"})`` put the layer axis name
+    first.
+    """
+    if is_nnx_variable(node):
+        meta = node.get_metadata() if hasattr(node, "get_metadata") else {}
+        for field in ("out_sharding", "sharding", "sharding_names"):
+            names = meta.get(field)
+            if names is not None:
+                return tuple(names)
+        return None
+    cls = type(node)
+    if cls.__module__.startswith("flax") and cls.__name__ in (
+        "Partitioned",
+        "LogicallyPartitioned",
+    ):
+        return tuple(node.names)
+    return None
+
+
+def _is_box(node) -> bool:
+    return _box_names(node) is not None or is_nnx_variable(node)
+
+
+def _leading(names: tuple | None, layer_names: tuple[str, ...]) -> int:
+    """How many leading entries of ``names`` are layer-axis names."""
+    k = 0
+    for n in names or ():
+        if n not in layer_names:
+            break
+        k += 1
+    return k
+
+
+def check_stacked_axes(stacked_axes, name: str = "stacked_axes"):
+    """Check ``stacked_axes`` before the parameters are known.
+
+    Returns it normalized: an int (None is 0), a tuple of axis names, a
+    callable, or a pytree of ints (checked leaf by leaf).
+
+    Raises:
+      TypeError: not one of the forms :func:`resolve_stacked` accepts.
+      ValueError: a negative count.
+    """
+    names = check_layer_names(stacked_axes, name)
+    if names is not None:
+        return names
+    if stacked_axes is None or isinstance(stacked_axes, (int, np.integer, bool)):
+        return check_stacked_count(stacked_axes, name=name)
+    if is_mask_fn(stacked_axes):
+        return stacked_axes
+    spec = _unwrapped(stacked_axes)
+    leaves = jax.tree_util.tree_leaves(spec)
+    if not leaves:
+        raise TypeError(
+            f"`{name}` must be an int, axis names, a pytree of ints or a callable; "
+            f"got an empty {type(stacked_axes).__name__}."
+        )
+    for leaf in leaves:
+        check_stacked_count(leaf, name=name)
+    return spec
+
+
+def resolve_stacked(stacked_axes, params: PyTree, name: str = "stacked_axes"):
+    """The number of leading layer axes of every leaf of ``params``.
+
+    ``stacked_axes`` may be:
+
+    * None or ``0``: no layer axes (every leaf is one layer's parameter);
+    * an int ``k``: every leaf has ``k`` leading layer axes;
+    * a str or a tuple of strs, the names of layer axes (e.g. ``"layers"``): a
+      leaf's count is the number of leading axes so named in its Flax partition
+      metadata (``nn.Partitioned`` boxes, ``nnx.Variable`` sharding metadata);
+      a leaf without metadata counts 0;
+    * a pytree of ints with the structure of ``params`` or a prefix of it (one
+      count per leaf or subtree, e.g. ``{"embed": 0, "layers": 1}``), or a
+      callable ``params -> such a pytree``.
+
+    Returns:
+      A pytree with exactly the structure of ``params`` holding Python ints.
+
+    Raises:
+      TypeError, ValueError: a bad spec; a structure that does not fit; a leaf
+        with fewer dimensions than its layer axes (its path is shown).
+    """
+    spec = check_stacked_axes(stacked_axes, name)
+    if isinstance(spec, tuple):
+        spec = jax.tree_util.tree_map(
+            lambda node: _leading(_box_names(node), spec), params, is_leaf=_is_box
+        )
+    elif is_mask_fn(spec):
+        spec = check_stacked_axes(spec(params), name)
+        if isinstance(spec, tuple):
+            raise TypeError(f"`{name}` as a callable must return a pytree of ints.")
+    try:
+        counts = jax.tree_util.tree_map(
+            lambda k, sub: jax.tree_util.tree_map(lambda _: k, sub), spec, params
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"`{name}` as a pytree must have the structure of `params` (or a prefix "
+            f"of it: one int per leaf or subtree); got\n  {name}: "
+            f"{_brief(jax.tree_util.tree_structure(spec))}\n  params: "
+            f"{_brief(jax.tree_util.tree_structure(params))}"
+        ) from err
+
+    def check(path, leaf, k):
+        if is_array(leaf):
+            try:
+                check_stacked_count(k, np.ndim(leaf), name)
+            except ValueError as err:
+                raise ValueError(
+                    f"{str(err).rstrip('.')} (leaf {path or '<root>'!r} of shape {np.shape(leaf)}; give "
+                    f"it fewer layer axes with a pytree `{name}`)"
+                ) from None
+        return k
+
+    leaves, treedef = jax.tree_util.tree_flatten(counts)
+    paths = jax.tree_util.tree_flatten_with_path(params)[0]
+    checked = [
+        check(path_string(p), leaf, k)
+        for (p, leaf), k in zip(paths, leaves, strict=True)
     ]
+    return jax.tree_util.tree_unflatten(treedef, checked)
+
+
+def map_stacked(fn: Callable, params: PyTree, stacked_axes=None) -> PyTree:
+    """``fn(path, leaf, k)`` for every leaf, ``k`` its number of layer axes; the
+    result has the structure of ``params``."""
+    counts = jax.tree_util.tree_leaves(resolve_stacked(stacked_axes, params))
+    paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+    out = [
+        fn(path_string(p), leaf, k) for (p, leaf), k in zip(paths, counts, strict=True)
+    ]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def per_layer(fn: Callable, k: int, in_axes=0) -> Callable:
+    """``fn`` mapped with :func:`jax.vmap` over ``k`` leading layer axes of its
+    arguments (``in_axes`` as for ``jax.vmap``); ``fn`` itself for ``k == 0``."""
+    for _ in range(k):
+        fn = jax.vmap(fn, in_axes=in_axes)
+    return fn

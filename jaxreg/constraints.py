@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxreg._checks import (
-    check_axes,
     check_float_array,
+    check_layer_axes,
     check_norm_bounds,
     check_positive,
     check_unit_interval,
@@ -52,11 +52,12 @@ def tolerance(dtype) -> float:
     return max(float(jnp.finfo(dtype).eps), 8.0 * float(jnp.finfo(jnp.float32).eps))
 
 
-def _slice_norms(w: jax.Array, axis):
+def _slice_norms(w: jax.Array, axis, stacked_axes):
     """``(scale, unit, norms)`` of every slice: ``norms = scale * unit`` (see
     :func:`jaxreg._numerics.norm_parts`; ``norms`` may overflow to inf, the
     parts never do)."""
-    scale, unit = norm_parts(w, axis=check_axes(axis, w.ndim), keepdims=True)
+    axes = check_layer_axes(axis, w.ndim, stacked_axes)
+    scale, unit = norm_parts(w, axis=axes, keepdims=True)
     return scale, unit, scale * unit
 
 
@@ -70,7 +71,9 @@ def _rescaled(w: jax.Array, keep, scale, factor) -> jax.Array:
     return jnp.where(keep, wc, (wc / scale) * factor).astype(w.dtype)
 
 
-def max_norm(w: jax.typing.ArrayLike, max_value, *, axis=0) -> jax.Array:
+def max_norm(
+    w: jax.typing.ArrayLike, max_value, *, axis=0, stacked_axes=0
+) -> jax.Array:
     r"""Max-norm projection: rescale every slice whose norm exceeds ``max_value``.
 
     .. math::
@@ -85,13 +88,17 @@ def max_norm(w: jax.typing.ArrayLike, max_value, *, axis=0) -> jax.Array:
       w: floating array.
       max_value: the largest allowed norm :math:`c > 0`; a Python float, or a
         traced scalar (not validated).
-      axis: int or tuple of ints, the axes the norm runs over (Keras semantics).
+      axis: int or tuple of ints, the axes the norm runs over (Keras semantics),
+        counted on the per-layer shape.
+      stacked_axes: the number of leading layer axes of a stacked ``w`` (an int
+        ``>= 0``): each layer is constrained as if unstacked.
 
     Returns:
       An array with the shape and dtype of ``w``.
 
     Raises:
-      ValueError: ``max_value <= 0`` or NaN; ``axis`` out of range or repeated.
+      ValueError: ``max_value <= 0`` or NaN; ``axis`` out of range or repeated;
+        ``stacked_axes`` negative or above the rank.
       TypeError: non-float ``w``; ``axis`` not an int or tuple of ints.
 
     Examples:
@@ -108,12 +115,12 @@ def max_norm(w: jax.typing.ArrayLike, max_value, *, axis=0) -> jax.Array:
     """
     w = check_float_array(w, "w")
     c = clip_traced(check_positive(max_value, "max_value"), 0.0)
-    scale, unit, norms = _slice_norms(w, axis)
+    scale, unit, norms = _slice_norms(w, axis, stacked_axes)
     inside = norms <= c * (1.0 + tolerance(w.dtype))
     return _rescaled(w, inside, scale, safe_div(c, unit))
 
 
-def unit_norm(w: jax.typing.ArrayLike, *, axis=0) -> jax.Array:
+def unit_norm(w: jax.typing.ArrayLike, *, axis=0, stacked_axes=0) -> jax.Array:
     r"""Unit-norm projection: :math:`w_s \leftarrow w_s / \|w_s\|_2` for each slice.
 
     An all-zero slice has no direction and stays zero (no NaN in values or
@@ -121,7 +128,10 @@ def unit_norm(w: jax.typing.ArrayLike, *, axis=0) -> jax.Array:
 
     Args:
       w: floating array.
-      axis: int or tuple of ints, the axes the norm runs over (Keras semantics).
+      axis: int or tuple of ints, the axes the norm runs over (Keras semantics),
+        counted on the per-layer shape.
+      stacked_axes: the number of leading layer axes of a stacked ``w`` (an int
+        ``>= 0``): each layer is constrained as if unstacked.
 
     Returns:
       An array with the shape and dtype of ``w``.
@@ -140,14 +150,14 @@ def unit_norm(w: jax.typing.ArrayLike, *, axis=0) -> jax.Array:
       Keras ``UnitNorm`` constraint, https://keras.io/api/layers/constraints/
     """
     w = check_float_array(w, "w")
-    scale, unit, norms = _slice_norms(w, axis)
+    scale, unit, norms = _slice_norms(w, axis, stacked_axes)
     # A slice whose norm is already 1 (within the tolerance) is returned unchanged.
     on_sphere = jnp.abs(norms - 1.0) <= tolerance(w.dtype)
     return _rescaled(w, on_sphere, scale, safe_div(1.0, unit))
 
 
 def min_max_norm(
-    w: jax.typing.ArrayLike, min_value, max_value, *, rate=1.0, axis=0
+    w: jax.typing.ArrayLike, min_value, max_value, *, rate=1.0, axis=0, stacked_axes=0
 ) -> jax.Array:
     r"""Keep each slice's norm within ``[min_value, max_value]``.
 
@@ -166,7 +176,10 @@ def min_max_norm(
       min_value: lower norm bound, ``>= 0``.
       max_value: upper norm bound, ``>= min_value``.
       rate: fraction in ``[0, 1]`` of the way to move toward the interval.
-      axis: int or tuple of ints, the axes the norm runs over (Keras semantics).
+      axis: int or tuple of ints, the axes the norm runs over (Keras semantics),
+        counted on the per-layer shape.
+      stacked_axes: the number of leading layer axes of a stacked ``w`` (an int
+        ``>= 0``): each layer is constrained as if unstacked.
 
     Returns:
       An array with the shape and dtype of ``w``.
@@ -190,7 +203,7 @@ def min_max_norm(
     lo, hi = check_norm_bounds(min_value, max_value)
     lo, hi = clip_traced(lo, 0.0), clip_traced(hi, 0.0)
     r = clip_traced(check_unit_interval(rate, "rate"), 0.0, 1.0)
-    scale, unit, norms = _slice_norms(w, axis)
+    scale, unit, norms = _slice_norms(w, axis, stacked_axes)
     tol = tolerance(w.dtype)
     inside = (norms >= lo * (1.0 - tol)) & (norms <= hi * (1.0 + tol))
     # w * (r * clip(norm, lo, hi) + (1 - r) * norm) / norm, with w = scale * (w /

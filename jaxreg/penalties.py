@@ -24,6 +24,7 @@ float32 and bfloat16.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any
@@ -32,9 +33,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreg._checks import check_axes, check_choice, check_int, check_unit_interval
+from jaxreg._checks import (
+    check_choice,
+    check_int,
+    check_layer_axes,
+    check_unit_interval,
+)
 from jaxreg._numerics import abs_zero_grad, norm, norm_parts, promote_f32, safe_div
-from jaxreg._trees import is_array, map_with_path, on_leaf, selected_float_leaves
+from jaxreg._trees import (
+    is_array,
+    map_stacked,
+    map_with_path,
+    on_leaf,
+    per_layer,
+    selected_float_leaves,
+    selected_stacked_leaves,
+)
 
 __all__ = [
     "elastic_net",
@@ -54,35 +68,49 @@ PyTree = Any
 # ---------------------------------------------------------------------------
 
 
-def mask_by_ndim(params: PyTree, min_ndim: int = 2) -> PyTree:
+def mask_by_ndim(params: PyTree, min_ndim: int = 2, *, stacked_axes=None) -> PyTree:
     """Mask selecting the array leaves with at least ``min_ndim`` dimensions.
 
     With the default ``min_ndim=2`` this selects Dense and convolution kernels and
     embeddings, and leaves biases and normalization scales/offsets (1-D) alone: the
     usual target of weight decay, L1 and max-norm.
 
+    In a model whose layers are stacked on leading axes (``nn.scan``,
+    ``nnx.vmap``, ``eqx.filter_vmap``) a stacked bias is 2-D; ``stacked_axes``
+    says how many leading axes are layer axes, and the rank is counted without
+    them, so the mask equals the one of the unstacked model.
+
     Args:
       params: any parameter pytree (Flax linen dict, ``flax.nnx.State``, Equinox
         module, plain dicts/lists, ...).
       min_ndim: minimum rank of a selected leaf (a non-negative int).
+      stacked_axes: leading layer axes: None or an int (every leaf), layer-axis
+        names read from Flax partition metadata (e.g. ``"layers"``), a pytree of
+        ints (one per leaf or subtree) or a callable ``params -> pytree``.
 
     Returns:
       A pytree of Python bools with the structure of ``params``; non-array leaves
       are False.
 
     Raises:
-      TypeError: ``min_ndim`` is not an int.
-      ValueError: ``min_ndim`` is negative.
+      TypeError: ``min_ndim`` is not an int; a bad ``stacked_axes``.
+      ValueError: ``min_ndim`` is negative; ``stacked_axes`` negative, larger
+        than a leaf's rank, or a pytree of another structure.
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg
       >>> params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}}
       >>> jaxreg.mask_by_ndim(params)
       {'dense': {'bias': False, 'kernel': True}}
+      >>> stacked = {"dense": {"kernel": jnp.ones((4, 3, 2)), "bias": jnp.ones((4, 2))}}
+      >>> jaxreg.mask_by_ndim(stacked, stacked_axes=1)  # 4 layers on axis 0
+      {'dense': {'bias': False, 'kernel': True}}
     """
     min_ndim = check_int(min_ndim, "min_ndim", minimum=0)
-    return map_with_path(
-        lambda _, leaf: is_array(leaf) and np.ndim(leaf) >= min_ndim, params
+    return map_stacked(
+        lambda _, leaf, k: is_array(leaf) and np.ndim(leaf) - k >= min_ndim,
+        params,
+        stacked_axes,
     )
 
 
@@ -269,7 +297,7 @@ def elastic_net(params: PyTree, *, l1_ratio: float = 0.5, mask=None) -> jax.Arra
     )
 
 
-def group_lasso(params: PyTree, *, axis=0, mask=None) -> jax.Array:
+def group_lasso(params: PyTree, *, axis=0, mask=None, stacked_axes=None) -> jax.Array:
     r"""Group-lasso penalty of Yuan & Lin (2006), groups spanning ``axis``.
 
     Each leaf is cut into groups :math:`w_g`: a group holds the entries that share
@@ -291,13 +319,16 @@ def group_lasso(params: PyTree, *, axis=0, mask=None) -> jax.Array:
       axis: int or tuple of ints, the axes each group spans (applied to every
         selected leaf; each leaf must have them).
       mask: optional bool pytree (or callable) selecting leaves.
+      stacked_axes: leading layer axes of stacked layers (as for
+        :func:`mask_by_ndim`); ``axis`` and the group size count on the
+        per-layer shape, so a stack gives the sum of its layers' penalties.
 
     Returns:
       A float32 (or wider) scalar.
 
     Raises:
       ValueError: ``axis`` out of range for a selected leaf (the message names the
-        leaf); a mask with another structure.
+        leaf); a mask with another structure; a bad ``stacked_axes``.
       TypeError: ``axis`` not an int or tuple of ints.
 
     Examples:
@@ -311,14 +342,30 @@ def group_lasso(params: PyTree, *, axis=0, mask=None) -> jax.Array:
       variables." JRSS B 68(1), 2006. https://doi.org/10.1111/j.1467-9868.2005.00532.x
     """
     terms = []
-    for path, w in selected_float_leaves(params, mask):
-        axes = on_leaf(lambda w: check_axes(axis, w.ndim), path, w)
+    for path, w, k in selected_stacked_leaves(params, mask, stacked_axes):
+        axes = on_leaf(lambda w, k: check_layer_axes(axis, w.ndim, k), path, w, k)
         size = math.prod(w.shape[a] for a in axes)
         terms.append(math.sqrt(size) * jnp.sum(norm(w, axis=axes)))
     return _total(terms)
 
 
-def orthogonal(params: PyTree, *, mode: str = "rows", mask=None) -> jax.Array:
+def _orthogonal_term(w: jax.Array, mode: str) -> jax.Array:
+    """The mean absolute cosine similarity of one 2-D matrix's rows/columns."""
+    v = promote_f32(w) if mode == "rows" else promote_f32(w).T
+    n = v.shape[0]
+    if n < 2:
+        return jnp.zeros((), v.dtype)
+    # Unit vectors without forming the (overflow-prone) squared norms.
+    scale, unit_norm = norm_parts(v, axis=1, keepdims=True)
+    unit = safe_div(v / scale, unit_norm)
+    gram = unit @ unit.T
+    off = jnp.abs(gram) * (1.0 - jnp.eye(n, dtype=gram.dtype))
+    return 0.5 * jnp.sum(off) / (n * (n - 1) / 2.0)
+
+
+def orthogonal(
+    params: PyTree, *, mode: str = "rows", mask=None, stacked_axes=None
+) -> jax.Array:
     r"""Orthogonality penalty on 2-D kernels, equal to Keras' ``OrthogonalRegularizer``.
 
     For a matrix :math:`W` with rows (``mode="rows"``) or columns
@@ -341,9 +388,12 @@ def orthogonal(params: PyTree, *, mode: str = "rows", mask=None) -> jax.Array:
         :func:`mask_by_ndim`, to skip the others, or reshape conv kernels first).
       mode: ``"rows"`` or ``"columns"``.
       mask: optional bool pytree (or callable) selecting leaves.
+      stacked_axes: leading layer axes of stacked layers (as for
+        :func:`mask_by_ndim`): each layer's matrix is penalised on its own and
+        the terms are summed, as for the unstacked model.
 
     Returns:
-      A float32 (or wider) scalar in ``[0, 1]`` per leaf.
+      A float32 (or wider) scalar in ``[0, 1]`` per leaf (per layer).
 
     Raises:
       ValueError: unknown ``mode``; a selected leaf that is not 2-D; a mask with
@@ -364,22 +414,14 @@ def orthogonal(params: PyTree, *, mode: str = "rows", mask=None) -> jax.Array:
     """
     check_choice(mode, "mode", ("rows", "columns"))
     terms = []
-    for path, w in selected_float_leaves(params, mask):
-        if w.ndim != 2:
+    for path, w, k in selected_stacked_leaves(params, mask, stacked_axes):
+        if w.ndim - k != 2:
+            layers = f" after its {k} layer axes" if k else ""
             raise ValueError(
                 f"`orthogonal` needs 2-D kernels; leaf {path or '<root>'!r} has shape "
-                f"{w.shape}. Exclude it with `mask=jaxreg.mask_by_ndim(params)` (or a "
-                "path mask), or reshape conv kernels to 2-D first."
+                f"{w.shape}{layers}. Exclude it with `mask=jaxreg.mask_by_ndim(params)` "
+                "(or a path mask), or reshape conv kernels to 2-D first."
             )
-        v = promote_f32(w) if mode == "rows" else promote_f32(w).T
-        n = v.shape[0]
-        if n < 2:
-            terms.append(jnp.zeros((), v.dtype))
-            continue
-        # Unit vectors without forming the (overflow-prone) squared norms.
-        scale, unit_norm = norm_parts(v, axis=1, keepdims=True)
-        unit = safe_div(v / scale, unit_norm)
-        gram = unit @ unit.T
-        off = jnp.abs(gram) * (1.0 - jnp.eye(n, dtype=gram.dtype))
-        terms.append(0.5 * jnp.sum(off) / (n * (n - 1) / 2.0))
+        term = per_layer(functools.partial(_orthogonal_term, mode=mode), k)
+        terms.append(jnp.sum(term(w)))
     return _total(terms)

@@ -70,10 +70,13 @@ from jaxreg._checks import (
 from jaxreg._numerics import clip_traced, norm_parts, promote_f32, safe_div
 from jaxreg._trees import (
     check_mask,
+    check_stacked_axes,
     float_grad,
     map_float_params,
     on_leaf,
+    per_layer,
     resolve_mask,
+    resolve_stacked,
 )
 from jaxreg.constraints import max_norm, min_max_norm, non_neg, unit_norm
 from jaxreg.penalties import l1, l2
@@ -286,7 +289,7 @@ def add_l2(strength, *, mask=None) -> optax.GradientTransformation:
 
 
 def project(
-    projection_fn: Callable[[jax.Array], jax.Array], *, mask=None
+    projection_fn: Callable[[jax.Array], jax.Array], *, mask=None, stacked_axes=None
 ) -> optax.GradientTransformation:
     r"""Rewrite the updates so that the step lands on ``projection_fn``'s output.
 
@@ -311,14 +314,19 @@ def project(
         every selected leaf.
       mask: optional bool pytree (or callable) of the leaves to constrain; use
         ``mask=jaxreg.mask_by_ndim`` to leave biases and norm scales alone.
+      stacked_axes: leading layer axes of stacked layers (see
+        :func:`jaxreg.mask_by_ndim`): ``projection_fn`` is applied to each
+        layer's slice on its own (``jax.vmap`` over the layer axes), as on the
+        unstacked model.
 
     Returns:
       An :class:`optax.GradientTransformation` with state ``optax.EmptyState``
       (inside ``optax.MaskedState`` when masked).
 
     Raises:
-      TypeError: ``projection_fn`` not callable.
-      ValueError: ``params=None`` in ``update``; a mask with another structure.
+      TypeError: ``projection_fn`` not callable; a bad ``stacked_axes``.
+      ValueError: ``params=None`` in ``update``; a mask with another structure;
+        ``stacked_axes`` above a leaf's rank.
         A ValueError/TypeError raised by ``projection_fn`` on a leaf is re-raised
         with the leaf's path and the ``mask`` that excludes it.
 
@@ -340,18 +348,22 @@ def project(
         del params
         return optax.EmptyState()
 
-    def project_leaf(path, u, p):
-        return _update_to(on_leaf(projection_fn, path, _stepped(u, p)), u, p)
+    check_stacked_axes(stacked_axes)
+
+    def project_leaf(path, u, p, k):
+        fn = per_layer(projection_fn, k)
+        return _update_to(on_leaf(fn, path, _stepped(u, p)), u, p)
 
     def update_fn(updates, state, params=None):
         _require_params(params, "project")
-        return map_float_params(project_leaf, updates, params), state
+        counts = resolve_stacked(stacked_axes, params)
+        return map_float_params(project_leaf, updates, params, counts), state
 
     return _with_mask(optax.GradientTransformation(init_fn, update_fn), mask)
 
 
 def max_norm_constraint(
-    max_value, *, axis=0, mask=None
+    max_value, *, axis=0, mask=None, stacked_axes=None
 ) -> optax.GradientTransformation:
     r"""Project onto per-slice norm :math:`\le` ``max_value`` after each step.
 
@@ -364,6 +376,8 @@ def max_norm_constraint(
         every selected leaf); under :func:`optax.inject_hyperparams` pass
         ``static_args="axis"``.
       mask: optional bool pytree (or callable) of the leaves to constrain.
+      stacked_axes: leading layer axes of stacked layers (as for
+        :func:`project`); ``axis`` counts on the per-layer shape.
 
     Returns:
       An :class:`optax.GradientTransformation`.
@@ -390,16 +404,22 @@ def max_norm_constraint(
     check_positive(max_value, "max_value")
     check_axes_syntax(axis)
     return project(
-        functools.partial(max_norm, max_value=max_value, axis=axis), mask=mask
+        functools.partial(max_norm, max_value=max_value, axis=axis),
+        mask=mask,
+        stacked_axes=stacked_axes,
     )
 
 
-def unit_norm_constraint(*, axis=0, mask=None) -> optax.GradientTransformation:
+def unit_norm_constraint(
+    *, axis=0, mask=None, stacked_axes=None
+) -> optax.GradientTransformation:
     """Project each slice onto the unit sphere after each step (:func:`jaxreg.unit_norm`).
 
     Args:
       axis: int or tuple, the axes the norm runs over (Keras semantics).
       mask: optional bool pytree (or callable) of the leaves to constrain.
+      stacked_axes: leading layer axes of stacked layers (as for
+        :func:`project`); ``axis`` counts on the per-layer shape.
 
     Returns:
       An :class:`optax.GradientTransformation`.
@@ -417,11 +437,13 @@ def unit_norm_constraint(*, axis=0, mask=None) -> optax.GradientTransformation:
              [0.8]], dtype=float32)
     """
     check_axes_syntax(axis)
-    return project(functools.partial(unit_norm, axis=axis), mask=mask)
+    return project(
+        functools.partial(unit_norm, axis=axis), mask=mask, stacked_axes=stacked_axes
+    )
 
 
 def min_max_norm_constraint(
-    min_value, max_value, *, rate=1.0, axis=0, mask=None
+    min_value, max_value, *, rate=1.0, axis=0, mask=None, stacked_axes=None
 ) -> optax.GradientTransformation:
     """Keep each slice's norm in ``[min_value, max_value]`` after each step.
 
@@ -433,6 +455,8 @@ def min_max_norm_constraint(
       rate: fraction in ``[0, 1]`` of the way to move toward the interval per step.
       axis: int or tuple, the axes the norm runs over (Keras semantics).
       mask: optional bool pytree (or callable) of the leaves to constrain.
+      stacked_axes: leading layer axes of stacked layers (as for
+        :func:`project`); ``axis`` counts on the per-layer shape.
 
     Returns:
       An :class:`optax.GradientTransformation`.
@@ -461,6 +485,7 @@ def min_max_norm_constraint(
             axis=axis,
         ),
         mask=mask,
+        stacked_axes=stacked_axes,
     )
 
 
@@ -491,19 +516,29 @@ def non_neg_constraint(*, mask=None) -> optax.GradientTransformation:
 # ---------------------------------------------------------------------------
 
 
-def _prox_transform(name: str, prox: Callable, strength, learning_rate, mask):
+def _prox_transform(
+    name: str, prox: Callable, strength, learning_rate, mask, stacked_axes=None
+):
     """Shared plumbing of the transform ``name``: ``u <- prox(w + u, t) - w`` on
-    every floating leaf, with ``t = learning_rate * strength`` at this step."""
+    every floating leaf (each layer's slice of a stacked leaf on its own), with
+    ``t = learning_rate * strength`` at this step."""
     strength = _check_hparam(strength, "strength")
     learning_rate = _check_hparam(learning_rate, "learning_rate")
+    check_stacked_axes(stacked_axes)
+
+    def prox_leaf(path, u, p, k, t):
+        fn = per_layer(prox, k, in_axes=(0, None))
+        return _update_to(on_leaf(fn, path, _stepped(u, p), t), u, p)
 
     def update_fn(updates, state, params=None):
         _require_params(params, name)
         t = _at(learning_rate, state.count) * _at(strength, state.count)
+        counts = resolve_stacked(stacked_axes, params)
         new = map_float_params(
-            lambda path, u, p: _update_to(on_leaf(prox, path, _stepped(u, p), t), u, p),
+            lambda path, u, p, k: prox_leaf(path, u, p, k, t),
             updates,
             params,
+            counts,
         )
         return new, ProxState(count=optax.safe_int32_increment(state.count))
 
@@ -565,7 +600,7 @@ def l1_prox(strength, learning_rate, *, mask=None) -> optax.GradientTransformati
 
 
 def group_lasso_prox(
-    strength, learning_rate, *, axis=0, mask=None
+    strength, learning_rate, *, axis=0, mask=None, stacked_axes=None
 ) -> optax.GradientTransformation:
     r"""Proximal step of :func:`jaxreg.group_lasso`: block soft-thresholding.
 
@@ -584,6 +619,8 @@ def group_lasso_prox(
       axis: int or tuple, the axes a group spans (as in :func:`jaxreg.group_lasso`);
         under :func:`optax.inject_hyperparams` pass ``static_args="axis"``.
       mask: optional bool pytree (or callable) of the leaves to regularize.
+      stacked_axes: leading layer axes of stacked layers (as for
+        :func:`project`); groups are formed within each layer.
 
     Returns:
       An :class:`optax.GradientTransformation` with a :class:`ProxState`; put it
@@ -619,7 +656,12 @@ def group_lasso_prox(
         return (promote_f32(w) * factor).astype(w.dtype)
 
     return _prox_transform(
-        "group_lasso_prox", block_soft_threshold, strength, learning_rate, mask
+        "group_lasso_prox",
+        block_soft_threshold,
+        strength,
+        learning_rate,
+        mask,
+        stacked_axes,
     )
 
 
