@@ -335,12 +335,21 @@ GAUSSIAN_DROPOUT = Layer(
     _stochastic.gaussian_dropout, {"rate": rate_below_one_field}, False
 )
 GAUSSIAN_NOISE = Layer(_stochastic.gaussian_noise, {"stddev": check_nonnegative}, False)
-ALPHA_DROPOUT = Layer(_stochastic.alpha_dropout, {"rate": check_rate})
+ALPHA_DROPOUT = Layer(
+    _stochastic.alpha_dropout,
+    {"rate": check_rate, "broadcast_dims": broadcast_dims_field},
+)
 DROP_PATH = Layer(
     _stochastic.drop_path, {"rate": check_rate, "mode": drop_path_mode_field}
 )
 DROPBLOCK = Layer(
-    _stochastic.dropblock, {"rate": check_rate, "block_size": positive_int_field}
+    _stochastic.dropblock,
+    {
+        "rate": check_rate,
+        "block_size": positive_int_field,
+        "couple_channels": check_bool,
+        "gamma_scale": check_nonnegative,
+    },
 )
 
 

@@ -424,7 +424,7 @@ def select_scaled(words, x: jax.Array, scale, *, broadcast_dims=(), manual=None)
 
 
 def masked_select(
-    key, rate, on_keep: jax.Array, on_drop: jax.Array, *, manual=None
+    key, rate, on_keep: jax.Array, on_drop: jax.Array, *, broadcast_dims=(), manual=None
 ) -> jax.Array:
     """``where(keep_mask(key, on_keep.shape, rate), on_keep, on_drop)``, key-only.
 
@@ -432,7 +432,8 @@ def masked_select(
     in the backward pass instead of stored. ``rate`` must already be checked;
     ``on_drop`` has the dtype of ``on_keep`` and its shape, or is a scalar (a
     fill value, broadcast inside the region so that no array of that shape is
-    kept for the backward pass). ``manual`` as in :func:`masked_scale`.
+    kept for the backward pass). ``broadcast_dims`` (normalised) share one
+    decision, and ``manual``, as in :func:`masked_scale`.
     """
     value = static_value(rate)
     if value == 0.0:
@@ -446,7 +447,7 @@ def masked_select(
         jnp.asarray(drop_all),
         on_keep,
         on_drop,
-        _mask_layout(on_keep.shape, (), manual),
+        _mask_layout(on_keep.shape, broadcast_dims, manual),
     )
 
 
@@ -767,7 +768,7 @@ def keep_mask(
 # words and scalars, and the backward pass regenerates the blocks.
 
 
-def _block_keep(seed, t, drop_all, x, block_size, manual):
+def _block_keep(seed, t, drop_all, x, block_size, manual, coupled=False):
     """DropBlock's keep-mask of an NHWC ``x``: a position is kept iff no seed
     of ``keep_mask`` drops in the ``block_size x block_size`` window of the grid
     padded by ``block_size - 1`` that ends at it.
@@ -782,11 +783,16 @@ def _block_keep(seed, t, drop_all, x, block_size, manual):
     block of the padded grid: its own positions plus the ``block_size - 1``
     rows and columns after them (the halo, which its neighbour draws too), so
     blocks that cross shard borders are whole without communication.
+
+    ``coupled``: one seed grid per example, shared by every channel (size 1 on
+    the channel axis, which no shard then splits).
     """
     n, h, w, c = x.shape
     pad = block_size - 1
     halo = (0, pad, pad, 0) if manual is not None else ()
-    layout = _Layout((n, h + pad, w + pad, c), manual, halo)
+    if coupled and manual is not None:
+        manual = (*manual[:3], ())
+    layout = _Layout((n, h + pad, w + pad, 1 if coupled else c), manual, halo)
     m = _keep_like(seed, layout, t, drop_all, x).astype(jnp.uint8)
     for window in ((1, block_size, 1, 1), (1, 1, block_size, 1)):
         m = lax.reduce_window(m, np.uint8(255), lax.min, window, (1, 1, 1, 1), "VALID")
@@ -794,11 +800,11 @@ def _block_keep(seed, t, drop_all, x, block_size, manual):
 
 
 def _select_scaled_blocks(seed, t, drop_all, scale, x, params):
-    block_size, manual = params
+    block_size, manual, coupled = params
     sharding = explicit_sharding(x)
     split = None if sharding is None else spec_entries(sharding.spec, 4)
     if split is None or not (split[1] or split[2]):
-        keep = _block_keep(seed, t, drop_all, x, block_size, manual)
+        keep = _block_keep(seed, t, drop_all, x, block_size, manual, coupled)
         return _scale_where(keep, x, scale)
     # The spatial axes are split over Explicit mesh axes: blocks cross device
     # borders, so each device draws its block with its halo, as inside
@@ -808,7 +814,7 @@ def _select_scaled_blocks(seed, t, drop_all, scale, x, params):
     inner = tuple(a + b for a, b in zip(outer, split, strict=True))
 
     def local(seed, t, drop_all, scale, x):
-        keep = _block_keep(seed, t, drop_all, x, block_size, inner)
+        keep = _block_keep(seed, t, drop_all, x, block_size, inner, coupled)
         return _scale_where(keep, x, scale)
 
     spec = P(*sharding.spec)
@@ -824,7 +830,9 @@ def _select_scaled_blocks(seed, t, drop_all, scale, x, params):
 _select_scaled_blocks_remat = _key_only(_select_scaled_blocks)
 
 
-def masked_scale_blocks(key, x: jax.Array, rate, scale, block_size: int, manual=None):
+def masked_scale_blocks(
+    key, x: jax.Array, rate, scale, block_size: int, manual=None, coupled=False
+):
     """``where(blocks, x * scale, 0)`` for an NHWC ``x``, key-only.
 
     ``blocks`` is the keep-mask ``keep_mask(key, (N, H + b - 1, W + b - 1, C),
@@ -832,7 +840,8 @@ def masked_scale_blocks(key, x: jax.Array, rate, scale, block_size: int, manual=
     :func:`_block_keep`. Computed in (at least) float32 and rounded once to
     ``x.dtype``; under autodiff only the seed words and scalars are kept, the
     backward pass regenerates the blocks. ``rate`` (the seed rate) must already be
-    checked; ``manual`` as in :func:`masked_scale`.
+    checked; ``manual`` as in :func:`masked_scale`; ``coupled`` shares one
+    block mask across the channels.
     """
     t, drop_all = _threshold_arrays(rate)
     return _select_scaled_blocks_remat(
@@ -841,5 +850,5 @@ def masked_scale_blocks(key, x: jax.Array, rate, scale, block_size: int, manual=
         jnp.asarray(drop_all),
         jnp.asarray(scale),
         x,
-        (block_size, manual),
+        (block_size, manual, coupled),
     )

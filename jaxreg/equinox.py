@@ -277,6 +277,9 @@ class AlphaDropout(_Family):
     Attributes:
       rate: drop probability in ``[0, 1]``.
       inference: if True return the input.
+      broadcast_dims: axes sharing one keep decision (keyword only); ``(0, 1)``
+        on one HWC example is feature alpha dropout (PyTorch's
+        ``FeatureAlphaDropout``).
 
     Examples:
       >>> import jax, jaxreg.equinox as je
@@ -293,6 +296,7 @@ class AlphaDropout(_Family):
     LAYER = _layers.ALPHA_DROPOUT
     rate: float = eqx.field(static=True)
     inference: bool = False
+    broadcast_dims: Sequence[int] = _option(())
 
 
 class DropPath(_Family):
@@ -337,6 +341,11 @@ class DropBlock(_Family):
       rate: per-position drop probability, in ``[0, 1]``.
       inference: if True return the input.
       block_size: side of the square blocks, an int ``>= 1`` (keyword only).
+      couple_channels: one block mask shared by all channels of an example
+        (keyword only; default: one per channel, as timm and the paper's
+        Algorithm 1).
+      gamma_scale: factor ``>= 0`` on the seed rate (keyword only; timm's
+        ``gamma_scale``).
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg.equinox as je
@@ -353,6 +362,8 @@ class DropBlock(_Family):
     rate: float = eqx.field(static=True)
     inference: bool = False
     block_size: int = _option(7)
+    couple_channels: bool = _option(False)
+    gamma_scale: float = _option(1.0)
 
 
 # --------------------------------------------------------------------------------

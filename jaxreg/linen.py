@@ -335,6 +335,8 @@ class AlphaDropout(_Family):
 
     Attributes:
       rate: drop probability in ``[0, 1]``.
+      broadcast_dims: axes sharing one keep decision; ``(1, 2)`` on an NHWC
+        batch is feature alpha dropout (PyTorch's ``FeatureAlphaDropout``).
       deterministic: if True return the inputs (constructor or call, once).
       rng_collection: the rng collection the key is drawn from.
 
@@ -353,6 +355,7 @@ class AlphaDropout(_Family):
 
     LAYER = _layers.ALPHA_DROPOUT
     rate: float
+    broadcast_dims: Sequence[int] = ()
     deterministic: bool | None = None
     rng_collection: str = "dropout"
 
@@ -399,6 +402,9 @@ class DropBlock(_Family):
     Attributes:
       rate: per-position drop probability, in ``[0, 1]``.
       block_size: side of the square blocks, an int ``>= 1`` (NumPy ints too).
+      couple_channels: one block mask shared by all channels of an example
+        (default: one per channel, as timm and the paper's Algorithm 1).
+      gamma_scale: factor ``>= 0`` on the seed rate (timm's ``gamma_scale``).
       deterministic: if True return the inputs (constructor or call, once).
       rng_collection: the rng collection the key is drawn from.
 
@@ -418,6 +424,8 @@ class DropBlock(_Family):
     LAYER = _layers.DROPBLOCK
     rate: float
     block_size: int = 7
+    couple_channels: bool = False
+    gamma_scale: float = 1.0
     deterministic: bool | None = None
     rng_collection: str = "dropout"
 

@@ -493,13 +493,15 @@ class GaussianNoise(_Family):
         self._init_family(deterministic, rng_collection, rngs, stddev=stddev)
 
 
-class AlphaDropout(_RateOnly):
+class AlphaDropout(_Family):
     """Alpha dropout for self-normalizing (SELU) networks.
 
     See :func:`jaxreg.alpha_dropout`.
 
     Args:
       rate: drop probability in ``[0, 1]``.
+      broadcast_dims: axes sharing one keep decision; ``(1, 2)`` on an NHWC
+        batch is feature alpha dropout (PyTorch's ``FeatureAlphaDropout``).
       deterministic: if True return the inputs.
       rng_collection: the stream taken from an ``nnx.Rngs``.
       rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None.
@@ -519,6 +521,23 @@ class AlphaDropout(_RateOnly):
     """
 
     LAYER = _layers.ALPHA_DROPOUT
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        broadcast_dims: Sequence[int] = (),
+        deterministic: bool | None = False,
+        rng_collection: str = "dropout",
+        rngs: _Rngs | None = None,
+    ):
+        self._init_family(
+            deterministic,
+            rng_collection,
+            rngs,
+            rate=rate,
+            broadcast_dims=broadcast_dims,
+        )
 
 
 class DropPath(_Family):
@@ -568,6 +587,9 @@ class DropBlock(_Family):
     Args:
       rate: per-position drop probability, in ``[0, 1]``.
       block_size: side of the square blocks (``>= 1``).
+      couple_channels: one block mask shared by all channels of an example
+        (default: one per channel, as timm and the paper's Algorithm 1).
+      gamma_scale: factor ``>= 0`` on the seed rate (timm's ``gamma_scale``).
       deterministic: if True return the inputs.
       rng_collection: the stream taken from an ``nnx.Rngs``.
       rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None.
@@ -592,12 +614,20 @@ class DropBlock(_Family):
         rate: float,
         *,
         block_size: int = 7,
+        couple_channels: bool = False,
+        gamma_scale: float = 1.0,
         deterministic: bool | None = False,
         rng_collection: str = "dropout",
         rngs: _Rngs | None = None,
     ):
         self._init_family(
-            deterministic, rng_collection, rngs, rate=rate, block_size=block_size
+            deterministic,
+            rng_collection,
+            rngs,
+            rate=rate,
+            block_size=block_size,
+            couple_channels=couple_channels,
+            gamma_scale=gamma_scale,
         )
 
 

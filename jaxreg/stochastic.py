@@ -349,7 +349,13 @@ def gaussian_noise(
 
 
 def alpha_dropout(
-    key, x: jax.typing.ArrayLike, rate, *, deterministic: bool = False, shard_spec=None
+    key,
+    x: jax.typing.ArrayLike,
+    rate,
+    *,
+    broadcast_dims: Sequence[int] = (),
+    deterministic: bool = False,
+    shard_spec=None,
 ) -> jax.Array:
     """Alpha dropout for self-normalizing (SELU) networks.
 
@@ -361,10 +367,18 @@ def alpha_dropout(
 
     Inference returns ``x``. At ``rate == 1`` the output is the limit ``0``.
 
+    With ``broadcast_dims`` one keep decision is shared along those axes: for an
+    NHWC batch, ``broadcast_dims=(1, 2)`` drops whole channel maps, as PyTorch's
+    ``FeatureAlphaDropout`` does for NCHW input (its ``(2, 3)``). Each element
+    still is ``x`` or ``alpha'`` with the same marginal probabilities, so the
+    mean and variance of a standard-normal input are kept just the same.
+
     Args:
       key: PRNG key (may be None when ``deterministic=True`` or rate is 0 or 1).
       x: floating array.
       rate: drop probability in ``[0, 1]``.
+      broadcast_dims: axes along which one keep decision is shared (feature alpha
+        dropout), as in :func:`dropout`.
       deterministic: return ``x`` unchanged.
       shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` of
         ``x`` (its ``in_specs`` entry, over the manual mesh axes): ``x`` is
@@ -376,7 +390,7 @@ def alpha_dropout(
       An array with the shape and dtype of ``x``.
 
     Raises:
-      ValueError: bad ``rate`` or ``shard_spec``, missing key.
+      ValueError: bad ``rate``, ``broadcast_dims`` or ``shard_spec``, missing key.
       TypeError: non-float ``x``.
 
     Examples:
@@ -385,14 +399,21 @@ def alpha_dropout(
       >>> y = jaxreg.alpha_dropout(jax.random.key(1), x, 0.2)
       >>> bool(abs(y.mean()) < 0.02 and abs(y.var() - 1) < 0.02)
       True
+      >>> # Feature alpha dropout: whole channel maps of an NHWC batch.
+      >>> x = jnp.ones((2, 4, 4, 3))
+      >>> y = jaxreg.alpha_dropout(jax.random.key(1), x, 0.5, broadcast_dims=(1, 2))
+      >>> bool(jnp.all(y == y[:, :1, :1, :]))
+      True
 
     References:
       Klambauer, Unterthiner, Mayr, Hochreiter. "Self-Normalizing Neural
       Networks." NeurIPS 2017, section "New Dropout Technique".
-      https://arxiv.org/abs/1706.02515
+      https://arxiv.org/abs/1706.02515 ; PyTorch ``FeatureAlphaDropout``,
+      https://pytorch.org/docs/stable/generated/torch.nn.FeatureAlphaDropout.html
     """
     x = check_float_array(x)
     rate = check_rate(rate)
+    dims = check_broadcast_dims(broadcast_dims, x.ndim)
     manual = check_shard_spec(shard_spec, x.ndim)
     if _check_deterministic(deterministic, key):
         return x
@@ -408,7 +429,9 @@ def alpha_dropout(
     # where(keep_mask(key, x.shape, rate), x, alpha'); the mask is regenerated in
     # the backward pass from the key's seed words instead of stored.
     alpha = jnp.asarray(_ALPHA_PRIME, ct)
-    y = masked_select(key, rate, x.astype(ct), alpha, manual=manual)
+    y = masked_select(
+        key, rate, x.astype(ct), alpha, broadcast_dims=dims, manual=manual
+    )
     return (a * y + jnp.where(q > 0, b, 0.0)).astype(x.dtype)
 
 
@@ -477,14 +500,16 @@ def drop_path(
     )
 
 
-def _dropblock_center_rate(rate, block_size: int):
-    """Per-position seed rate ``gamma`` with ``1 - (1 - gamma)**(b*b) == rate``."""
+def _dropblock_center_rate(rate, block_size: int, gamma_scale=1.0):
+    """Per-position seed rate ``gamma`` with ``1 - (1 - gamma)**(b*b) == rate``,
+    times ``gamma_scale`` (clipped to 1)."""
     n = block_size * block_size
-    value = static_value(rate)
-    if value is not None:
-        return 1.0 - (1.0 - value) ** (1.0 / n)
+    value, scale = static_value(rate), static_value(gamma_scale)
+    if value is not None and scale is not None:
+        return min(1.0, scale * (1.0 - (1.0 - value) ** (1.0 / n)))
     r = jnp.clip(jnp.asarray(rate, jnp.float32), 0.0, 1.0)
-    return 1.0 - (1.0 - r) ** (1.0 / n)
+    s = clip_traced(jnp.asarray(gamma_scale, jnp.float32), 0.0)
+    return jnp.minimum(1.0, s * (1.0 - (1.0 - r) ** (1.0 / n)))
 
 
 def dropblock(
@@ -493,6 +518,8 @@ def dropblock(
     rate,
     *,
     block_size: int = 7,
+    couple_channels: bool = False,
+    gamma_scale=1.0,
     deterministic: bool = False,
     shard_spec=None,
 ) -> jax.Array:
@@ -507,12 +534,34 @@ def dropblock(
     centres inside the map, which drops edges less often). Kept units are scaled by
     ``1 / (1 - rate_realised)``, so ``E[output] == x``; inference returns ``x``.
 
+    **Channels.** By default each channel gets its own block mask: the form of
+    the paper's Algorithm 1, of the reference TensorFlow implementation and of
+    timm's ``DropBlock2d``. ``couple_channels=True`` draws one block mask per
+    example and shares it across all channels (the paper discusses this shared
+    variant too; it removes a region from every feature map at once).
+
+    **gamma_scale** multiplies the seed rate, as timm's argument of that name
+    does: the seed rate is ``min(1, gamma_scale * gamma)``, so each position is
+    dropped with probability ``1 - (1 - gamma_scale * gamma) ** block_size**2``
+    and kept units are scaled by the inverse of that keep probability (the
+    expectation stays exact). ``gamma_scale=1`` (the default) gives the rate
+    ``rate``.
+
+    **Schedules.** Ghiasi et al. raise the drop rate linearly from 0 to its final
+    value over training; ``rate`` may be a traced scalar, e.g. a schedule
+    evaluated at the step inside one compiled train step
+    (e.g. :func:`jaxreg.schedules.linear_ramp`, as the paper does).
+
     Args:
       key: PRNG key (may be None when ``deterministic=True`` or rate is 0 or 1).
       x: floating array of shape ``(N, H, W, C)``.
-      rate: drop probability of each position, in ``[0, 1]``.
+      rate: drop probability of each position, in ``[0, 1]`` (a Python float or
+        a traced scalar).
       block_size: side of the square blocks, a Python or NumPy int ``>= 1`` (1 is
         plain dropout).
+      couple_channels: share one block mask across the channels of an example.
+      gamma_scale: factor ``>= 0`` on the seed rate (a Python float or a traced
+        scalar; a traced negative value acts as 0).
       deterministic: return ``x`` unchanged.
       shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` of
         ``x`` (its ``in_specs`` entry, over the manual mesh axes): ``x`` is
@@ -526,8 +575,10 @@ def dropblock(
       An array with the shape and dtype of ``x``.
 
     Raises:
-      ValueError: ``x`` not rank 4, ``block_size < 1``, bad ``rate``, missing key.
-      TypeError: non-float ``x``, non-int ``block_size``.
+      ValueError: ``x`` not rank 4, ``block_size < 1``, bad ``rate``, negative
+        ``gamma_scale``, missing key.
+      TypeError: non-float ``x``, non-int ``block_size``, non-bool
+        ``couple_channels``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg
@@ -535,6 +586,10 @@ def dropblock(
       ...                      block_size=3)
       >>> y.shape
       (1, 8, 8, 1)
+      >>> y = jaxreg.dropblock(jax.random.key(0), jnp.ones((2, 8, 8, 4)), 0.2,
+      ...                      block_size=3, couple_channels=True)
+      >>> bool(jnp.all(y == y[..., :1]))  # one mask for all channels
+      True
 
     References:
       Ghiasi, Lin, Le. "DropBlock: A regularization method for convolutional
@@ -547,19 +602,23 @@ def dropblock(
         )
     block_size = check_int(block_size, "block_size", minimum=1)
     rate = check_rate(rate)
+    coupled = check_bool(couple_channels, "couple_channels")
+    gamma_scale = check_nonnegative(gamma_scale, "gamma_scale")
     manual = check_shard_spec(shard_spec, x.ndim)
     if _check_deterministic(deterministic, key):
         return x
     edge = _static_edge(x, rate)
     if edge is not None:
         return edge
-    gamma = _dropblock_center_rate(rate, block_size)
+    gamma = _dropblock_center_rate(rate, block_size, gamma_scale)
     keep = keep_probability(gamma) ** (block_size * block_size)
-    # The seeds are keep_mask(key, (N, H + b - 1, W + b - 1, C), gamma), grown into
-    # blocks by a b x b window minimum; seeds and blocks are regenerated in the
-    # backward pass from the key's seed words instead of stored.
+    # The seeds are keep_mask(key, (N, H + b - 1, W + b - 1, C or 1), gamma),
+    # grown into blocks by a b x b window minimum; seeds and blocks are
+    # regenerated in the backward pass from the key's seed words instead of stored.
     scale = safe_inverse(keep)
-    return masked_scale_blocks(key, x, gamma, scale, block_size, manual=manual)
+    return masked_scale_blocks(
+        key, x, gamma, scale, block_size, manual=manual, coupled=coupled
+    )
 
 
 def zoneout(
