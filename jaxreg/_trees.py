@@ -34,6 +34,7 @@ __all__ = [
     "resolve_stacked",
     "selected_stacked_leaves",
     "check_mask",
+    "flatten_like",
     "float_grad",
     "is_array",
     "is_float_leaf",
@@ -417,6 +418,14 @@ def map_stacked(fn: Callable, params: PyTree, stacked_axes=None) -> PyTree:
         fn(path_string(p), leaf, k) for (p, leaf), k in zip(paths, counts, strict=True)
     ]
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def flatten_like(params: PyTree, *trees) -> tuple[Any, list, list[list]]:
+    """``(treedef, leaves of params, [leaves of each tree])``, each tree cut at
+    the leaves of ``params`` (a tree may hold None or any subtree there, e.g.
+    Equinox's None updates or a transform's per-leaf state)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    return treedef, leaves, [treedef.flatten_up_to(t) for t in trees]
 
 
 def per_layer(fn: Callable, k: int, in_axes=0) -> Callable:

@@ -32,19 +32,24 @@ To apply a constraint after every optimizer step, use
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from jaxreg._checks import (
     check_float_array,
+    check_int,
     check_layer_axes,
     check_norm_bounds,
     check_positive,
+    check_stacked_count,
     check_unit_interval,
 )
-from jaxreg._numerics import clip_traced, norm_parts, promote_f32, safe_div
+from jaxreg._numerics import clip_traced, norm, norm_parts, promote_f32, safe_div
+from jaxreg._trees import per_layer
 
-__all__ = ["max_norm", "min_max_norm", "non_neg", "unit_norm"]
+__all__ = ["max_norm", "max_spectral_norm", "min_max_norm", "non_neg", "unit_norm"]
 
 
 def tolerance(dtype) -> float:
@@ -231,3 +236,106 @@ def non_neg(w: jax.typing.ArrayLike) -> jax.Array:
     """
     w = check_float_array(w, "w")
     return jnp.maximum(w, jnp.zeros((), w.dtype))
+
+
+def _unit(x: jax.Array, fallback: jax.Array) -> jax.Array:
+    """``x / ||x||``, or ``fallback`` where ``x`` is zero (no direction)."""
+    n = norm(x)
+    return jnp.where(n > 0, safe_div(x, n), fallback)
+
+
+def _spectral_step(w: jax.Array, max_value, u: jax.Array, *, n_iter: int):
+    """One matrix's projection (no layer axes): ``(w_new, u_new)``."""
+    m = promote_f32(w).reshape(-1, w.shape[-1])
+    u = promote_f32(u)
+    v = jnp.zeros((m.shape[0],), m.dtype)
+    for _ in range(n_iter):
+        v = _unit(m @ u, v)
+        u = _unit(m.T @ v, u)
+    v = _unit(m @ u, v)
+    sigma = jnp.vdot(v, m @ u)  # <= the largest singular value
+    inside = sigma <= max_value * (1.0 + tolerance(w.dtype))
+    factor = jnp.where(inside, 1.0, safe_div(max_value, sigma))
+    out = jnp.where(inside, promote_f32(w), promote_f32(w) * factor)
+    return out.astype(w.dtype), u
+
+
+def max_spectral_norm(
+    w: jax.typing.ArrayLike,
+    max_value,
+    u: jax.typing.ArrayLike,
+    *,
+    n_power_iterations: int = 1,
+    stacked_axes: int = 0,
+) -> tuple[jax.Array, jax.Array]:
+    r"""Bound the spectral norm (largest singular value) of a weight matrix.
+
+    The kernel is read as the matrix :math:`M` of shape ``(prod(others), out)``
+    (a Dense kernel ``(in, out)`` as is, a conv kernel ``(h, w, in, out)`` as
+    ``(h * w * in, out)``). Power iteration from ``u`` (Miyato et al. 2018),
+
+    .. math::
+
+       v \leftarrow \frac{M u}{\|M u\|}, \quad
+       u \leftarrow \frac{M^\top v}{\|M^\top v\|}, \quad
+       \hat\sigma = v^\top M u ,
+
+    repeated ``n_power_iterations`` times, estimates the spectral norm from
+    below; when :math:`\hat\sigma` exceeds :math:`c` = ``max_value`` the kernel
+    is rescaled by :math:`c / \hat\sigma`. Kernels with :math:`\hat\sigma \le c`
+    come back unchanged, bit for bit (then also :math:`\sigma \le c` is not
+    guaranteed, only :math:`\hat\sigma \le c`: carry ``u`` over the training
+    steps, as :func:`jaxreg.spectral_norm_constraint` does, and the estimate
+    converges to :math:`\sigma` as the weights change slowly). Computed in
+    float32 (or wider); the output dtype equals the input dtype.
+
+    Args:
+      w: floating kernel with at least 2 dimensions after ``stacked_axes``.
+      max_value: the bound :math:`c > 0` (a Python float or a traced scalar).
+      u: the power-iteration vector of shape ``w.shape[:stacked_axes] +
+        (out,)`` (any non-zero start, e.g. a random normal vector).
+      n_power_iterations: power-iteration steps per call, an int ``>= 1``.
+      stacked_axes: the number of leading layer axes (one ``u`` and one bound
+        per layer).
+
+    Returns:
+      ``(w_new, u_new)``: the kernel with the shape and dtype of ``w``, and the
+      updated vector (float32 or wider) to pass to the next call.
+
+    Raises:
+      ValueError: ``max_value <= 0``; ``w`` with fewer than 2 dimensions per
+        layer; ``u`` of another shape; ``n_power_iterations < 1``.
+      TypeError: non-float ``w``; non-int ``n_power_iterations``.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> w = jnp.diag(jnp.array([4.0, 1.0]))  # singular values 4 and 1
+      >>> w_new, u = jaxreg.max_spectral_norm(w, 2.0, jnp.array([1.0, 0.0]))
+      >>> w_new
+      Array([[2. , 0. ],
+             [0. , 0.5]], dtype=float32)
+
+    References:
+      Miyato, Kataoka, Koyama, Yoshida. "Spectral Normalization for Generative
+      Adversarial Networks." ICLR 2018. https://arxiv.org/abs/1802.05957
+    """
+    w = check_float_array(w, "w")
+    c = clip_traced(check_positive(max_value, "max_value"), 0.0)
+    n_iter = check_int(n_power_iterations, "n_power_iterations", minimum=1)
+    k = check_stacked_count(stacked_axes, w.ndim)
+    if w.ndim - k < 2:
+        raise ValueError(
+            f"`max_spectral_norm` needs a matrix per layer (2 or more dimensions "
+            f"after {k} layer axes); got `w` of shape {w.shape}."
+        )
+    u = jnp.asarray(u)
+    want = w.shape[:k] + w.shape[-1:]
+    if u.shape != want:
+        raise ValueError(
+            f"`u` must have shape {want} (the layer axes and the output axis of "
+            f"`w` of shape {w.shape}); got {u.shape}."
+        )
+
+    return per_layer(functools.partial(_spectral_step, n_iter=n_iter), k, (0, None, 0))(
+        w, c, u
+    )

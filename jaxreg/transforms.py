@@ -62,6 +62,7 @@ import optax
 from jaxreg._checks import (
     check_axes,
     check_axes_syntax,
+    check_int,
     check_nonnegative,
     check_norm_bounds,
     check_positive,
@@ -71,19 +72,28 @@ from jaxreg._numerics import clip_traced, norm_parts, promote_f32, safe_div
 from jaxreg._trees import (
     check_mask,
     check_stacked_axes,
+    flatten_like,
     float_grad,
+    is_float_leaf,
     map_float_params,
     on_leaf,
     per_layer,
     resolve_mask,
     resolve_stacked,
 )
-from jaxreg.constraints import max_norm, min_max_norm, non_neg, unit_norm
+from jaxreg.constraints import (
+    max_norm,
+    max_spectral_norm,
+    min_max_norm,
+    non_neg,
+    unit_norm,
+)
 from jaxreg.penalties import l1, l2
 
 __all__ = [
     "PenaltyState",
     "ProxState",
+    "SpectralNormState",
     "add_l1",
     "add_l2",
     "add_penalty",
@@ -94,6 +104,7 @@ __all__ = [
     "min_max_norm_constraint",
     "non_neg_constraint",
     "project",
+    "spectral_norm_constraint",
     "unit_norm_constraint",
 ]
 
@@ -110,6 +121,17 @@ class ProxState(NamedTuple):
     """State of the proximal transforms: the number of updates so far."""
 
     count: jax.Array
+
+
+class SpectralNormState(NamedTuple):
+    """State of :func:`spectral_norm_constraint`.
+
+    ``u`` is a pytree with the structure of the parameters: at every constrained
+    kernel its power-iteration vector (float32, shape ``layer axes + (out,)``),
+    None at the other leaves.
+    """
+
+    u: Any
 
 
 def _check_hparam(value, name: str):
@@ -509,6 +531,115 @@ def non_neg_constraint(*, mask=None) -> optax.GradientTransformation:
       Array([0. , 1.5], dtype=float32)
     """
     return project(non_neg, mask=mask)
+
+
+def spectral_norm_constraint(
+    max_value=1.0,
+    *,
+    n_power_iterations: int = 1,
+    seed: int = 0,
+    mask=None,
+    stacked_axes=None,
+) -> optax.GradientTransformation:
+    r"""Keep every kernel's spectral norm at most ``max_value`` after each step.
+
+    A projection (put it last in the chain, like :func:`project`): each selected
+    floating leaf with at least 2 dimensions per layer is read as the matrix
+    ``(prod(others), out)`` (a conv kernel ``(h, w, in, out)`` as
+    ``(h * w * in, out)``), its largest singular value is estimated by power
+    iteration from a vector ``u`` carried in the transform state (one per kernel
+    and per layer of a stack), and the kernel is rescaled onto the bound when the
+    estimate exceeds it (:func:`jaxreg.max_spectral_norm`). As in Miyato et al.
+    2018 one iteration per step suffices once ``u`` has converged, since the
+    weights change little between steps. Leaves that are not floating or have
+    fewer than 2 dimensions (biases, norm scales, counters) are left alone.
+
+    This complements Flax's ``SpectralNorm`` wrapper, which divides the kernel
+    by its spectral norm in the forward pass: here the parameters themselves are
+    projected (a constraint, not a reparameterization), for any model.
+
+    Args:
+      max_value: the bound ``> 0`` on each kernel's largest singular value.
+      n_power_iterations: power-iteration steps per update, an int ``>= 1``.
+      seed: an int seeding the initial vectors ``u`` (one per kernel, drawn
+        from ``jax.random.key(seed)`` folded with the leaf's index).
+      mask: optional bool pytree (or callable) of the leaves to constrain.
+      stacked_axes: leading layer axes of stacked layers (as for
+        :func:`project`): one ``u`` and one bound per layer.
+
+    Returns:
+      An :class:`optax.GradientTransformation` with a
+      :class:`SpectralNormState` (inside ``optax.MaskedState`` when masked).
+
+    Raises:
+      ValueError: ``max_value <= 0``; ``n_power_iterations < 1``; a bad
+        ``stacked_axes``; ``params=None`` in ``update``.
+      TypeError: non-int ``n_power_iterations`` or ``seed``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax, jaxreg
+      >>> w = {"kernel": jnp.diag(jnp.array([4.0, 1.0])), "bias": jnp.ones(2)}
+      >>> tx = jaxreg.spectral_norm_constraint(2.0)
+      >>> state = tx.init(w)
+      >>> for _ in range(3):
+      ...     u, state = tx.update(jax.tree.map(jnp.zeros_like, w), state, w)
+      ...     w = optax.apply_updates(w, u)
+      >>> bool(jnp.linalg.norm(w["kernel"], 2) <= 2.0 * (1 + 1e-5))
+      True
+      >>> w["bias"]  # 1-D: left alone
+      Array([1., 1.], dtype=float32)
+
+    References:
+      Miyato, Kataoka, Koyama, Yoshida. "Spectral Normalization for Generative
+      Adversarial Networks." ICLR 2018. https://arxiv.org/abs/1802.05957
+    """
+    check_positive(max_value, "max_value")
+    n_iter = check_int(n_power_iterations, "n_power_iterations", minimum=1)
+    seed = check_int(seed, "seed")
+    check_stacked_axes(stacked_axes)
+
+    def kernels(params):
+        counts = resolve_stacked(stacked_axes, params)
+        treedef, leaves, (ks,) = flatten_like(params, counts)
+        flags = [
+            is_float_leaf(p) and jnp.ndim(p) - k >= 2
+            for p, k in zip(leaves, ks, strict=True)
+        ]
+        return treedef, leaves, ks, flags
+
+    def init_fn(params):
+        treedef, leaves, ks, flags = kernels(params)
+        base = jax.random.key(seed)
+        us = []
+        for i, (p, k, f) in enumerate(zip(leaves, ks, flags, strict=True)):
+            if not f:
+                us.append(None)
+                continue
+            shape = jnp.shape(p)[:k] + jnp.shape(p)[-1:]
+            u = jax.random.normal(jax.random.fold_in(base, i), shape, jnp.float32)
+            us.append(u / jnp.linalg.norm(u, axis=-1, keepdims=True))
+        return SpectralNormState(u=treedef.unflatten(us))
+
+    def update_fn(updates, state, params=None):
+        _require_params(params, "spectral_norm_constraint")
+        treedef, leaves, ks, flags = kernels(params)
+        _, _, (ups, us) = flatten_like(params, updates, state.u)
+        new_ups, new_us = [], []
+        for p, k, f, up, u in zip(leaves, ks, flags, ups, us, strict=True):
+            if not f or up is None:
+                new_ups.append(up)
+                new_us.append(u)
+                continue
+            w, u = max_spectral_norm(
+                _stepped(up, p), max_value, u, n_power_iterations=n_iter, stacked_axes=k
+            )
+            new_ups.append(_update_to(w, up, p))
+            new_us.append(u)
+        return treedef.unflatten(new_ups), SpectralNormState(
+            u=treedef.unflatten(new_us)
+        )
+
+    return _with_mask(optax.GradientTransformation(init_fn, update_fn), mask)
 
 
 # ---------------------------------------------------------------------------
