@@ -531,13 +531,8 @@ class AlphaDropout(_Family):
         rng_collection: str = "dropout",
         rngs: _Rngs | None = None,
     ):
-        self._init_family(
-            deterministic,
-            rng_collection,
-            rngs,
-            rate=rate,
-            broadcast_dims=broadcast_dims,
-        )
+        fields = {"rate": rate, "broadcast_dims": broadcast_dims}
+        self._init_family(deterministic, rng_collection, rngs, **fields)
 
 
 class DropPath(_Family):

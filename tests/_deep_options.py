@@ -10,20 +10,30 @@ import jaxreg
 
 X = jax.random.normal(jax.random.key(42), (4, 6, 6, 3))
 
+
+def _case(case_id, name, pure, **fields):
+    """One case: the module ``name`` with ``fields`` equals ``pure(key, x, rate,
+    **other fields)``."""
+    options = {k: v for k, v in fields.items() if k != "rate"}
+    return (case_id, name, fields, lambda k, x: pure(k, x, fields["rate"], **options))
+
+
 CASES = [
-    (
+    _case(
         "Alpha-feature",
         "AlphaDropout",
-        {"rate": 0.3, "broadcast_dims": (1, 2)},
-        lambda k, x: jaxreg.alpha_dropout(k, x, 0.3, broadcast_dims=(1, 2)),
+        jaxreg.alpha_dropout,
+        rate=0.3,
+        broadcast_dims=(1, 2),
     ),
-    (
+    _case(
         "DropBlock-coupled",
         "DropBlock",
-        {"rate": 0.2, "block_size": 3, "couple_channels": True, "gamma_scale": 0.5},
-        lambda k, x: jaxreg.dropblock(
-            k, x, 0.2, block_size=3, couple_channels=True, gamma_scale=0.5
-        ),
+        jaxreg.dropblock,
+        rate=0.2,
+        block_size=3,
+        couple_channels=True,
+        gamma_scale=0.5,
     ),
 ]
 IDS = [c[0] for c in CASES]

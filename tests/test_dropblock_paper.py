@@ -32,6 +32,19 @@ def _assert_fraction(y, expected):
     )
 
 
+def _ones_dropped(seed, rate, **kwargs):
+    return jaxreg.dropblock(
+        jax.random.key(seed), jnp.ones(SHAPE), rate, block_size=BLOCK, **kwargs
+    )
+
+
+def _assert_kept_scale(y, seed_rate):
+    """Kept units carry 1 / keep, the realised keep probability of a position."""
+    keep = float(jaxreg.keep_probability(seed_rate)) ** (BLOCK * BLOCK)
+    kept = np.asarray(y)[np.asarray(y) != 0]
+    np.testing.assert_allclose(kept, 1.0 / keep, rtol=1e-6)
+
+
 def _seed_rate(rate, block=BLOCK):
     return 1.0 - (1.0 - rate) ** (1.0 / block**2)
 
@@ -54,36 +67,19 @@ def test_coupled_mask_identical_across_channels():
 @pytest.mark.parametrize("coupled", [False, True])
 def test_drop_fraction_matches_rate(coupled):
     rate = 0.2
-    y = jaxreg.dropblock(
-        jax.random.key(1),
-        jnp.ones(SHAPE),
-        rate,
-        block_size=BLOCK,
-        couple_channels=coupled,
-    )
+    y = _ones_dropped(1, rate, couple_channels=coupled)
     _assert_fraction(y, rate)
-    # Kept units are scaled by the inverse of the realised keep probability.
-    keep = float(jaxreg.keep_probability(_seed_rate(rate))) ** (BLOCK * BLOCK)
-    kept = np.asarray(y)[np.asarray(y) != 0]
-    np.testing.assert_allclose(kept, 1.0 / keep, rtol=1e-6)
+    _assert_kept_scale(y, _seed_rate(rate))
 
 
 @pytest.mark.parametrize("gamma_scale", [0.5, 2.0])
 def test_gamma_scale_scales_the_seed_rate(gamma_scale):
     rate = 0.15
     seed = gamma_scale * _seed_rate(rate)
-    y = jaxreg.dropblock(
-        jax.random.key(2),
-        jnp.ones(SHAPE),
-        rate,
-        block_size=BLOCK,
-        gamma_scale=gamma_scale,
-    )
+    y = _ones_dropped(2, rate, gamma_scale=gamma_scale)
     # The scale of kept units is 1 / (1 - seed)**(b*b), with the sampler's
     # realised keep probability of the scaled seed rate.
-    keep = float(jaxreg.keep_probability(seed)) ** (BLOCK * BLOCK)
-    kept = np.asarray(y)[np.asarray(y) != 0]
-    np.testing.assert_allclose(kept, 1.0 / keep, rtol=1e-6)
+    _assert_kept_scale(y, seed)
     _assert_fraction(y, 1.0 - (1.0 - seed) ** (BLOCK * BLOCK))
 
 

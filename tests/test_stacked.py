@@ -218,31 +218,21 @@ def test_penalty_value_and_grad_equal_unstacked(stack, name):
 # Constraints and their transforms.
 # ---------------------------------------------------------------------------
 
+
+def _stacked(factory, *args, s, **kwargs):
+    """``factory`` with the layer-aware mask and ``stacked_axes=s``."""
+    mask = functools.partial(jaxreg.mask_by_ndim, stacked_axes=s)
+    return factory(*args, mask=mask, stacked_axes=s, **kwargs)
+
+
 CONSTRAINTS = {
-    "max_norm": lambda s: jaxreg.max_norm_constraint(
-        1.0,
-        axis=0,
-        mask=functools.partial(jaxreg.mask_by_ndim, stacked_axes=s),
-        stacked_axes=s,
+    "max_norm": lambda s: _stacked(jaxreg.max_norm_constraint, 1.0, axis=0, s=s),
+    "unit_norm": lambda s: _stacked(jaxreg.unit_norm_constraint, axis=0, s=s),
+    "min_max_norm": lambda s: _stacked(
+        jaxreg.min_max_norm_constraint, 0.5, 1.0, axis=1, s=s
     ),
-    "unit_norm": lambda s: jaxreg.unit_norm_constraint(
-        axis=0,
-        mask=functools.partial(jaxreg.mask_by_ndim, stacked_axes=s),
-        stacked_axes=s,
-    ),
-    "min_max_norm": lambda s: jaxreg.min_max_norm_constraint(
-        0.5,
-        1.0,
-        axis=1,
-        mask=functools.partial(jaxreg.mask_by_ndim, stacked_axes=s),
-        stacked_axes=s,
-    ),
-    "group_lasso_prox": lambda s: jaxreg.group_lasso_prox(
-        0.5,
-        1.0,
-        axis=0,
-        mask=functools.partial(jaxreg.mask_by_ndim, stacked_axes=s),
-        stacked_axes=s,
+    "group_lasso_prox": lambda s: _stacked(
+        jaxreg.group_lasso_prox, 0.5, 1.0, axis=0, s=s
     ),
     "add_penalty": lambda s: jaxreg.add_penalty(
         functools.partial(jaxreg.group_lasso, axis=0, stacked_axes=s),
