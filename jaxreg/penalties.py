@@ -46,6 +46,7 @@ from jaxreg._trees import (
     map_with_path,
     on_leaf,
     per_layer,
+    resolve_stacked,
     selected_float_leaves,
     selected_stacked_leaves,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "group_lasso",
     "l1",
     "l2",
+    "layer_axes",
     "mask_by_ndim",
     "mask_by_path",
     "orthogonal",
@@ -112,6 +114,41 @@ def mask_by_ndim(params: PyTree, min_ndim: int = 2, *, stacked_axes=None) -> PyT
         params,
         stacked_axes,
     )
+
+
+def layer_axes(params: PyTree, stacked_axes="layers") -> PyTree:
+    r"""The number of leading layer axes of every leaf, as a pytree of ints.
+
+    Resolves any form of ``stacked_axes`` (see :func:`mask_by_ndim`) against
+    ``params`` once. This is how to keep Flax partition metadata when the
+    parameters that reach optax are plain arrays: ``nnx.Optimizer`` hands
+    ``nnx.as_pure`` states (no Variables, no metadata) to the transforms, so
+    compute the counts from the model's Variables and pass them on::
+
+        counts = jaxreg.layer_axes(nnx.state(model, nnx.Param), "layers")
+        tx = jaxreg.max_norm_constraint(3.0, stacked_axes=counts, mask=...)
+
+    Args:
+      params: any parameter pytree; with axis names, one whose leaves carry Flax
+        partition metadata (``nn.Partitioned`` boxes, ``nnx.Variable``\ s).
+      stacked_axes: layer-axis names (default ``"layers"``), an int, a pytree
+        of ints or a callable, as for :func:`mask_by_ndim`.
+
+    Returns:
+      A pytree of Python ints with the structure of ``params`` (boxes and
+      Variables kept; a mask or ``stacked_axes`` argument accepts it for the
+      unboxed parameters too).
+
+    Raises:
+      TypeError, ValueError: a bad ``stacked_axes`` (see :func:`mask_by_ndim`).
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxreg
+      >>> jaxreg.layer_axes({"w": jnp.ones((4, 3, 2)), "b": jnp.ones(2)},
+      ...                   {"w": 1, "b": 0})
+      {'b': 0, 'w': 1}
+    """
+    return resolve_stacked(stacked_axes, params)
 
 
 def _compile(pattern, name: str):

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -329,3 +330,30 @@ def test_bad_stacked_axes_in_transforms_and_constraints():
     tx = jaxreg.max_norm_constraint(1.0, stacked_axes=3)
     with pytest.raises(ValueError, match="do not fit"):
         tx.update(jnp.ones((2, 2)), tx.init(jnp.ones((2, 2))), jnp.ones((2, 2)))
+
+
+def test_nnx_optimizer_with_counts_from_the_variables():
+    # nnx.Optimizer gives optax pure arrays (no metadata): the counts are read
+    # from the Variables once with layer_axes and passed on.
+    @nnx.split_rngs(splits=LAYERS)
+    @nnx.vmap(
+        in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"}
+    )
+    def create(rngs):
+        return _NnxBlock(rngs)
+
+    model = create(nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    counts = jaxreg.layer_axes(params, "layers")
+    mask = jaxreg.mask_by_ndim(params, stacked_axes="layers")
+    tx = optax.chain(
+        optax.sgd(1.0), jaxreg.max_norm_constraint(1.0, mask=mask, stacked_axes=counts)
+    )
+    before = nnx.to_pure_dict(params)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    grads = jax.tree.map(jnp.zeros_like, params)
+    optimizer.update(model, grads)
+    after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    for i in range(LAYERS):
+        _close(after["kernel"][i], jaxreg.max_norm(before["kernel"][i], 1.0))
+    np.testing.assert_array_equal(after["bias"], before["bias"])  # 1-D per layer
