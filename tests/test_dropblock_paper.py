@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import run_on_8_cpu_devices
 
 import jaxreg
 
@@ -149,3 +150,41 @@ def test_bad_inputs(kwargs, err, match):
         jaxreg.dropblock(
             jax.random.key(0), jnp.ones((1, 4, 4, 1)), 0.1, block_size=2, **kwargs
         )
+
+
+SHARD_SCRIPT = """
+import jax, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+import jaxreg
+
+mesh = jax.make_mesh((2, 4), ("b", "c"))
+x = jax.random.normal(jax.random.key(0), (4, 8, 8, 8))
+key = jax.random.key(1)
+for coupled in (False, True):
+    want = jaxreg.dropblock(key, x, 0.3, block_size=3, couple_channels=coupled)
+    for spec in (P("b", None, "c", None), P("b", None, None, "c")):
+        def f(x, spec=spec):
+            return jaxreg.dropblock(key, x, 0.3, block_size=3,
+                                    couple_channels=coupled, shard_spec=spec)
+        g = jax.shard_map(f, mesh=mesh, in_specs=spec, out_specs=spec)
+        got = jax.jit(g)(jax.device_put(x, NamedSharding(mesh, spec)))
+        np.testing.assert_array_equal(got, want)
+spec = P("b", None, None, "c")
+a = jax.shard_map(
+    lambda x: jaxreg.alpha_dropout(key, x, 0.3, broadcast_dims=(1, 2), shard_spec=spec),
+    mesh=mesh, in_specs=spec, out_specs=spec)
+got = jax.jit(a)(jax.device_put(x, NamedSharding(mesh, spec)))
+want = jaxreg.alpha_dropout(key, x, 0.3, broadcast_dims=(1, 2))
+np.testing.assert_allclose(got, want, rtol=1e-6, atol=4e-7)
+print("OK")
+"""
+
+
+def test_shard_map_blocks_equal_the_global_output():
+    # Coupled and per-channel DropBlock with the spatial or the channel axis
+    # split, and feature alpha dropout with channels split: every shard gets its
+    # block of the global output (masks are elementwise: exact, except alpha
+    # dropout's affine map, which XLA may fuse).
+    result = run_on_8_cpu_devices(SHARD_SCRIPT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OK" in result.stdout
