@@ -34,17 +34,24 @@ def _run(tx, params, steps):
     return params, state
 
 
-@pytest.mark.parametrize("shape", [(6, 4), (3, 3, 2, 4)], ids=["dense", "conv"])
-def test_largest_singular_value_reaches_the_bound(shape):
-    w = 2.0 * jax.random.normal(jax.random.key(0), shape)
-    assert _sigma(w) > 3.0
-    params = {"kernel": w, "bias": jnp.full(shape[-1:], 5.0), "step": jnp.int32(3)}
+def test_largest_singular_value_reaches_the_bound():
+    k1, k2 = jax.random.split(jax.random.key(0))
+    params = {
+        "dense": 2.0 * jax.random.normal(k1, (6, 4)),
+        "conv": 2.0 * jax.random.normal(k2, (3, 3, 2, 4)),  # read as (18, 4)
+        "bias": jnp.full((4,), 5.0),
+        "step": jnp.int32(3),
+    }
     out, state = _run(jaxreg.spectral_norm_constraint(1.5), params, 30)
-    assert _sigma(out["kernel"]) <= 1.5 * (1 + TOL)
-    assert _sigma(out["kernel"]) >= 1.5 * (1 - 1e-3)  # projected onto the bound
-    # Rescaled, not reshaped: the kernel is a positive multiple of the original.
-    ratio = np.asarray(out["kernel"]) / np.asarray(w)
-    np.testing.assert_allclose(ratio, ratio.flat[0], rtol=1e-5)
+    for name in ("dense", "conv"):
+        w = params[name]
+        assert _sigma(w) > 3.0
+        assert _sigma(out[name]) <= 1.5 * (1 + TOL)
+        assert _sigma(out[name]) >= 1.5 * (1 - 1e-3)  # projected onto the bound
+        # Rescaled, not reshaped: the kernel is a positive multiple of the original.
+        ratio = np.asarray(out[name]) / np.asarray(w)
+        np.testing.assert_allclose(ratio, ratio.flat[0], rtol=1e-5)
+        assert state.u[name].shape == (4,)
     # 1-D and integer leaves are left alone; their state entry is None.
     np.testing.assert_array_equal(out["bias"], params["bias"])
     assert out["step"] == 3

@@ -269,10 +269,10 @@ def test_transform_updates_equal_unstacked(stack, name):
     ],
 )
 def test_pure_constraint_counts_axes_per_layer(fn):
-    w = jax.random.normal(jax.random.key(1), (2, 3, 4, 5)) * 3.0
+    w = jax.random.normal(jax.random.key(1), (2, 2, 4, 5)) * 3.0
     got = fn(w, stacked_axes=2)
     for i in range(2):
-        for j in range(3):
+        for j in range(2):
             _close(got[i, j], fn(w[i, j]))
 
 
