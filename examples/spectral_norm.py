@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 import jaxreg
-from examples.helpers import cli, datasets, models, reporting, training
+from examples.helpers import cli, models, reporting, training
 
 #: The bounds on every kernel's largest singular value that are compared.
 BOUNDS = (8.0, 4.0, 2.0)
@@ -122,11 +122,10 @@ def main(argv=None):
     ap = cli.parser(__doc__, epochs=None)
     args = ap.parse_args(argv)
     out = reporting.output_dir(args.out)
+    data, _ = cli.mnist1d_for(args)
     if args.quick:
-        data = datasets.load_mnist1d(args.cache, num_samples=500)
         kw = dict(seeds=1, epochs=2, sizes=(40, 32, 10), bounds=BOUNDS[-1:])
     else:
-        data = datasets.load_mnist1d(args.cache)
         kw = dict(seeds=args.seeds, epochs=args.epochs or 60, sizes=(40, 256, 256, 10))
     rows, results = train_configs(data, **kw)
     table = reporting.markdown_table(rows)
