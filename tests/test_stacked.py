@@ -97,15 +97,15 @@ class _NnxBlock(nnx.Module):
         )
 
 
-def nnx_stack():
-    @nnx.split_rngs(splits=LAYERS)
-    @nnx.vmap(
-        in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"}
-    )
-    def create(rngs):
-        return _NnxBlock(rngs)
+@nnx.split_rngs(splits=LAYERS)
+@nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+def _nnx_model(rngs):
+    """LAYERS blocks stacked by nnx.vmap, the layer axis named "layers"."""
+    return _NnxBlock(rngs)
 
-    state = nnx.state(create(nnx.Rngs(0)), nnx.Param)
+
+def nnx_stack():
+    state = nnx.state(_nnx_model(nnx.Rngs(0)), nnx.Param)
     return state, _slices(nnx.to_pure_dict(state)), "layers"
 
 
@@ -335,14 +335,7 @@ def test_bad_stacked_axes_in_transforms_and_constraints():
 def test_nnx_optimizer_with_counts_from_the_variables():
     # nnx.Optimizer gives optax pure arrays (no metadata): the counts are read
     # from the Variables once with layer_axes and passed on.
-    @nnx.split_rngs(splits=LAYERS)
-    @nnx.vmap(
-        in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"}
-    )
-    def create(rngs):
-        return _NnxBlock(rngs)
-
-    model = create(nnx.Rngs(0))
+    model = _nnx_model(nnx.Rngs(0))
     params = nnx.state(model, nnx.Param)
     counts = jaxreg.layer_axes(params, "layers")
     mask = jaxreg.mask_by_ndim(params, stacked_axes="layers")
