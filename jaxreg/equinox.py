@@ -342,8 +342,8 @@ class DropBlock(_Family):
       inference: if True return the input.
       block_size: side of the square blocks, an int ``>= 1`` (keyword only).
       couple_channels: one block mask shared by all channels of an example
-        (keyword only; default: one per channel, as timm and the paper's
-        Algorithm 1).
+        (keyword only; default: one per channel, as timm and the TensorFlow
+        reference code).
       gamma_scale: factor ``>= 0`` on the seed rate (keyword only; timm's
         ``gamma_scale``).
 

@@ -403,7 +403,7 @@ class DropBlock(_Family):
       rate: per-position drop probability, in ``[0, 1]``.
       block_size: side of the square blocks, an int ``>= 1`` (NumPy ints too).
       couple_channels: one block mask shared by all channels of an example
-        (default: one per channel, as timm and the paper's Algorithm 1).
+        (default: one per channel, as timm and the TensorFlow reference code).
       gamma_scale: factor ``>= 0`` on the seed rate (timm's ``gamma_scale``).
       deterministic: if True return the inputs (constructor or call, once).
       rng_collection: the rng collection the key is drawn from.

@@ -583,7 +583,7 @@ class DropBlock(_Family):
       rate: per-position drop probability, in ``[0, 1]``.
       block_size: side of the square blocks (``>= 1``).
       couple_channels: one block mask shared by all channels of an example
-        (default: one per channel, as timm and the paper's Algorithm 1).
+        (default: one per channel, as timm and the TensorFlow reference code).
       gamma_scale: factor ``>= 0`` on the seed rate (timm's ``gamma_scale``).
       deterministic: if True return the inputs.
       rng_collection: the stream taken from an ``nnx.Rngs``.

@@ -534,11 +534,13 @@ def dropblock(
     centres inside the map, which drops edges less often). Kept units are scaled by
     ``1 / (1 - rate_realised)``, so ``E[output] == x``; inference returns ``x``.
 
-    **Channels.** By default each channel gets its own block mask: the form of
-    the paper's Algorithm 1, of the reference TensorFlow implementation and of
-    timm's ``DropBlock2d``. ``couple_channels=True`` draws one block mask per
-    example and shares it across all channels (the paper discusses this shared
-    variant too; it removes a region from every feature map at once).
+    **Channels.** Ghiasi et al. describe two forms: one block mask shared across
+    the feature channels, and one mask per channel. ``couple_channels=True``
+    draws one block mask per example and shares it across all channels (a
+    region is removed from every feature map at once). The default,
+    ``couple_channels=False``, draws one mask per channel, as the authors'
+    TensorFlow implementation (``tensorflow/tpu``, ResNet) and timm's
+    ``DropBlock2d`` do.
 
     **gamma_scale** multiplies the seed rate, as timm's argument of that name
     does: the seed rate is ``min(1, gamma_scale * gamma)``, so each position is
