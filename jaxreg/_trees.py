@@ -185,8 +185,22 @@ def _brief(treedef, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 5] + " ...)"
 
 
+def _is_linen_box(node) -> bool:
+    """A ``flax.linen`` partitioning box (``nn.Partitioned``,
+    ``nn.LogicallyPartitioned``), checked without importing Flax."""
+    cls = type(node)
+    return cls.__module__.startswith("flax") and cls.__name__ in (
+        "Partitioned",
+        "LogicallyPartitioned",
+    )
+
+
+def _is_wrapper(node) -> bool:
+    return is_nnx_variable(node) or _is_linen_box(node)
+
+
 def _unwrap_variable(node):
-    if is_nnx_variable(node):
+    if _is_wrapper(node):
         leaves = jax.tree_util.tree_leaves(node)
         if len(leaves) == 1:
             return leaves[0]
@@ -206,9 +220,10 @@ def _check_mask_leaf(m, path: str, name: str) -> bool:
 
 def _unwrapped(mask) -> PyTree:
     # A mask built from a flax.nnx.State of Variables also fits the pure State (of
-    # arrays) that nnx.Optimizer hands to optax: unwrap the Variables (a bool still
-    # broadcasts over a Variable in params, as a prefix).
-    return jax.tree_util.tree_map(_unwrap_variable, mask, is_leaf=is_nnx_variable)
+    # arrays) that nnx.Optimizer hands to optax, and one built from linen params
+    # boxed by nn.with_partitioning fits the unboxed params: unwrap the Variables
+    # and boxes (a bool still broadcasts over a box in params, as a prefix).
+    return jax.tree_util.tree_map(_unwrap_variable, mask, is_leaf=_is_wrapper)
 
 
 def check_mask(mask, name: str = "mask") -> None:
@@ -294,11 +309,7 @@ def _box_names(node) -> tuple | None:
             if names is not None:
                 return tuple(names)
         return None
-    cls = type(node)
-    if cls.__module__.startswith("flax") and cls.__name__ in (
-        "Partitioned",
-        "LogicallyPartitioned",
-    ):
+    if _is_linen_box(node):
         return tuple(node.names)
     return None
 

@@ -350,3 +350,22 @@ def test_nnx_optimizer_with_counts_from_the_variables():
     for i in range(LAYERS):
         _close(after["kernel"][i], jaxreg.max_norm(before["kernel"][i], 1.0))
     np.testing.assert_array_equal(after["bias"], before["bias"])  # 1-D per layer
+
+
+def test_linen_counts_and_mask_from_boxes_fit_the_unboxed_params():
+    # Training code often unboxes linen params (nn.meta.unbox) before optax:
+    # counts and masks computed once from the boxed tree fit the plain one.
+    boxed, layers, _ = linen_stack()
+    plain = nn.meta.unbox(boxed)
+    counts = jaxreg.layer_axes(boxed, "layers")
+    mask = jaxreg.mask_by_ndim(boxed, stacked_axes="layers")
+    tx = jaxreg.max_norm_constraint(1.0, mask=mask, stacked_axes=counts)
+    got = tx.update(plain, tx.init(plain), plain)[0]
+    (block,) = plain  # the scanned module's name
+    kernel = got[block]["Dense_0"]["kernel"]
+    for i, layer in enumerate(layers):
+        w = layer[block]["Dense_0"]["kernel"]
+        _close(kernel[i], jaxreg.max_norm(2.0 * w, 1.0) - w)
+    # The stacked bias is 1-D per layer: not selected, its update passes through.
+    bias = got[block]["Dense_0"]["bias"]
+    np.testing.assert_array_equal(bias, plain[block]["Dense_0"]["bias"])
