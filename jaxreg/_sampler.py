@@ -125,9 +125,7 @@ __all__ = ["keep_mask", "keep_probability"]
 
 _TWO32 = 4294967296  # 2**32
 _MAX_RATE_ERROR = 2.0**-33
-# Masks with at least this many elements use the threefry fallback (the linear
-# index would overflow 32 bits). A module constant so tests can lower it.
-_HASH_LIMIT = _TWO32
+# The lowbias32 multipliers (Wellons' hash prospector).
 _M1 = np.uint32(0x7FEB352D)
 _M2 = np.uint32(0x846CA68B)
 
@@ -217,19 +215,24 @@ def shard_position(axes: tuple[str, ...], dtype=jnp.int32) -> jax.Array:
     return position
 
 
-def _linear_index(shape: tuple[int, ...], *, sharding=None, block=None) -> jax.Array:
-    """Global row-major linear index of every element, as uint32 (``size < 2**32``).
+def _linear_index(
+    shape: tuple[int, ...], *, sharding=None, block=None, axes=None
+) -> jax.Array:
+    """Global row-major linear index of every element, as uint32 (``size <= 2**32``).
 
     The array built has shape ``shape``; it is the whole mask (``block=None``) or
     the block at ``offsets`` of a mask of ``global_shape``
     (``block=(global_shape, offsets)``, see :func:`_shard_block`). ``sharding``
     is the explicit sharding of the array built (None: unconstrained), given to
-    every iota so that each device builds only its own indices.
+    every iota so that each device builds only its own indices. ``axes`` (a
+    ``range``, default all) restricts the index to those axes: the row-major
+    index of the element within the sub-array they span (see :func:`_counter`).
     """
     global_shape, offsets = block if block is not None else (shape, (0,) * len(shape))
+    axes = range(len(shape)) if axes is None else axes
     index = None
     stride = 1
-    for d in reversed(range(len(shape))):
+    for d in reversed(axes):
         if global_shape[d] > 1:
             iota = lax.broadcasted_iota(jnp.uint32, shape, d, out_sharding=sharding)
             if not isinstance(offsets[d], int) or offsets[d]:
@@ -247,13 +250,79 @@ def _seed(key) -> jax.Array:
     return jax.random.bits(as_key(key), (2,), jnp.uint32)
 
 
-def _hash(seed: jax.Array, index: jax.Array) -> jax.Array:
-    """The word of every element from its global linear ``index`` (uint32 array).
+def _round_keys(seed: jax.Array):
+    """The three uint32 round keys of the Feistel network, from the seed words.
 
-    Elementwise in ``index``: this is what makes masks layout-independent (a
-    shard computes its block from its own indices alone).
+    A scalar computation (once per mask, not per element): the seed ``(k0, k1)``
+    goes through six rounds of the same Feistel network, with the Weyl round
+    constants ``(r + 1) * 0x9E3779B9`` in place of keys, and the right halves
+    after rounds 4, 5 and 6 are the round keys. After four rounds every bit of
+    both seed words has passed through at least three mixer rounds, so seeds
+    that differ in one bit get unrelated round keys.
     """
-    return _mix(_mix(_mix(index) ^ seed[0]) ^ seed[1])
+    a, b = seed[0], seed[1]
+    keys = []
+    for r in range(6):
+        a, b = b, a ^ _mix(b ^ np.uint32((r + 1) * 0x9E3779B9 % _TWO32))
+        if r >= 3:
+            keys.append(b)
+    return keys
+
+
+def _hash(seed: jax.Array, lo: jax.Array, hi: jax.Array | None = None) -> jax.Array:
+    """The word of every element from its counter ``(hi, lo)`` (uint32 arrays).
+
+    A three-round balanced Feistel network on the 64-bit counter, round ``r``
+    mapping ``(L, R)`` to ``(R, L ^ g(R ^ K_r))`` with ``g`` = :func:`_mix`, from
+    ``(L, R) = (lo, hi)``; the word is the right half after the last round.
+    ``hi=None`` stands for ``hi == 0`` (every mask below ``2**32`` elements):
+    the first round's ``g(0 ^ K_0)`` is then a scalar, so a word costs two
+    rounds of ``g``. Elementwise in the counter: this is what makes masks
+    layout-independent (a shard computes its block from its own indices alone).
+    """
+    k = _round_keys(seed)
+    if hi is None:
+        c = _mix(k[0])
+        r1 = lo ^ c
+        r2 = _mix(lo ^ (c ^ k[1]))
+    else:
+        r1 = lo ^ _mix(hi ^ k[0])
+        r2 = hi ^ _mix(r1 ^ k[1])
+    return r1 ^ _mix(r2 ^ k[2])
+
+
+def _counter(shape, *, sharding=None, block=None):
+    """The counter ``(hi, lo)`` of every element (``hi`` None where it is 0).
+
+    For a mask of at most ``2**32`` elements ``lo`` is the global row-major
+    linear index and ``hi`` is 0. A larger mask is cut before the first axis
+    ``s`` with ``prod(global_shape[s:]) <= 2**32``: ``hi`` is the row-major index
+    over the axes before ``s`` and ``lo`` over the axes from ``s`` on, so the
+    counter is distinct for every element. ``sharding`` and ``block`` as in
+    :func:`_linear_index`.
+
+    Raises:
+      ValueError: a mask that no such cut splits into two 32-bit indices (more
+        than ``2**64`` elements, or one axis longer than ``2**32``).
+    """
+    global_shape = block[0] if block is not None else shape
+    size = math.prod(global_shape)
+    if size <= _TWO32:
+        return None, _linear_index(shape, sharding=sharding, block=block)
+    cut = next(
+        s for s in range(len(shape) + 1) if math.prod(global_shape[s:]) <= _TWO32
+    )
+    if math.prod(global_shape[:cut]) > _TWO32:
+        raise ValueError(
+            f"A mask of shape {tuple(global_shape)} cannot be drawn: its element "
+            "counter must split into two 32-bit row-major indices (at most 2**64 "
+            "elements, no axis longer than 2**32)."
+        )
+    hi = _linear_index(shape, sharding=sharding, block=block, axes=range(cut))
+    lo = _linear_index(
+        shape, sharding=sharding, block=block, axes=range(cut, len(shape))
+    )
+    return hi, lo
 
 
 def _bits(seed: jax.Array, shape, *, sharding=None, block=None) -> jax.Array:
@@ -261,18 +330,8 @@ def _bits(seed: jax.Array, shape, *, sharding=None, block=None) -> jax.Array:
 
     ``sharding`` and ``block`` as in :func:`_linear_index`.
     """
-    shape = tuple(shape)
-    size = math.prod(block[0] if block is not None else shape)
-    if size >= _HASH_LIMIT:
-        if block is not None:
-            raise ValueError(
-                f"A mask of {size} elements (2**32 or more) cannot be drawn block by "
-                "block inside shard_map; draw it outside shard_map, on the global "
-                "array under jit."
-            )
-        key = jax.random.wrap_key_data(seed, impl="threefry2x32")
-        return jax.random.bits(key, shape, jnp.uint32, out_sharding=sharding)
-    return _hash(seed, _linear_index(shape, sharding=sharding, block=block))
+    hi, lo = _counter(tuple(shape), sharding=sharding, block=block)
+    return _hash(seed, lo, hi)
 
 
 def _keep(seed, layout: _Layout, t, drop_all, sharding=None) -> jax.Array:

@@ -1,8 +1,8 @@
 """Statistical quality and mechanics of the sampler's counter-based generator.
 
-``jaxreg._sampler`` draws one 32-bit word per mask element as a keyed hash of the
-element's linear index (see its module docstring). These tests check the words
-themselves, not only the masks:
+``jaxreg._sampler`` draws one 32-bit word per mask element from the element's
+counter with a keyed three-round Feistel network (see its module docstring). These
+tests check the words themselves, not only the masks:
 
 * byte-frequency chi-square (each byte position, 255 degrees of freedom): the
   statistic must stay below the chi-square quantile at ``1 - 1e-6``;
@@ -11,17 +11,26 @@ themselves, not only the masks:
   Pearson ``|r| < 5 / sqrt(n)``; the cross-key check at *every* circular lag
   (``2**19`` lags) uses ``6.5 / sqrt(n)``, since the maximum of ``2**19``
   near-Gaussian correlations reaches about 5.3 sigma (false alarm ``4e-5``);
-* marginal uniformity over keys (the same index under ``2**16`` keys).
+* marginal uniformity over keys (the same index under ``2**16`` keys);
+* the battery of ``tests/_randomness.py`` (monobit, bit positions, byte
+  frequency, GF(2) rank of 32x32 and 128x128 bit matrices, adjacent xor,
+  birthday collisions), each passing at ``p >= 1e-6`` (two-sided), on one mask's
+  words, on words of split keys interleaved, on the interleaved words of seeds
+  one bit apart, and on keep bits at rates 0.5 and 0.1.
 
 Each bound fails for a correct generator with probability below ``2e-4`` (the
 family-wise rate is stated per test); the seeds are fixed, so the suite is
-deterministic. A negative control shows the all-lag cross-key test does catch a
-weak construction (masks of two keys that are index permutations of each other).
+deterministic. Negative controls show the tests have power: the all-lag
+cross-key test catches masks of two keys that are index permutations of each
+other, and the battery catches both faults of the generator used before (kept in
+``_randomness.previous_hash``): no repeated words (a bijection of the index) and
+GF(2)-linear relations between the words of seeds one bit apart, at the sizes
+the tests use.
 
 The remaining tests check the regenerate-in-backward path of ``masked_scale``
 (used by ``jaxreg.dropout``): it agrees with ``keep_mask`` bit for bit, keeps only
 seed-sized residuals, and works under vmap over keys, traced rates, scan, remat
-and jvp; plus the threefry fallback for very large masks.
+and jvp; plus the 64-bit counters of masks with more than ``2**32`` elements.
 """
 
 import functools
@@ -31,12 +40,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _randomness import (
+    battery,
+    birthday,
+    interleave,
+    matrix_rank,
+    pack_bits,
+    previous_hash,
+    von_neumann,
+)
 from jax.test_util import check_grads
 from scipy import stats
 
 import jaxreg
-from jaxreg import _sampler
-from jaxreg._sampler import _bits, _mix, _seed, keep_mask, masked_scale
+from jaxreg._sampler import _bits, _counter, _hash, _mix, _seed, keep_mask, masked_scale
 
 N = 2**19
 KEY = jax.random.key(7)
@@ -153,6 +170,73 @@ def test_marginal_uniform_over_keys():
         assert chi2 < limit, f"position {pos}: chi2 {chi2:.1f}"
 
 
+# ----------------------------------------------------------------------------
+# The battery of tests/_randomness.py (each p-value two-sided, fails below 1e-6;
+# the number of p-values per test is stated, family-wise about that times 1e-6).
+
+
+def _assert_battery(words, **kw):
+    results = battery(words, **kw)
+    failed = [r for r in results if not r.passed]
+    assert not failed, failed
+
+
+def test_battery_on_one_mask():
+    # 2**20 words of a (1024, 1024) mask: 7 p-values, birthday included (a
+    # bijection of the index, like the previous generator, gives p = 5e-56).
+    _assert_battery(_np_words(jax.random.key(21), (1024, 1024)).astype(np.uint32))
+
+
+def test_battery_across_split_keys():
+    # Word j of 256 split keys in turn, 4096 positions (2**20 words, 7 p-values).
+    keys = jax.random.split(jax.random.key(22), 256)
+    u = jax.vmap(lambda k: _words(_seed(k), (4096,)))(keys)
+    _assert_battery(np.asarray(u).T.ravel())
+
+
+def _related_pair(words_of, word, bit, n=2**16):
+    seed = _seed(jax.random.key(23))
+    flipped = seed.at[word].set(seed[word] ^ np.uint32(1 << bit))
+    return interleave(np.asarray(words_of(seed, n)), np.asarray(words_of(flipped, n)))
+
+
+def _new_words(seed, n):
+    return _words(seed, (n,))
+
+
+def _previous_words(seed, n):
+    return previous_hash(seed, jnp.arange(n, dtype=jnp.uint32))
+
+
+@pytest.mark.parametrize(("word", "bit"), [(0, 0), (0, 31), (1, 0), (1, 16), (1, 31)])
+def test_seeds_one_bit_apart_interleaved(word, bit):
+    # 2**17 words (2**16 of each seed, alternating), 6 p-values: the GF(2) rank
+    # of 128x128 matrices sees a linear relation between the two streams.
+    _assert_battery(_related_pair(_new_words, word, bit))
+
+
+def test_related_seed_control_fails_with_the_previous_generator():
+    # Same size as above: every 128x128 matrix of the previous generator's
+    # interleaved words (second seed word, bit 31) is rank-deficient, so the test
+    # above has power; its words of one mask never repeat (birthday p < 1e-50).
+    rank = matrix_rank(_related_pair(_previous_words, 1, 31), 128)
+    assert rank.p < 1e-50, rank
+    one_mask = np.asarray(_previous_words(_seed(jax.random.key(21)), 2**20))
+    assert birthday(one_mask).statistic == 0
+    assert birthday(one_mask).p < 1e-50
+
+
+def test_keep_bits_at_rate_half_and_tenth():
+    # Rate 0.5: the keep bits packed 32 a word (2**18 words). Rate 0.1: the
+    # von Neumann extraction of the keep bits (independent fair bits exactly when
+    # the mask elements are independent Bernoulli draws), 2**25 mask elements.
+    key = jax.random.key(24)
+    half = pack_bits(np.asarray(keep_mask(key, (2**23,), 0.5)))
+    _assert_battery(half, rank_sizes=(32,))
+    tenth = von_neumann(np.asarray(keep_mask(key, (2**25,), 0.1)))
+    _assert_battery(tenth, rank_sizes=(32,))
+
+
 @pytest.mark.parametrize("impl", ["threefry2x32", "rbg", "unsafe_rbg"])
 def test_every_key_impl_and_legacy_keys(impl):
     typed = jax.random.key(3, impl=impl)
@@ -255,25 +339,6 @@ def test_forward_mode():
     np.testing.assert_allclose(jnp.diag(h), jnp.where(y != 0, 8.0, 0.0))
 
 
-def test_threefry_fallback_for_huge_masks(monkeypatch):
-    # Masks with >= 2**32 elements use threefry keyed by the seed; lower the limit
-    # to exercise that path: same threshold, same statistics, same identities.
-    monkeypatch.setattr(_sampler, "_HASH_LIMIT", 1000)
-    key = jax.random.key(8)
-    n = N + 3  # shapes not used elsewhere: no compiled hash path in the caches
-    m = keep_mask(key, (n,), 0.1)
-    kept, p = int(m.sum()), 0.9
-    assert abs(kept - n * p) < 4 * math.sqrt(n * p * (1 - p))
-    bits = jax.random.bits(
-        jax.random.wrap_key_data(_seed(key), impl="threefry2x32"), (n,), jnp.uint32
-    )
-    np.testing.assert_array_equal(m, bits >= np.uint32(round(0.1 * 2**32)))
-    x = jax.random.normal(jax.random.key(1), (41, 29))
-    np.testing.assert_array_equal(
-        jaxreg.dropout(key, x, 0.1), _reference(key, x, 0.1, 1 / 0.9)
-    )
-
-
 def test_zoneout_keeps_only_seed_words_and_matches_keep_mask():
     h_prev = jax.random.normal(jax.random.key(1), (32, 16))
     h_new = jax.random.normal(jax.random.key(2), (32, 16))
@@ -287,3 +352,53 @@ def test_zoneout_keeps_only_seed_words_and_matches_keep_mask():
     g_prev, g_new = vjp(jnp.ones_like(out))
     np.testing.assert_array_equal(g_new, m.astype(jnp.float32))
     np.testing.assert_array_equal(g_prev, (~m).astype(jnp.float32))
+
+
+# ----------------------------------------------------------------------------
+# Counters of masks with more than 2**32 elements: (hi, lo) row-major indices.
+
+
+def test_counter_of_a_huge_mask_block():
+    # A block of a (2**20, 2**13, 3) mask (3 * 2**33 elements): hi is the index
+    # along axis 0, lo the row-major index over axes 1 and 2.
+    block = ((2**20, 2**13, 3), (jnp.uint32(70_000), 5, 0))
+    hi, lo = _counter((2, 3, 3), block=block)
+    i, j, k = np.meshgrid(np.arange(2), np.arange(3), np.arange(3), indexing="ij")
+    np.testing.assert_array_equal(hi, 70_000 + i)
+    np.testing.assert_array_equal(lo, (5 + j) * 3 + k)
+    seed = _seed(KEY)
+    np.testing.assert_array_equal(
+        _bits(seed, (2, 3, 3), block=block), _hash(seed, lo, hi)
+    )
+
+
+def test_counter_of_a_mask_of_at_most_2_32_elements_is_the_linear_index():
+    hi, lo = jax.eval_shape(lambda: _counter((2**16, 2**16)))  # exactly 2**32
+    assert hi is None
+    assert lo.shape == (2**16, 2**16)
+    hi, lo = _counter((4, 5))
+    np.testing.assert_array_equal(lo, np.arange(20).reshape(4, 5))
+    seed = _seed(KEY)
+    zeros = jnp.zeros(20, jnp.uint32)
+    np.testing.assert_array_equal(
+        _hash(seed, lo.ravel()), _hash(seed, lo.ravel(), zeros)
+    )
+
+
+def test_rows_of_a_huge_mask_are_unrelated():
+    # Words at (hi, lo) and (hi + 1, lo): uncorrelated at every lag, and the
+    # battery passes on them interleaved (6 p-values).
+    seed = _seed(jax.random.key(25))
+    lo = jnp.arange(N, dtype=jnp.uint32)
+    rows = [np.asarray(_hash(seed, lo, jnp.full(N, h, jnp.uint32))) for h in (0, 1)]
+    a, b = (_standardized(r.astype(np.uint64)) for r in rows)
+    assert _max_abs_cross_corr(a, b) < 6.5 / math.sqrt(N)
+    _assert_battery(interleave(rows[0][: N // 4], rows[1][: N // 4]))
+
+
+def test_huge_masks_trace_and_bad_shapes_are_rejected():
+    key = jax.random.key(0)
+    out = jax.eval_shape(lambda: keep_mask(key, (2**17, 2**16), 0.5))
+    assert out.shape == (2**17, 2**16)
+    with pytest.raises(ValueError, match="two 32-bit row-major indices"):
+        _counter((2**33,))

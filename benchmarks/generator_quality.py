@@ -1,0 +1,291 @@
+"""Statistical quality and cost of jaxreg's mask generator (issue 17).
+
+Usage::
+
+    python benchmarks/generator_quality.py                   # own tests + dieharder
+    python benchmarks/generator_quality.py --hash previous   # the generator before
+    python benchmarks/generator_quality.py --practrand /path/to/RNG_test --tlmax 32GB
+    python benchmarks/generator_quality.py --raw related | RNG_test stdin32
+    python benchmarks/generator_quality.py --cost            # time vs the previous
+
+Streams (each a sequence of 32-bit words; the generator is the library's own
+``jaxreg._sampler._hash`` on the counters the library uses):
+
+* ``mask``: the words of one mask in row-major order (a ``(rows, 2**32)`` mask:
+  the first ``2**32`` words are those of every mask of at most ``2**32``
+  elements, later rows have ``hi > 0``);
+* ``split``: word ``j`` of each of 1024 keys from ``jax.random.split``, in turn;
+* ``related``: word ``j`` of the seed ``s`` and of the 64 seeds ``s ^ 2**b``
+  (every bit ``b`` of both seed words), in turn;
+* ``bits50``: the keep decisions at rate 0.5, packed 32 a word;
+* ``bits10``: the keep decisions at rate 0.1 through a von Neumann extractor
+  (fair bits exactly when the decisions are independent Bernoulli draws).
+
+Each stream goes to the project's own tests (``tests/_randomness.py``, first
+``--words`` words; the related-seed pairs also one by one), to Debian's
+``dieharder -g 200`` (raw stdin) for the tests ``--dieharder-tests``, and, with
+``--practrand``, to PractRand's ``RNG_test stdin32`` up to ``--tlmax``. The table
+gives the number of failed own tests with the smallest p-value, dieharder's
+PASSED/WEAK/FAILED counts, and the length PractRand reached with its verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import _randomness as R  # noqa: E402
+
+import jaxreg  # noqa: E402
+from jaxreg._sampler import _hash, _seed, _threshold  # noqa: E402
+
+STREAMS = ("mask", "split", "related", "bits50", "bits10")
+DIEHARDER_TESTS = (0, 2, 3, 4, 15, 100, 101, 205, 206)
+CHUNK = 2**22
+
+
+def _word(which: str):
+    """``word(seed, hi, lo)`` of the chosen generator (uint32 arrays)."""
+    if which == "previous":
+        # The previous generator had no 64-bit counter (it fell back to threefry).
+        return lambda seed, hi, lo: R.previous_hash(seed, lo)
+    # hi == 0 takes the library's path for masks of at most 2**32 elements.
+    return lambda seed, hi, lo: _hash(seed, lo, hi)
+
+
+def _counters(j: int, n: int):
+    hi, lo = divmod(j, 2**32)
+    return (None if hi == 0 else np.uint32(hi)), jnp.uint32(lo) + jnp.arange(
+        n, dtype=jnp.uint32
+    )
+
+
+def chunks(stream: str, which: str, seed: int = 0):
+    """Endless iterator of uint32 numpy chunks of ``stream``."""
+    word = _word(which)
+    one = jax.jit(word)
+    many = jax.jit(jax.vmap(word, in_axes=(0, None, None)))
+    base = _seed(jax.random.key(seed))
+    if stream == "split":
+        seeds = jax.vmap(_seed)(jax.random.split(jax.random.key(seed + 1), 1024))
+    else:  # related: s, then s ^ 2**b for every bit b of both seed words
+        flips = np.zeros((65, 2), np.uint32)
+        for b in range(64):
+            flips[b + 1, b // 32] = np.uint32(1 << (b % 32))
+        seeds = base[None, :] ^ jnp.asarray(flips)
+    j = 0
+    while True:
+        if stream == "mask":
+            out = one(base, *_counters(j, CHUNK))
+            j += CHUNK
+        elif stream in ("split", "related"):
+            n = CHUNK // seeds.shape[0]
+            out = many(seeds, *_counters(j, n)).T.ravel()
+            j += n
+        else:
+            rate = 0.5 if stream == "bits50" else 0.1
+            t = np.uint32(_threshold(rate)[0])
+            keep = np.asarray(one(base, *_counters(j, 8 * CHUNK)) >= t)
+            j += 8 * CHUNK
+            out = R.pack_bits(keep) if rate == 0.5 else R.von_neumann(keep)
+        yield np.asarray(out, np.uint32)
+
+
+def take(stream: str, which: str, n: int) -> np.ndarray:
+    out, have = [], 0
+    for c in chunks(stream, which):
+        out.append(c)
+        have += c.size
+        if have >= n:
+            break
+    return np.concatenate(out)[:n]
+
+
+def own_tests(stream: str, which: str, n: int) -> tuple[int, int, float]:
+    """(failed, run, smallest p) of the own battery on ``n`` words of ``stream``;
+    for ``related`` also on each seed pair ``(s, s ^ 2**b)`` interleaved."""
+    results = R.battery(take(stream, which, n))
+    if stream == "related":
+        pairs = take(stream, which, 65 * 2**16).reshape(-1, 65)
+        for b in range(64):
+            pair = R.interleave(pairs[:, 0], pairs[:, b + 1])
+            results += [R.matrix_rank(pair, 128), R.adjacent_xor(pair)]
+    failed = sum(not r.passed for r in results)
+    return failed, len(results), min(r.p for r in results)
+
+
+def pipe(stream: str, which: str, command: list[str], limit_s: float) -> str:
+    """Feed ``stream`` to ``command`` on stdin until it exits; its stdout."""
+    proc = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    start = time.monotonic()
+    try:
+        for c in chunks(stream, which):
+            proc.stdin.write(c.tobytes())
+            if time.monotonic() - start > limit_s:
+                break
+    except BrokenPipeError:
+        pass
+    try:
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    out = proc.stdout.read().decode(errors="replace")
+    proc.wait()
+    return out
+
+
+def dieharder(stream: str, which: str, tests) -> dict[str, int]:
+    """PASSED/WEAK/FAILED counts of ``dieharder -g 200 -d t`` for each test."""
+    counts = {"PASSED": 0, "WEAK": 0, "FAILED": 0}
+    for t in tests:
+        out = pipe(stream, which, ["dieharder", "-g", "200", "-d", str(t)], 600)
+        for verdict in re.findall(r"\|\s*(PASSED|WEAK|FAILED)\s*$", out, re.M):
+            counts[verdict] += 1
+    return counts
+
+
+def practrand(stream: str, which: str, binary: str, tlmax: str, limit_s: float) -> str:
+    """Longest length PractRand's ``RNG_test stdin32`` reached, and its verdict."""
+    out = pipe(stream, which, [binary, "stdin32", "-tlmax", tlmax], limit_s)
+    lengths = re.findall(r"length= ([^,]+),", out)
+    failed = re.search(r"^length= ([^,]+),(?:(?!^length=).)*FAIL", out, re.M | re.S)
+    reached = lengths[-1] if lengths else "nothing"
+    if failed:
+        return f"FAIL at {failed.group(1)}"
+    return f"pass to {reached}"
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return f"CPU: {model} ({os.cpu_count()} cores); load average {load}; jax {jax.__version__}"
+
+
+def cost(repeats: int) -> None:
+    """Interleaved medians of the jitted mask and dropout of 2**24 elements."""
+    x = jax.random.normal(jax.random.key(0), (4096, 4096))
+    key = jax.random.key(1)
+    seed = _seed(key)
+    t = jnp.uint32(_threshold(0.1)[0])
+    index = jnp.arange(x.size, dtype=jnp.uint32).reshape(x.shape)
+    scale = jnp.float32(1 / jaxreg.keep_probability(0.1))
+
+    def mask(h):
+        return jax.jit(lambda s, i: h(s, i) >= t)
+
+    def drop(h):
+        return jax.jit(lambda s, i, x: jnp.where(h(s, i) >= t, x * scale, 0))
+
+    fns = {
+        "x * 2": (jax.jit(lambda x: x * 2), (x,)),
+        "mask, previous": (mask(R.previous_hash), (seed, index)),
+        "mask, current": (mask(_hash), (seed, index)),
+        "dropout, previous": (drop(R.previous_hash), (seed, index, x)),
+        "dropout, current": (drop(_hash), (seed, index, x)),
+        "jaxreg.keep_mask": (
+            jax.jit(lambda k: jaxreg.keep_mask(k, x.shape, 0.1)),
+            (key,),
+        ),
+        "jaxreg.dropout": (jax.jit(lambda k, x: jaxreg.dropout(k, x, 0.1)), (key, x)),
+    }
+    for f, args in fns.values():
+        jax.block_until_ready(f(*args))
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, (f, args) in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(f(*args))
+            times[name].append(time.perf_counter() - start)
+    med = {name: statistics.median(v) * 1e3 for name, v in times.items()}
+    print(f"| function (2**24 elements, rate 0.1) | median ms ({repeats} runs) |")
+    print("|---|---|")
+    for name, ms in med.items():
+        print(f"| {name} | {ms:.2f} |")
+    print()
+    for kind in ("mask", "dropout"):
+        ratio = med[f"{kind}, current"] / med[f"{kind}, previous"]
+        print(f"{kind}: current / previous = {ratio:.2f}")
+    print(f"dropout, current / x * 2 = {med['dropout, current'] / med['x * 2']:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hash", choices=("current", "previous"), default="current")
+    parser.add_argument("--streams", nargs="+", choices=STREAMS, default=list(STREAMS))
+    parser.add_argument("--words", type=int, default=2**22, help="own tests' words")
+    parser.add_argument(
+        "--dieharder-tests", type=int, nargs="*", default=DIEHARDER_TESTS
+    )
+    parser.add_argument("--practrand", help="path of PractRand's RNG_test")
+    parser.add_argument("--tlmax", default="1GB", help="PractRand's -tlmax")
+    parser.add_argument("--practrand-limit-s", type=float, default=3600)
+    parser.add_argument("--raw", choices=STREAMS, help="write the stream to stdout")
+    parser.add_argument("--cost", action="store_true", help="time against previous")
+    parser.add_argument("--repeats", type=int, default=21)
+    args = parser.parse_args()
+    if args.raw:
+        try:
+            for c in chunks(args.raw, args.hash):
+                sys.stdout.buffer.write(c.tobytes())
+        except BrokenPipeError:
+            pass
+        return
+    print(machine())
+    if args.cost:
+        cost(args.repeats)
+        return
+    have_dieharder = shutil.which("dieharder") is not None and args.dieharder_tests
+    tests = " ".join(map(str, args.dieharder_tests))
+    print(
+        f"\ngenerator: {args.hash}; own tests on {args.words} words; dieharder -d {tests}"
+    )
+    print("\n| stream | own tests failed (smallest p) | dieharder P/W/F | PractRand |")
+    print("|---|---|---|---|")
+    for stream in args.streams:
+        failed, run, p = own_tests(stream, args.hash, args.words)
+        cells = [stream, f"{failed} of {run} ({p:.1e})"]
+        if have_dieharder:
+            d = dieharder(stream, args.hash, args.dieharder_tests)
+            cells.append(f"{d['PASSED']}/{d['WEAK']}/{d['FAILED']}")
+        else:
+            cells.append("not installed")
+        if args.practrand:
+            cells.append(
+                practrand(
+                    stream,
+                    args.hash,
+                    args.practrand,
+                    args.tlmax,
+                    args.practrand_limit_s,
+                )
+            )
+        else:
+            cells.append("not run")
+        print("| " + " | ".join(cells) + " |", flush=True)
+    print("\n" + machine())
+
+
+if __name__ == "__main__":
+    main()
