@@ -25,25 +25,42 @@ element is kept iff ``u >= t`` with the integer threshold
 mask (threefry costs about 20 rounds of 32-bit arithmetic per word, and autodiff
 would keep its output for the backward pass). Instead two 32-bit seed words
 ``(k0, k1) = jax.random.bits(key, (2,), uint32)`` are drawn from the key (any PRNG
-implementation, typed or legacy key), and the word of the element with row-major
-linear index ``i`` is the keyed integer hash::
+implementation, typed or legacy key), and the word of an element is a keyed
+counter-based generator (Salmon et al. 2011) of the element's 64-bit counter
+``(hi, lo)``: a balanced Feistel network of three rounds on two 32-bit halves,
+the construction of Philox with a multiply-xorshift round function::
 
-    u(i) = g(g(g(i) XOR k0) XOR k1),
+    (L, R) = (lo, hi);  three times: (L, R) = (R, L ^ g(R ^ K_r));  u = R
     g(x) = x ^ (x >> 16);  x *= 0x7feb352d;  x ^= x >> 15;  x *= 0x846ca68b;
            x ^= x >> 16                                      (all mod 2**32)
 
 ``g`` is the "lowbias32" mixer found by C. Wellons' hash prospector
-(https://github.com/skeeto/hash-prospector): a bijection of the 32-bit words with
-near-ideal avalanche. The index is mixed once before the key enters, and the
-key then enters two further rounds, so the mask of one key is never a shift or
-bit-flip permutation of another key's mask: keying the first round directly
-(``g(g(i XOR k0) ...)``) would turn a change of ``k0`` into the index permutation
-``i -> i XOR d``, and a key-dependent multiplier ``i * m`` makes ``m`` and
-``m + 2**31`` agree on every even index (both found by the tests). Properties:
+(https://github.com/skeeto/hash-prospector), a bijection of the 32-bit words with
+near-ideal avalanche. The round keys come from the seed words through four
+rounds of the same network on scalars (round constants ``(r + 1) * 0x9E3779B9``
+in place of keys, after Philox's Weyl key schedule): ``(K_0, K_1)`` is its
+output and ``K_2 = g(K_0 ^ 5 * 0x9E3779B9)`` (:func:`_round_keys`), so every
+round key depends on all 64 seed bits and seeds that differ in one bit have
+unrelated round keys: the related-key
+structure of the generator used before (the seed entered by XOR before its last
+two mixer rounds, so a one-bit change passed a single round) is gone. Three
+Feistel rounds with pseudo-random round functions give a pseudo-random
+permutation of the 64-bit counters (Luby and Rackoff 1988); the word is its
+right half, a 32-bit function of the counter that is *not* a bijection of the
+index, so words repeat as for draws with replacement. The counter is the
+element's global row-major linear index (``hi = 0``) for masks of at most
+``2**32`` elements; for larger masks ``hi`` and ``lo`` are the row-major indices
+over the axes before and from the first axis at which the rest of the mask
+fits in ``2**32`` elements (:func:`_counter`). With ``hi = 0`` the first round's
+``g(K_0)`` is a scalar, so a word costs two rounds of ``g`` (4 multiplies, 6
+xorshifts, 4 xors; the generator used before cost 6 multiplies, 9 xorshifts and
+2 xors). Properties:
 
-* *Exact marginals.* For fixed ``i`` and ``k0``, ``u(i)`` is a bijection of
-  ``k1``; as ``k1`` is a uniform word, ``u(i)`` is exactly uniform over the
-  ``2**32`` words, so every element is kept with probability exactly
+* *Exact marginals.* For a fixed counter and a fixed ``K_0`` (hence ``K_2``),
+  ``u`` is a bijection of ``K_1`` (``K_1`` passes a XOR, ``g``, a XOR, ``g``
+  and a XOR); the key schedule is a bijection of the seed words, so for
+  uniform seed words ``(K_0, K_1)`` is uniform and ``u`` is exactly uniform over
+  the ``2**32`` words: every element is kept with probability exactly
   ``keep_probability(rate)`` over the key (``E[output] == input`` exactly).
 * *Elementwise, hence layout-free.* The hash only needs the element's global
   index (an ``iota``), so the mask is identical for every layout and every
@@ -66,7 +83,7 @@ bit-flip permutation of another key's mask: keying the first round directly
     split DropBlock runs that shard_map form itself;
   - across processes (``jax.distributed``) nothing changes: a device's block
     depends only on the key and the global indices it holds.
-* *Key-only memory.* Regenerating a mask costs about 30 integer operations per
+* *Key-only memory.* Regenerating a mask costs about 20 integer operations per
   element and needs only the seed words, so :func:`masked_scale` (used by
   :func:`jaxreg.dropout` and hence spatial dropout and drop-path) and
   :func:`masked_select` (used by :func:`jaxreg.zoneout`) keep the seed words, not
@@ -83,16 +100,36 @@ bit-flip permutation of another key's mask: keying the first round directly
 * *Tested quality.* ``tests/test_generator.py`` checks byte-frequency
   chi-square, bit balance per bit position, serial correlation of neighbouring
   words and words a row apart, and cross-key correlation at every lag (also for
-  seeds that differ in a single bit), each at a stated threshold.
+  seeds that differ in a single bit), each at a stated threshold; and runs the
+  project's own battery (``tests/_randomness.py``: monobit, bit positions, byte
+  frequency, GF(2) rank of 32x32 and 128x128 bit matrices, adjacent xor,
+  birthday collisions) on one mask's words, on split keys interleaved, on the
+  interleaved words of seeds one bit apart and on the keep bits at rates 0.5
+  and 0.1, with the generator used before as the known-bad control (its
+  related-seed words fail the 128x128 rank test at ``p < 1e-100`` and its words
+  never repeat, birthday ``p = 5e-56``, at the sizes the tests use).
+  ``tests/test_dieharder.py`` passes the words of two keys, of split keys, of
+  seeds one bit apart and the rate-0.5 keep bits through Debian's dieharder
+  (birthdays, 6x8 rank, bitstream, STS monobit, DAB DCT: no FAILED).
+  ``benchmarks/generator_quality.py`` streams the same words to dieharder, the
+  own battery and PractRand; its table is in ``docs/benchmarks.md``
+  ("Generator quality").
+* *Cost.* ``python benchmarks/generator_quality.py --cost`` (2**24 elements,
+  jitted, interleaved medians): see ``docs/benchmarks.md``; the word costs
+  two thirds of the multiplies of the generator used before.
 
-*Limits.* Within one key the words of distinct indices are distinct (``u`` is a
-bijection of ``i``), i.e. the words are drawn without replacement; for a mask of
-``n`` elements this shrinks the variance of the kept count by the factor
-``1 - n / 2**32`` (``0.998`` at ``10**7`` elements), negligible in practice. The
-hash is not cryptographic (do not use it where an adversary picks the inputs).
-Masks with ``2**32`` or more elements (the index would not fit in 32 bits) are
-drawn with threefry keyed by the seed words, with the same threshold, so
-:func:`keep_probability` is unchanged.
+*Limits.* The hash is not cryptographic (do not use it where an adversary picks
+the inputs). Words of one mask repeat like independent draws (about
+``n**2 / 2**33`` equal pairs among ``n`` words), which is what independent
+elements require. A mask whose counter does not split into two 32-bit indices
+(more than ``2**64`` elements, or one axis longer than ``2**32``) is an error.
+
+References:
+  J. K. Salmon, M. A. Moraes, R. O. Dror and D. E. Shaw, "Parallel random
+  numbers: as easy as 1, 2, 3", SC 2011. https://doi.org/10.1145/2063384.2063405
+  M. Luby and C. Rackoff, "How to construct pseudorandom permutations from
+  pseudorandom functions", SIAM J. Comput. 17(2), 1988.
+  https://doi.org/10.1137/0217022
 """
 
 from __future__ import annotations
@@ -254,19 +291,23 @@ def _round_keys(seed: jax.Array):
     """The three uint32 round keys of the Feistel network, from the seed words.
 
     A scalar computation (once per mask, not per element): the seed ``(k0, k1)``
-    goes through six rounds of the same Feistel network, with the Weyl round
-    constants ``(r + 1) * 0x9E3779B9`` in place of keys, and the right halves
-    after rounds 4, 5 and 6 are the round keys. After four rounds every bit of
-    both seed words has passed through at least three mixer rounds, so seeds
-    that differ in one bit get unrelated round keys.
+    goes through four rounds of the same Feistel network, with the Weyl round
+    constants ``(r + 1) * 0x9E3779B9`` in place of keys, and its two halves are
+    ``K_0, K_1``; ``K_2 = g(K_0 ^ 5 * 0x9E3779B9)``. The four rounds are a
+    bijection of the 64 seed bits in which a one-bit change of either seed word
+    passes at least two mixer rounds, so seeds one bit apart get unrelated round
+    keys; and as ``K_2`` depends on ``K_0`` alone, a word is a bijection of
+    ``K_1`` for fixed ``K_0`` (see "Exact marginals" in the module docstring).
     """
     a, b = seed[0], seed[1]
-    keys = []
-    for r in range(6):
-        a, b = b, a ^ _mix(b ^ np.uint32((r + 1) * 0x9E3779B9 % _TWO32))
-        if r >= 3:
-            keys.append(b)
-    return keys
+    for r in range(4):
+        a, b = b, a ^ _mix(b ^ _weyl(r + 1))
+    return a, b, _mix(a ^ _weyl(5))
+
+
+def _weyl(r: int) -> np.uint32:
+    """``r`` times the golden-ratio constant ``0x9E3779B9`` (mod ``2**32``)."""
+    return np.uint32(r * 0x9E3779B9 % _TWO32)
 
 
 def _hash(seed: jax.Array, lo: jax.Array, hi: jax.Array | None = None) -> jax.Array:

@@ -40,6 +40,10 @@ References:
 from __future__ import annotations
 
 import math
+import re
+import subprocess
+import time
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import numpy as np
@@ -222,6 +226,36 @@ def von_neumann(mask: np.ndarray) -> np.ndarray:
     m = np.asarray(mask, bool).ravel()
     a, b = m[0 : m.size // 2 * 2 : 2], m[1 : m.size // 2 * 2 : 2]
     return pack_bits(a[a != b])
+
+
+def pipe_to(command: list[str], chunks: Iterable[np.ndarray], limit_s: float) -> str:
+    """Feed uint32 ``chunks`` to ``command``'s stdin until it exits (or for
+    ``limit_s`` seconds); its output."""
+    proc = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    start = time.monotonic()
+    try:
+        for chunk in chunks:
+            proc.stdin.write(np.asarray(chunk, np.uint32).tobytes())
+            if time.monotonic() - start > limit_s:
+                break
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    out = proc.stdout.read().decode(errors="replace")
+    proc.wait()
+    return out
+
+
+def dieharder(chunks: Iterable[np.ndarray], test: int) -> list[str]:
+    """Verdicts (PASSED, WEAK or FAILED, one per p-value) of ``dieharder -g 200
+    -d test`` reading the raw words of ``chunks`` from stdin."""
+    out = pipe_to(["dieharder", "-g", "200", "-d", str(test)], chunks, 600)
+    verdicts = re.findall(r"\|\s*(PASSED|WEAK|FAILED)\s*$", out, re.M)
+    if not verdicts:
+        raise RuntimeError(f"dieharder -d {test} gave no verdict:\n{out}")
+    return verdicts
 
 
 # --- The generator jaxreg used before issue 17, kept as the known-bad control:
