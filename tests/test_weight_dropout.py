@@ -391,9 +391,11 @@ def test_params_leaves_get_independent_masks():
 
 def test_params_mask_none_drops_every_leaf_and_deterministic():
     params = _mlp_params()
-    out = dropconnect_params(K(2), params, 0.5)
-    for leaf in jax.tree_util.tree_leaves(out):
-        assert 0 < float(jnp.mean(leaf == 0)) < 1
+    # Over 8 keys every leaf (the smallest has 4 elements) has dropped and kept
+    # elements; for a correct sampler a 4-element leaf fails with prob. 2**-31.
+    outs = [dropconnect_params(K(2 + i), params, 0.5) for i in range(8)]
+    for leaves in zip(*map(jax.tree_util.tree_leaves, outs), strict=True):
+        assert 0 < float(jnp.mean(jnp.stack(leaves) == 0)) < 1
     same = dropconnect_params(None, params, 0.5, deterministic=True)
     jax.tree_util.tree_map(np.testing.assert_array_equal, same, params)
     p = keep_probability(0.5)
