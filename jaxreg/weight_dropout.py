@@ -220,15 +220,17 @@ def dropconnect_dense(
       ``unsafe_rbg`` keys, whose bits JAX does not reproduce under ``vmap``,
       ``key`` here is the threefry key with data ``jax.random.bits(key, (2,))``.)
       Cost: the masks grow as ``batch x in x out`` (one random 32-bit word per
-      weight per example, drawn in the forward pass and again in the backward
-      pass) and every example needs its own masked kernel; for batch 256 and a
-      512 x 512 kernel a forward + backward step costs about 20x a plain dense
-      step on CPU (``benchmarks/bench_dropconnect.py``). Live memory is bounded
+      weight per example, drawn once in the forward pass and once more in the
+      backward pass, where ``dx`` and ``dw`` share it) and every example needs
+      its own masked kernel; for batch 256 and a 512 x 512 kernel a forward +
+      backward step costs about 20x a plain dense step on CPU
+      (``benchmarks/bench_dropconnect.py``). Live memory is bounded
       by processing the batch in chunks of ``chunk_size`` examples
       (``lax.map``): at most ``chunk_size x in x out`` mask elements exist at
-      once, in the forward *and* the backward pass (each chunk is
-      rematerialised with :func:`jax.checkpoint`, so masks are regenerated from
-      the seed words rather than stored for the gradient). Kernels of
+      once, in the forward *and* the backward pass (each chunk's derivative
+      rule is a :func:`jax.checkpoint` that saves nothing, so masks are
+      regenerated from the seed words rather than stored for the gradient;
+      forward- and reverse-mode autodiff both work). Kernels of
       ``2**16`` or more elements are processed one example at a time whatever
       ``chunk_size`` says (a batched product of large masked kernels is several
       times slower on CPU).
@@ -389,10 +391,11 @@ def _per_example_matmul(
     ``_ONE_BY_ONE`` elements are processed one example per loop step whatever
     ``chunk`` is (measured on CPU: a batched product of several such masked
     kernels costs 5-7x more than one kernel at a time; the result does not
-    depend on the chunking). Each step is a :func:`jax.checkpoint`: the backward
-    pass keeps the seed words and regenerates the masks.
+    depend on the chunking). Each step is a ``custom_jvp`` (:func:`_masked_rows`)
+    whose tangent is a checkpoint that saves nothing: the backward pass keeps the
+    seed words, regenerates each mask once and uses it for both ``dx`` and
+    ``dw``; forward-mode autodiff keeps working.
     """
-    rate = static_rate if traced_rate is None else traced_rate
     manual = None if kernel_spec is None else check_shard_spec(kernel_spec, 2)
     n, in_features = rows.shape
     if w.size >= _ONE_BY_ONE:
@@ -403,14 +406,14 @@ def _per_example_matmul(
         rows = jnp.concatenate([rows, jnp.zeros((padded - n, in_features), rows.dtype)])
     index = jnp.arange(padded, dtype=jnp.uint32) + jnp.asarray(offset, jnp.uint32)
     seeds = jax.vmap(lambda i: seed_words(jax.random.fold_in(key, i)))(index)
-    keep_p = keep_probability(rate)
+    keep_p = keep_probability(static_rate if traced_rate is None else traced_rate)
     scale = safe_inverse(keep_p) if inverted else 1.0
+    if traced_rate is not None:
+        traced_rate = lax.stop_gradient(traced_rate)
+        scale = lax.stop_gradient(scale)
 
-    @jax.checkpoint
     def run_chunk(w, xs, sd):
-        keep = stacked_keep(sd, w.shape, rate, manual=manual)
-        kernels = _scaled_where(keep, w, scale)
-        return jax.vmap(jnp.matmul)(xs, kernels)
+        return _masked_rows(w, xs, sd, traced_rate, scale, static_rate, manual)
 
     if num_chunks == 1:
         y = run_chunk(w, rows, seeds)
@@ -420,6 +423,61 @@ def _per_example_matmul(
         y = lax.map(lambda a: run_chunk(w, a[0], a[1]), (xs, sd))
         y = y.reshape(padded, -1)
     return y[:n]
+
+
+def _chunk_keep(sd, shape, traced_rate, static_rate, manual):
+    """The keep decisions of a chunk's kernels, ``(chunk, in, out)`` booleans."""
+    rate = static_rate if traced_rate is None else traced_rate
+    return stacked_keep(sd, shape, rate, manual=manual)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(5, 6))
+def _masked_rows(w, xs, sd, traced_rate, scale, static_rate, manual):
+    """Rows ``xs[c] @ where(keep_c, w * scale, 0)`` of one chunk (``sd``: its
+    seed words), the masks drawn once and fused into the kernels."""
+    keep = _chunk_keep(sd, w.shape, traced_rate, static_rate, manual)
+    return jax.vmap(jnp.matmul)(xs, _scaled_where(keep, w, scale))
+
+
+def _masked_rows_tangent(w, xs, sd, traced_rate, scale, tw, txs, static_rate, manual):
+    """Tangent ``txs[c] @ (M_c * w * scale) + xs[c] @ (M_c * tw * scale)``.
+
+    The masks ``M_c`` come out of a ``lax.cond`` whose two branches are the same
+    computation on a runtime predicate: a conditional's result is a buffer, so
+    the transposed products (``dx`` and ``dw``) read one regenerated mask per
+    chunk. Written as a plain elementwise producer, XLA fuses it into each of
+    its two consumers and draws every random word twice in the backward pass.
+    """
+
+    def draw():
+        return _chunk_keep(sd, w.shape, traced_rate, static_rate, manual)
+
+    keep = lax.cond(sd[0, 0] > 0, draw, draw)
+    return jax.vmap(jnp.matmul)(txs, _scaled_where(keep, w, scale)) + jax.vmap(
+        jnp.matmul
+    )(xs, _scaled_where(keep, tw, scale))
+
+
+# Linearizing the tangent keeps only its inputs (weights, rows, seed words): the
+# masks are regenerated in the backward pass, never stored.
+_masked_rows_tangent_remat = jax.checkpoint(
+    _masked_rows_tangent,
+    policy=jax.checkpoint_policies.nothing_saveable,
+    static_argnums=(7, 8),
+)
+
+
+@_masked_rows.defjvp
+def _masked_rows_jvp(static_rate, manual, primals, tangents):
+    # The rate and the scale (a function of the rounded threshold) have zero
+    # derivative; the seed words are integers.
+    w, xs, sd, traced_rate, scale = primals
+    tw, txs = tangents[0], tangents[1]
+    y = _masked_rows(w, xs, sd, traced_rate, scale, static_rate, manual)
+    ty = _masked_rows_tangent_remat(
+        w, xs, sd, traced_rate, scale, tw, txs, static_rate, manual
+    )
+    return y, ty
 
 
 def _scaled_where(keep, w, scale):

@@ -499,6 +499,36 @@ def test_check_grads_at_fixed_key():
     )
 
 
+def test_dense_per_example_gradients_use_each_examples_mask():
+    # Reference: the same layer written with the explicit per-example kernels of
+    # the documented semantics (autodiff through `dropconnect`). The gradients
+    # are sums of at most 6 float32 products of O(1) terms, so they agree to a
+    # few float32 roundings (atol 1e-5); also under vmap over keys.
+    x, w, _ = _data((6,), n_in=5, n_out=4)
+    rate = 0.3
+
+    def loss(k, x, w):
+        y = dropconnect_dense(k, x, w, rate, per_example=True, chunk_size=4)
+        return jnp.sum(jnp.sin(y))
+
+    def loss_ref(k, x, w):
+        kernels = jnp.stack(
+            [dropconnect(jax.random.fold_in(k, n), w, rate) for n in range(6)]
+        )
+        return jnp.sum(jnp.sin(jnp.einsum("ni,nio->no", x, kernels)))
+
+    grad = jax.jit(jax.grad(loss, argnums=(1, 2)))
+    grad_ref = jax.jit(jax.grad(loss_ref, argnums=(1, 2)))
+    keys = jax.random.split(K(5), 2)
+    batched = jax.vmap(grad, in_axes=(0, None, None))(keys, x, w)
+    for i in range(2):
+        for got, want, g_b in zip(
+            grad(keys[i], x, w), grad_ref(keys[i], x, w), batched, strict=True
+        ):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(g_b[i], want, rtol=1e-5, atol=1e-5)
+
+
 def test_jit_equals_eager():
     x, w, b = _data((7,))
     key = K(2)
