@@ -439,6 +439,13 @@ def _masked_rows(w, xs, sd, traced_rate, scale, static_rate, manual):
     return jax.vmap(jnp.matmul)(xs, _scaled_where(keep, w, scale))
 
 
+# A checkpoint that saves nothing: linearizing the tangent keeps only its inputs
+# (weights, rows, seed words), so the masks are regenerated in the backward pass.
+@partial(
+    jax.checkpoint,
+    policy=jax.checkpoint_policies.nothing_saveable,
+    static_argnums=(7, 8),
+)
 def _masked_rows_tangent(w, xs, sd, traced_rate, scale, tw, txs, static_rate, manual):
     """Tangent ``txs[c] @ (M_c * w * scale) + xs[c] @ (M_c * tw * scale)``.
 
@@ -453,18 +460,10 @@ def _masked_rows_tangent(w, xs, sd, traced_rate, scale, tw, txs, static_rate, ma
         return _chunk_keep(sd, w.shape, traced_rate, static_rate, manual)
 
     keep = lax.cond(sd[0, 0] > 0, draw, draw)
-    return jax.vmap(jnp.matmul)(txs, _scaled_where(keep, w, scale)) + jax.vmap(
-        jnp.matmul
-    )(xs, _scaled_where(keep, tw, scale))
-
-
-# Linearizing the tangent keeps only its inputs (weights, rows, seed words): the
-# masks are regenerated in the backward pass, never stored.
-_masked_rows_tangent_remat = jax.checkpoint(
-    _masked_rows_tangent,
-    policy=jax.checkpoint_policies.nothing_saveable,
-    static_argnums=(7, 8),
-)
+    products = jax.vmap(jnp.matmul)
+    return products(txs, _scaled_where(keep, w, scale)) + products(
+        xs, _scaled_where(keep, tw, scale)
+    )
 
 
 @_masked_rows.defjvp
@@ -474,7 +473,7 @@ def _masked_rows_jvp(static_rate, manual, primals, tangents):
     w, xs, sd, traced_rate, scale = primals
     tw, txs = tangents[0], tangents[1]
     y = _masked_rows(w, xs, sd, traced_rate, scale, static_rate, manual)
-    ty = _masked_rows_tangent_remat(
+    ty = _masked_rows_tangent(
         w, xs, sd, traced_rate, scale, tw, txs, static_rate, manual
     )
     return y, ty
