@@ -61,6 +61,27 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 _ALPHA_PRIME = -_SELU_SCALE * _SELU_ALPHA
 
 
+def _shard_spec_doc(array: str = "x"):
+    """Decorator: write the ``shard_spec`` argument's text, shared by the
+    shard-aware functions of this module, where their docstring says
+    ``{shard_spec}``; ``array`` names the argument whose block the spec gives."""
+    text = (
+        "shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` of\n"
+        f"        ``{array}`` (its ``in_specs`` entry, over the manual mesh axes): "
+        f"``{array}`` is\n"
+        "        then one shard's block and gets exactly the output that the same call\n"
+        "        on the global array under ``jit`` gives that block, with no\n"
+        "        communication (see :func:`jaxreg.keep_mask`)."
+    )
+
+    def write(fn):
+        if fn.__doc__ is not None:  # None under python -OO
+            fn.__doc__ = fn.__doc__.replace("{shard_spec}", text)
+        return fn
+
+    return write
+
+
 def _check_deterministic(deterministic, key) -> bool:
     """Check the ``deterministic`` flag, and a key whenever one is given.
 
@@ -72,8 +93,12 @@ def _check_deterministic(deterministic, key) -> bool:
     return check_bool(deterministic, "deterministic")
 
 
-def _static_edge(x: jax.Array, rate):
-    """The output at a concrete rate of 0 (``x``) or 1 (zeros), else None."""
+def _static_output(x: jax.Array, rate, deterministic, key):
+    """The output when no noise is drawn, else None: ``x`` at inference (after
+    checking ``deterministic`` and any key) or at a concrete rate of 0, zeros at a
+    concrete rate of 1."""
+    if _check_deterministic(deterministic, key):
+        return x
     value = static_value(rate)
     if value == 0.0:
         return x
@@ -86,6 +111,7 @@ def _scaled(x: jax.Array, scale) -> jax.Array:
     return (x.astype(compute_dtype(x)) * scale).astype(x.dtype)
 
 
+@_shard_spec_doc()
 def dropout(
     key,
     x: jax.typing.ArrayLike,
@@ -129,11 +155,7 @@ def dropout(
         computed from the rounded output, so where ``f`` saturates (``tanh`` or
         ``sigmoid`` near their bounds) its relative error grows like one
         rounding over the distance to the bound, as for JAX's own rules.
-      shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` of
-        ``x`` (its ``in_specs`` entry, over the manual mesh axes): ``x`` is
-        then one shard's block and gets exactly the output that the same call
-        on the global array under ``jit`` gives that block, with no
-        communication (see :func:`jaxreg.keep_mask`).
+      {shard_spec}
 
     Returns:
       An array with the shape and dtype of ``x``.
@@ -188,6 +210,7 @@ def dropout(
     )
 
 
+@_shard_spec_doc()
 def spatial_dropout(
     key,
     x: jax.typing.ArrayLike,
@@ -210,11 +233,7 @@ def spatial_dropout(
       rate: drop probability in ``[0, 1]``.
       channel_axis: the channel axis (not 0, the batch axis).
       deterministic: return ``x`` unchanged.
-      shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` of
-        ``x`` (its ``in_specs`` entry, over the manual mesh axes): ``x`` is
-        then one shard's block and gets exactly the output that the same call
-        on the global array under ``jit`` gives that block, with no
-        communication (see :func:`jaxreg.keep_mask`).
+      {shard_spec}
 
     Returns:
       An array with the shape and dtype of ``x``.
@@ -348,6 +367,7 @@ def gaussian_noise(
     return (x.astype(ct) + stddev * eps).astype(x.dtype)
 
 
+@_shard_spec_doc()
 def alpha_dropout(
     key,
     x: jax.typing.ArrayLike,
@@ -380,11 +400,7 @@ def alpha_dropout(
       broadcast_dims: axes along which one keep decision is shared (feature alpha
         dropout), as in :func:`dropout`.
       deterministic: return ``x`` unchanged.
-      shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` of
-        ``x`` (its ``in_specs`` entry, over the manual mesh axes): ``x`` is
-        then one shard's block and gets exactly the output that the same call
-        on the global array under ``jit`` gives that block, with no
-        communication (see :func:`jaxreg.keep_mask`).
+      {shard_spec}
 
     Returns:
       An array with the shape and dtype of ``x``.
@@ -415,11 +431,9 @@ def alpha_dropout(
     rate = check_rate(rate)
     dims = check_broadcast_dims(broadcast_dims, x.ndim)
     manual = check_shard_spec(shard_spec, x.ndim)
-    if _check_deterministic(deterministic, key):
-        return x
-    edge = _static_edge(x, rate)
-    if edge is not None:
-        return edge
+    fixed = _static_output(x, rate, deterministic, key)
+    if fixed is not None:
+        return fixed
     q = keep_probability(rate)
     ct = compute_dtype(x)
     q = jnp.asarray(q, ct)
@@ -435,6 +449,7 @@ def alpha_dropout(
     return (a * y + jnp.where(q > 0, b, 0.0)).astype(x.dtype)
 
 
+@_shard_spec_doc()
 def drop_path(
     key,
     x: jax.typing.ArrayLike,
@@ -458,11 +473,7 @@ def drop_path(
         torchvision); ``"batch"`` drops the branch for the whole batch at once (as
         in Huang et al. 2016).
       deterministic: return ``x`` unchanged.
-      shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` of
-        ``x`` (its ``in_specs`` entry, over the manual mesh axes): ``x`` is
-        then one shard's block and gets exactly the output that the same call
-        on the global array under ``jit`` gives that block, with no
-        communication (see :func:`jaxreg.keep_mask`).
+      {shard_spec}
 
     Returns:
       An array with the shape and dtype of ``x``.
@@ -512,6 +523,7 @@ def _dropblock_center_rate(rate, block_size: int, gamma_scale=1.0):
     return jnp.minimum(1.0, s * (1.0 - (1.0 - r) ** (1.0 / n)))
 
 
+@_shard_spec_doc()
 def dropblock(
     key,
     x: jax.typing.ArrayLike,
@@ -565,11 +577,7 @@ def dropblock(
       gamma_scale: factor ``>= 0`` on the seed rate (a Python float or a traced
         scalar; a traced negative value acts as 0).
       deterministic: return ``x`` unchanged.
-      shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` of
-        ``x`` (its ``in_specs`` entry, over the manual mesh axes): ``x`` is
-        then one shard's block and gets exactly the output that the same call
-        on the global array under ``jit`` gives that block, with no
-        communication (see :func:`jaxreg.keep_mask`).
+      {shard_spec}
         Blocks that cross shard borders stay whole: each shard also draws the
         ``block_size - 1`` seed rows and columns past its block.
 
@@ -607,11 +615,9 @@ def dropblock(
     coupled = check_bool(couple_channels, "couple_channels")
     gamma_scale = check_nonnegative(gamma_scale, "gamma_scale")
     manual = check_shard_spec(shard_spec, x.ndim)
-    if _check_deterministic(deterministic, key):
-        return x
-    edge = _static_edge(x, rate)
-    if edge is not None:
-        return edge
+    fixed = _static_output(x, rate, deterministic, key)
+    if fixed is not None:
+        return fixed
     gamma = _dropblock_center_rate(rate, block_size, gamma_scale)
     keep = keep_probability(gamma) ** (block_size * block_size)
     # The seeds are keep_mask(key, (N, H + b - 1, W + b - 1, C or 1), gamma),
@@ -623,6 +629,7 @@ def dropblock(
     )
 
 
+@_shard_spec_doc("h_new")
 def zoneout(
     key,
     h_prev: jax.typing.ArrayLike,
@@ -644,11 +651,7 @@ def zoneout(
       h_new: candidate new hidden state, same shape as ``h_prev``.
       rate: probability of keeping the previous value ("zoning out").
       deterministic: return the expectation instead of a sample.
-      shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` of
-        ``h_new`` (its ``in_specs`` entry, over the manual mesh axes): ``h_new`` is
-        then one shard's block and gets exactly the output that the same call
-        on the global array under ``jit`` gives that block, with no
-        communication (see :func:`jaxreg.keep_mask`).
+      {shard_spec}
 
     Returns:
       The next hidden state, shape and dtype of ``h_new``.
