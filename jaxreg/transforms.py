@@ -134,6 +134,42 @@ class SpectralNormState(NamedTuple):
     u: Any
 
 
+def _doc(**parts):
+    """Decorator: replace each ``{name}`` in the docstring by ``parts[name]``, text
+    that several docstrings of this module share (written once, below)."""
+
+    def write(fn):
+        if fn.__doc__ is not None:  # None under python -OO
+            for name, text in parts.items():
+                fn.__doc__ = fn.__doc__.replace("{" + name + "}", text)
+        return fn
+
+    return write
+
+
+_MASK_STACKED_DOC = (
+    "mask: optional bool pytree (or callable) of the leaves to constrain.\n"
+    "      stacked_axes: leading layer axes of stacked layers (as for\n"
+    "        :func:`project`); ``axis`` counts on the per-layer shape."
+)
+
+
+def _adder_doc(penalty: str) -> str:
+    """The Args, Returns and Raises sections of ``add_<penalty>``."""
+    return (
+        "Args:\n"
+        "      strength: :math:`\\lambda \\ge 0`: a float, a traced scalar, or a "
+        "schedule.\n"
+        "      mask: optional bool pytree (or callable) of the leaves to regularize.\n"
+        "\n"
+        "    Returns:\n"
+        f"      :func:`add_penalty` of :func:`jaxreg.{penalty}`.\n"
+        "\n"
+        "    Raises:\n"
+        "      ValueError: negative ``strength``; ``params=None`` in ``update``."
+    )
+
+
 def _check_hparam(value, name: str):
     """A schedule passes through; a number must be >= 0 (traced: unchecked)."""
     if callable(value):
@@ -171,12 +207,21 @@ def _update_to(target, u, p):
     return jnp.asarray(target - p).astype(jnp.asarray(u).dtype)
 
 
-def _count_init(state_cls):
+def _counted(name: str, state_cls, step, mask) -> optax.GradientTransformation:
+    """The (masked) transform ``name`` whose state ``state_cls`` counts the
+    updates: ``step(updates, params, count)`` gives the new updates, and ``params``
+    are required."""
+
     def init_fn(params):
         del params
         return state_cls(count=jnp.zeros([], jnp.int32))
 
-    return init_fn
+    def update_fn(updates, state, params=None):
+        _require_params(params, name)
+        new = step(updates, params, state.count)
+        return new, state_cls(count=optax.safe_int32_increment(state.count))
+
+    return _with_mask(optax.GradientTransformation(init_fn, update_fn), mask)
 
 
 def add_penalty(
@@ -231,38 +276,27 @@ def add_penalty(
         )
     strength = _check_hparam(strength, "strength")
 
-    def update_fn(updates, state, params=None):
-        _require_params(params, "add_penalty")
-        s = _at(strength, state.count)
+    def step(updates, params, count):
+        s = _at(strength, count)
         grads = float_grad(penalty_fn, params)  # non-float leaves: no gradient
-        new = map_float_params(
+        return map_float_params(
             lambda _, u, p, g: jnp.asarray(u + s * g).astype(jnp.asarray(u).dtype),
             updates,
             params,
             grads,
         )
-        return new, PenaltyState(count=optax.safe_int32_increment(state.count))
 
-    return _with_mask(
-        optax.GradientTransformation(_count_init(PenaltyState), update_fn), mask
-    )
+    return _counted("add_penalty", PenaltyState, step, mask)
 
 
+@_doc(adder_sections=_adder_doc("l1"))
 def add_l1(strength, *, mask=None) -> optax.GradientTransformation:
     r"""Add :math:`\lambda_t \operatorname{sign}(w)`, the gradient of :math:`\lambda\|w\|_1`.
 
     The subgradient step makes weights oscillate around zero rather than reach it;
     use :func:`l1_prox` for exact zeros.
 
-    Args:
-      strength: :math:`\lambda \ge 0`: a float, a traced scalar, or a schedule.
-      mask: optional bool pytree (or callable) of the leaves to regularize.
-
-    Returns:
-      :func:`add_penalty` of :func:`jaxreg.l1`.
-
-    Raises:
-      ValueError: negative ``strength``; ``params=None`` in ``update``.
+    {adder_sections}
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg
@@ -278,6 +312,7 @@ def add_l1(strength, *, mask=None) -> optax.GradientTransformation:
     return add_penalty(l1, strength, mask=mask)
 
 
+@_doc(adder_sections=_adder_doc("l2"))
 def add_l2(strength, *, mask=None) -> optax.GradientTransformation:
     r"""Add :math:`\lambda_t w`, the gradient of :math:`\tfrac{\lambda}{2}\|w\|_2^2`.
 
@@ -286,15 +321,7 @@ def add_l2(strength, *, mask=None) -> optax.GradientTransformation:
     before the learning-rate scaling it is decoupled weight decay (AdamW,
     Loshchilov & Hutter), the same step as :func:`optax.add_decayed_weights`.
 
-    Args:
-      strength: :math:`\lambda \ge 0`: a float, a traced scalar, or a schedule.
-      mask: optional bool pytree (or callable) of the leaves to regularize.
-
-    Returns:
-      :func:`add_penalty` of :func:`jaxreg.l2`.
-
-    Raises:
-      ValueError: negative ``strength``; ``params=None`` in ``update``.
+    {adder_sections}
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg
@@ -384,6 +411,7 @@ def project(
     return _with_mask(optax.GradientTransformation(init_fn, update_fn), mask)
 
 
+@_doc(mask_stacked=_MASK_STACKED_DOC)
 def max_norm_constraint(
     max_value, *, axis=0, mask=None, stacked_axes=None
 ) -> optax.GradientTransformation:
@@ -397,9 +425,7 @@ def max_norm_constraint(
       axis: int or tuple, the axes the norm runs over (Keras semantics, applied to
         every selected leaf); under :func:`optax.inject_hyperparams` pass
         ``static_args="axis"``.
-      mask: optional bool pytree (or callable) of the leaves to constrain.
-      stacked_axes: leading layer axes of stacked layers (as for
-        :func:`project`); ``axis`` counts on the per-layer shape.
+      {mask_stacked}
 
     Returns:
       An :class:`optax.GradientTransformation`.
@@ -432,6 +458,7 @@ def max_norm_constraint(
     )
 
 
+@_doc(mask_stacked=_MASK_STACKED_DOC)
 def unit_norm_constraint(
     *, axis=0, mask=None, stacked_axes=None
 ) -> optax.GradientTransformation:
@@ -439,9 +466,7 @@ def unit_norm_constraint(
 
     Args:
       axis: int or tuple, the axes the norm runs over (Keras semantics).
-      mask: optional bool pytree (or callable) of the leaves to constrain.
-      stacked_axes: leading layer axes of stacked layers (as for
-        :func:`project`); ``axis`` counts on the per-layer shape.
+      {mask_stacked}
 
     Returns:
       An :class:`optax.GradientTransformation`.
@@ -464,6 +489,7 @@ def unit_norm_constraint(
     )
 
 
+@_doc(mask_stacked=_MASK_STACKED_DOC)
 def min_max_norm_constraint(
     min_value, max_value, *, rate=1.0, axis=0, mask=None, stacked_axes=None
 ) -> optax.GradientTransformation:
@@ -476,9 +502,7 @@ def min_max_norm_constraint(
       max_value: upper norm bound, ``>= min_value``.
       rate: fraction in ``[0, 1]`` of the way to move toward the interval per step.
       axis: int or tuple, the axes the norm runs over (Keras semantics).
-      mask: optional bool pytree (or callable) of the leaves to constrain.
-      stacked_axes: leading layer axes of stacked layers (as for
-        :func:`project`); ``axis`` counts on the per-layer shape.
+      {mask_stacked}
 
     Returns:
       An :class:`optax.GradientTransformation`.
@@ -661,21 +685,17 @@ def _prox_transform(
         fn = per_layer(prox, k, in_axes=(0, None))
         return _update_to(on_leaf(fn, path, _stepped(u, p), t), u, p)
 
-    def update_fn(updates, state, params=None):
-        _require_params(params, name)
-        t = _at(learning_rate, state.count) * _at(strength, state.count)
+    def step(updates, params, count):
+        t = _at(learning_rate, count) * _at(strength, count)
         counts = resolve_stacked(stacked_axes, params)
-        new = map_float_params(
+        return map_float_params(
             lambda path, u, p, k: prox_leaf(path, u, p, k, t),
             updates,
             params,
             counts,
         )
-        return new, ProxState(count=optax.safe_int32_increment(state.count))
 
-    return _with_mask(
-        optax.GradientTransformation(_count_init(ProxState), update_fn), mask
-    )
+    return _counted(name, ProxState, step, mask)
 
 
 def _soft_threshold(w: jax.Array, t) -> jax.Array:
