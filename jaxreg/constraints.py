@@ -57,6 +57,22 @@ def tolerance(dtype) -> float:
     return max(float(jnp.finfo(dtype).eps), 8.0 * float(jnp.finfo(jnp.float32).eps))
 
 
+def _axis_stacked_doc(fn):
+    """Decorator: write the text of the ``axis`` and ``stacked_axes`` arguments,
+    shared by the norm projections, where their docstring says ``{axis_stacked}``."""
+    if fn.__doc__ is not None:  # None under python -OO
+        fn.__doc__ = fn.__doc__.replace(
+            "{axis_stacked}",
+            "axis: int or tuple of ints, the axes the norm runs over (Keras "
+            "semantics),\n"
+            "        counted on the per-layer shape.\n"
+            "      stacked_axes: the number of leading layer axes of a stacked ``w`` "
+            "(an int\n"
+            "        ``>= 0``): each layer is constrained as if unstacked.",
+        )
+    return fn
+
+
 def _slice_norms(w: jax.Array, axis, stacked_axes):
     """``(scale, unit, norms)`` of every slice: ``norms = scale * unit`` (see
     :func:`jaxreg._numerics.norm_parts`; ``norms`` may overflow to inf, the
@@ -76,6 +92,7 @@ def _rescaled(w: jax.Array, keep, scale, factor) -> jax.Array:
     return jnp.where(keep, wc, (wc / scale) * factor).astype(w.dtype)
 
 
+@_axis_stacked_doc
 def max_norm(
     w: jax.typing.ArrayLike, max_value, *, axis=0, stacked_axes=0
 ) -> jax.Array:
@@ -93,10 +110,7 @@ def max_norm(
       w: floating array.
       max_value: the largest allowed norm :math:`c > 0`; a Python float, or a
         traced scalar (not validated).
-      axis: int or tuple of ints, the axes the norm runs over (Keras semantics),
-        counted on the per-layer shape.
-      stacked_axes: the number of leading layer axes of a stacked ``w`` (an int
-        ``>= 0``): each layer is constrained as if unstacked.
+      {axis_stacked}
 
     Returns:
       An array with the shape and dtype of ``w``.
@@ -125,6 +139,7 @@ def max_norm(
     return _rescaled(w, inside, scale, safe_div(c, unit))
 
 
+@_axis_stacked_doc
 def unit_norm(w: jax.typing.ArrayLike, *, axis=0, stacked_axes=0) -> jax.Array:
     r"""Unit-norm projection: :math:`w_s \leftarrow w_s / \|w_s\|_2` for each slice.
 
@@ -133,10 +148,7 @@ def unit_norm(w: jax.typing.ArrayLike, *, axis=0, stacked_axes=0) -> jax.Array:
 
     Args:
       w: floating array.
-      axis: int or tuple of ints, the axes the norm runs over (Keras semantics),
-        counted on the per-layer shape.
-      stacked_axes: the number of leading layer axes of a stacked ``w`` (an int
-        ``>= 0``): each layer is constrained as if unstacked.
+      {axis_stacked}
 
     Returns:
       An array with the shape and dtype of ``w``.
@@ -161,6 +173,7 @@ def unit_norm(w: jax.typing.ArrayLike, *, axis=0, stacked_axes=0) -> jax.Array:
     return _rescaled(w, on_sphere, scale, safe_div(1.0, unit))
 
 
+@_axis_stacked_doc
 def min_max_norm(
     w: jax.typing.ArrayLike, min_value, max_value, *, rate=1.0, axis=0, stacked_axes=0
 ) -> jax.Array:
@@ -181,10 +194,7 @@ def min_max_norm(
       min_value: lower norm bound, ``>= 0``.
       max_value: upper norm bound, ``>= min_value``.
       rate: fraction in ``[0, 1]`` of the way to move toward the interval.
-      axis: int or tuple of ints, the axes the norm runs over (Keras semantics),
-        counted on the per-layer shape.
-      stacked_axes: the number of leading layer axes of a stacked ``w`` (an int
-        ``>= 0``): each layer is constrained as if unstacked.
+      {axis_stacked}
 
     Returns:
       An array with the shape and dtype of ``w``.
