@@ -55,8 +55,8 @@ def test_concrete_gradient_wrt_rate_is_real():
 
     with jax.enable_x64(True):  # finite differences in float64
         x64 = jax.random.normal(jax.random.key(1), (3, 4), jnp.float64)
-        check_grads(
-            lambda lg: f(x64, lg),
+        check_grads(  # jitted: one compiled program per derivative, not per op
+            jax.jit(lambda lg: f(x64, lg)),
             (jnp.asarray(-1.0, jnp.float64),),
             order=2,
             modes=("fwd", "rev"),
