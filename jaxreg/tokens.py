@@ -47,8 +47,10 @@ def patch_dropout(
     the patches; FLIP masks 50-75% of them).
 
     The choice is drawn from jaxreg's counter-based sampler: one 32-bit word per
-    (example, token), all distinct within an example, and the ``K`` tokens with
-    the largest words are kept. No rescaling is applied (tokens are removed, not
+    (example, token), and the ``K`` tokens with the largest words are kept. The
+    words are independent draws, so two tokens of a row tie with probability
+    about ``N**2 / 2**33`` (8e-6 for 256 tokens); a tie is broken towards the
+    lower index, the only departure from an exactly uniform subset. No rescaling is applied (tokens are removed, not
     zeroed), and gradients reach the kept tokens only. Inference
     (``deterministic=True``, or ``rate == 0``) returns all tokens.
 
@@ -146,7 +148,7 @@ def patch_dropout(
 def _patch_dropout(key, x, keep: int, prefix: int, ordered: bool):
     """Keep ``prefix`` leading tokens and ``keep`` random others of each row."""
     batch, num_tokens = x.shape[:2]
-    words = _bits(_seed(key), (batch, num_tokens - prefix))  # distinct in a row
+    words = _bits(_seed(key), (batch, num_tokens - prefix))  # ties: lower index
     _, chosen = jax.lax.top_k(words, keep)
     if ordered:
         chosen = jnp.sort(chosen, axis=-1)
