@@ -147,6 +147,12 @@ def layer_axes(params: PyTree, stacked_axes="layers") -> PyTree:
       >>> jaxreg.layer_axes({"w": jnp.ones((4, 3, 2)), "b": jnp.ones(2)},
       ...                   {"w": 1, "b": 0})
       {'b': 0, 'w': 1}
+
+    References:
+      Flax, "Lifted transformations: scan" (``nn.scan``'s ``metadata_params``
+      and ``nn.PARTITION_NAME``), https://flax.readthedocs.io; the problem it
+      solves for optimizers of stacked layers is described in levanter issue
+      #405 (https://github.com/stanford-crfm/levanter/issues/405).
     """
     return resolve_stacked(stacked_axes, params)
 

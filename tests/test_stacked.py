@@ -309,10 +309,18 @@ def test_pytree_and_callable_specs():
         ([], TypeError, "empty list"),
     ],
 )
-def test_bad_stacked_axes(spec, err, match):
+@pytest.mark.parametrize(
+    "resolve",
+    [
+        lambda params, spec: jaxreg.mask_by_ndim(params, stacked_axes=spec),
+        jaxreg.layer_axes,
+    ],
+    ids=["mask_by_ndim", "layer_axes"],
+)
+def test_bad_stacked_axes(spec, err, match, resolve):
     params = {"w": jnp.ones((3, 4)), "b": jnp.ones(4), "c": jnp.ones(2)}
     with pytest.raises(err, match=match):
-        jaxreg.mask_by_ndim(params, stacked_axes=spec)
+        resolve(params, spec)
 
 
 def test_bad_stacked_axes_in_transforms_and_constraints():
