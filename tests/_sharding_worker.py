@@ -112,6 +112,7 @@ CORE = [
 # worst-case bound K * eps * (|x| @ |w|) (see ``matmul_tol`` below).
 TOLERANCE = {
     "alpha_dropout": "fma",
+    "alpha_dropout_feature": "fma",
     "gaussian_dropout": "fma",
     "gaussian_noise": "fma",
     "concrete_dropout": "fma",
@@ -133,6 +134,7 @@ COMMUNICATING = {
     # run these per device (Explicit axes or shard_map can).
     ("dropconnect_dense_per_example", "Auto", None): "lax.map over split rows",
     ("dropblock", "Auto", "spatial"): "blocks cross the devices' borders",
+    ("dropblock_coupled", "Auto", "spatial"): "blocks cross the devices' borders",
 }
 # not differentiable (bool output)
 NO_GRAD = {"keep_mask", "keep_mask_broadcast"}
@@ -286,6 +288,18 @@ def main():
         ),
         "dropblock": (
             lambda k, d, r, s: jaxreg.dropblock(k[tf], d["x4"], RATE, block_size=3),
+            "x4",
+        ),
+        "dropblock_coupled": (
+            lambda k, d, r, s: jaxreg.dropblock(
+                k[tf], d["x4"], RATE, block_size=3, couple_channels=True
+            ),
+            "x4",
+        ),
+        "alpha_dropout_feature": (
+            lambda k, d, r, s: jaxreg.alpha_dropout(
+                k[tf], d["x4"], RATE, broadcast_dims=(1, 2)
+            ),
             "x4",
         ),
         "cutout": (lambda k, d, r, s: jaxreg.cutout(k[tf], d["x4"], size=3), "x4"),

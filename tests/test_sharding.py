@@ -120,7 +120,7 @@ def _functions(report, mode, axis_type=None):
 
 def _base(name):
     """The jaxreg function a worker case name exercises."""
-    for prefix in ("dropout_", "keep_mask_"):
+    for prefix in ("dropout_", "keep_mask_", "dropblock_", "alpha_dropout_"):
         if name.startswith(prefix):
             return prefix[:-1]
     return name
