@@ -36,6 +36,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxreg._checks import (
     check_float_array,
@@ -47,6 +49,7 @@ from jaxreg._checks import (
     check_unit_interval,
 )
 from jaxreg._numerics import clip_traced, norm, norm_parts, promote_f32, safe_div
+from jaxreg._sampler import explicit_sharding
 from jaxreg._trees import per_layer
 
 __all__ = ["max_norm", "max_spectral_norm", "min_max_norm", "non_neg", "unit_norm"]
@@ -249,21 +252,45 @@ def non_neg(w: jax.typing.ArrayLike) -> jax.Array:
 
 
 def _unit(x: jax.Array, fallback: jax.Array) -> jax.Array:
-    """``x / ||x||``, or ``fallback`` where ``x`` is zero (no direction)."""
+    """``x / ||x||``, or ``fallback`` where ``x`` is zero (no direction).
+
+    ``fallback`` is added to zeros laid out like ``x`` first: on Explicit mesh
+    axes the select needs both cases in ``x``'s sharding, and a replicated
+    vector plus a sharded one takes the sharded layout (values unchanged).
+    """
     n = norm(x)
-    return jnp.where(n > 0, safe_div(x, n), fallback)
+    return jnp.where(n > 0, safe_div(x, n), fallback + jnp.zeros_like(x))
+
+
+def _matvec_shardings(m: jax.Array):
+    """Output shardings of ``m @ u``, ``m.T @ v`` and ``v @ (m @ u)``.
+
+    On Explicit mesh axes a product that contracts a split axis must be told
+    its output layout: the vectors follow the matrix's rows and columns, the
+    scalar is replicated. None (XLA decides) elsewhere.
+    """
+    sharding = explicit_sharding(m)
+    if sharding is None:
+        return None, None, None
+    spec = tuple(sharding.spec) + (None,) * (2 - len(sharding.spec))
+    return tuple(
+        NamedSharding(sharding.mesh, P(*entries))
+        for entries in ((spec[0],), (spec[1],), ())
+    )
 
 
 def _spectral_step(w: jax.Array, max_value, u: jax.Array, *, n_iter: int):
     """One matrix's projection (no layer axes): ``(w_new, u_new)``."""
     m = promote_f32(w).reshape(-1, w.shape[-1])
+    rows, cols, scalar = _matvec_shardings(m)
     u = promote_f32(u)
     v = jnp.zeros((m.shape[0],), m.dtype)
     for _ in range(n_iter):
-        v = _unit(m @ u, v)
-        u = _unit(m.T @ v, u)
-    v = _unit(m @ u, v)
-    sigma = jnp.vdot(v, m @ u)  # <= the largest singular value
+        v = _unit(jnp.matmul(m, u, out_sharding=rows), v)
+        u = _unit(jnp.matmul(m.T, v, out_sharding=cols), u)
+    mu = jnp.matmul(m, u, out_sharding=rows)
+    v = _unit(mu, v)
+    sigma = jnp.matmul(v, mu, out_sharding=scalar)  # <= the largest singular value
     inside = sigma <= max_value * (1.0 + tolerance(w.dtype))
     factor = jnp.where(inside, 1.0, safe_div(max_value, sigma))
     out = jnp.where(inside, promote_f32(w), promote_f32(w) * factor)
