@@ -120,6 +120,8 @@ def _functions(report, mode, axis_type=None):
 
 def _base(name):
     """The jaxreg function a worker case name exercises."""
+    if name == "dropconnect_kernel":  # dropconnect on the (in, out) kernel
+        return "dropconnect"
     for prefix in ("dropout_", "keep_mask_", "dropblock_", "alpha_dropout_"):
         if name.startswith(prefix):
             return prefix[:-1]
