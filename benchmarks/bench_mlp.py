@@ -16,7 +16,9 @@ checkpointing (S1); the same with width 512 and batch 1024 (S2); and a small
 transformer-like block stack (S3, :func:`transformer_loss`). Each row gives the
 step time without dropout and the ratios of the unfused form
 ``dropout(key, tanh(h), r)`` and the fused form ``dropout(key, h, r,
-activation="tanh")``, interleaved medians in one process.
+activation="tanh")``, interleaved medians in one process; for S1 and S2 also a
+cost probe (:func:`scale_probe`, ``h / (1 - r)`` where the unfused dropout
+stands) and the unfused form's ratio to it, i.e. the dropout's own cost.
 
 The net: 8 layers ``h = dropout(tanh(h @ W + b), 0.1)``, 1024 wide, batch 4096;
 a step is the jitted gradient of the mean squared output w.r.t. the parameters
@@ -117,6 +119,7 @@ def step_rows(repeats: int, quick: bool) -> list[list[str]]:
         "none": None,
         "unfused": MLP_DROPOUTS["jaxreg.dropout"],
         "fused": MLP_DROPOUTS[FUSED_TANH],
+        "scale": scale_probe,
     }
     rows = []
     for label, depth, width, batch in STEP_CASES[1:] if quick else STEP_CASES:
@@ -131,14 +134,32 @@ def step_rows(repeats: int, quick: bool) -> list[list[str]]:
     return rows
 
 
+def scale_probe(key, h, rate):
+    """Cost probe, not a dropout: ``h / (1 - rate)`` in the unfused position.
+
+    Any elementwise op between the ``tanh`` and the next matmul costs what this
+    costs (an extra activation-sized array written, kept and read); the unfused
+    dropout's own cost is its ratio to this probe.
+    """
+    del key
+    return h * (1.0 / (1.0 - rate))
+
+
+STEP_COLUMNS = ["unfused", "fused", "scale probe", "unfused / probe"]
+
+
 def _ratio_rows(label: str, wall: dict, cpu: dict) -> list[list[str]]:
     rows = []
     for clock, med in (("wall", wall), ("CPU", cpu)):
         base = med["none"]
-        rows.append(
-            [label, clock, f"{base * 1e3:.0f} ms"]
-            + [f"{med[name] / base:.3f}x" for name in ("unfused", "fused")]
-        )
+        row = [label, clock, f"{base * 1e3:.0f} ms"]
+        row += [f"{med[name] / base:.3f}x" for name in ("unfused", "fused")]
+        if "scale" in med:
+            row += [f"{med['scale'] / base:.3f}x"]
+            row += [f"{med['unfused'] / med['scale']:.3f}x"]
+        else:
+            row += ["n/m", "n/m"]
+        rows.append(row)
     return rows
 
 
@@ -233,6 +254,7 @@ def hlo_rows(depth=DEPTH, width=WIDTH, batch=BATCH) -> list[list[str]]:
         "none": None,
         "unfused": MLP_DROPOUTS["jaxreg.dropout"],
         "fused": MLP_DROPOUTS[FUSED_TANH],
+        "scale": scale_probe,
     }
     rows = []
     for name, fn in forms.items():
@@ -327,11 +349,14 @@ def main() -> None:
         print(
             "Step time (fwd+bwd, sum-of-squares loss, no checkpoint), with dropout "
             "/ without, jaxreg unfused `dropout(key, tanh(h), 0.1)` and fused "
-            '`dropout(key, h, 0.1, activation="tanh")` (target <= 1.05x)\n'
+            '`dropout(key, h, 0.1, activation="tanh")` (target <= 1.05x); the '
+            "scale probe replaces the unfused dropout by `h / (1 - rate)` (no "
+            "randomness: what any op after the activation costs; n/m = not "
+            "measured)\n"
         )
         print(
             table(
-                ["case", "clock", "without dropout", "unfused", "fused"],
+                ["case", "clock", "without dropout"] + STEP_COLUMNS,
                 step_rows(args.repeats, args.quick),
             )
         )
