@@ -47,6 +47,7 @@ __all__ = [
     "check_threshold",
     "check_unit_interval",
     "compute_dtype",
+    "fill_doc",
     "float32_or_wider",
     "is_static",
     "short_repr",
@@ -59,6 +60,23 @@ def short_repr(value, limit: int = 60) -> str:
     """``repr(value)``, cut to ``limit`` characters (for echoing bad arguments)."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def fill_doc(**parts):
+    """Decorator: replace each ``{name}`` in a docstring by ``parts[name]``.
+
+    For text that several public docstrings share (an argument's description, a
+    Returns section, a reference): written once by the module, where each
+    docstring says ``{name}``; continuation lines carry their own indentation.
+    """
+
+    def write(fn):
+        if fn.__doc__ is not None:  # None under python -OO
+            for name, text in parts.items():
+                fn.__doc__ = fn.__doc__.replace("{" + name + "}", text)
+        return fn
+
+    return write
 
 
 def _described(value) -> str:

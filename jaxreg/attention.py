@@ -47,6 +47,7 @@ from jaxreg._checks import (
     check_float_array,
     check_rate,
     check_shard_spec,
+    fill_doc,
     float32_or_wider,
     short_repr,
     static_value,
@@ -63,6 +64,53 @@ __all__ = [
 ]
 
 _WEIGHTS_LAYOUT = "[batch..., num_heads, q_length, kv_length]"
+
+# Argument texts the two Flax drop-ins share (written into their docstrings by
+# `fill_doc`; continuation lines carry the docstrings' indentation).
+_ARGS_DOC = {
+    "query_key": (
+        "query: ``[batch..., q_length, num_heads, qk_depth]``.\n"
+        "      key: ``[batch..., kv_length, num_kv_heads, qk_depth]``; "
+        "``num_kv_heads``\n"
+        "        divides ``num_heads`` (grouped-query attention, as in ``flax.nnx``)."
+    ),
+    "bias_to_module": (
+        "bias: None or an array broadcastable to\n"
+        "        ``[batch..., num_heads, q_length, kv_length]``, added to the logits.\n"
+        "      mask: None or an array broadcastable to the same shape; weights where "
+        "it\n"
+        "        is False (0) are masked out.\n"
+        "      broadcast_dropout: Flax's meaning: one dropout mask shared over all "
+        "batch\n"
+        "        and head axes.\n"
+        "      dropout_rng: PRNG key for the dropout mask (needed when dropping).\n"
+        "      dropout_rate: drop probability in ``[0, 1]`` (the rate is not the keep\n"
+        "        rate!); a Python float (validated: negative, NaN or > 1 raise, where\n"
+        "        Flax silently disables dropout for a negative rate) or a traced\n"
+        "        scalar when the function is called directly (schedules under one\n"
+        "        ``jit``).\n"
+        "      deterministic: if True, no dropout.\n"
+        "      dtype: computation dtype (default: the common dtype of the inputs).\n"
+        "      precision: ``jax.lax.Precision`` of the einsums.\n"
+        "      module: None, or a Flax module (linen or NNX) into whose "
+        "intermediates the\n"
+        '        weights before dropout are sown as ``"attention_weights"``.'
+    ),
+    "nnx_and_shard_spec": (
+        "promote_dtype: NNX's dtype promotion function (default: promote to\n"
+        "        ``dtype`` or to the common dtype).\n"
+        "      is_causal: apply a causal (lower-triangular) mask, as in NNX.\n"
+        "      shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` "
+        "of the\n"
+        "        attention weights ``[batch..., heads, q, k]``: each shard gets its "
+        "block\n"
+        "        of the global mask (see :func:`attention_dropout`). On an Explicit "
+        "mesh\n"
+        "        (``jax.set_mesh``) with inputs split over batch and heads nothing "
+        "is\n"
+        "        needed."
+    ),
+}
 
 
 # --- argument checks ---------------------------------------------------------
@@ -452,6 +500,7 @@ def attention_dropout(
     )
 
 
+@fill_doc(**_ARGS_DOC)
 def dot_product_attention_weights(
     query: jax.typing.ArrayLike,
     key: jax.typing.ArrayLike,
@@ -483,34 +532,14 @@ def dot_product_attention_weights(
     ``E[weights] ==`` the deterministic weights exactly.
 
     Args:
-      query: ``[batch..., q_length, num_heads, qk_depth]``.
-      key: ``[batch..., kv_length, num_kv_heads, qk_depth]``; ``num_kv_heads``
-        divides ``num_heads`` (grouped-query attention, as in ``flax.nnx``).
-      bias: None or an array broadcastable to
-        ``[batch..., num_heads, q_length, kv_length]``, added to the logits.
-      mask: None or an array broadcastable to the same shape; weights where it
-        is False (0) are masked out.
-      broadcast_dropout: Flax's meaning: one dropout mask shared over all batch
-        and head axes.
-      dropout_rng: PRNG key for the dropout mask (needed when dropping).
-      dropout_rate: drop probability in ``[0, 1]``; a Python float (validated:
-        negative, NaN or > 1 raise, where Flax silently disables dropout for a
-        negative rate) or a traced scalar when the function is called directly.
-      deterministic: if True, no dropout.
-      dtype: computation dtype (default: the common dtype of query and key).
-      precision: ``jax.lax.Precision`` of the einsums.
-      module: None, or a Flax module (linen or NNX) into whose intermediates the
-        weights before dropout are sown as ``"attention_weights"``.
+      {query_key}
+      {bias_to_module}
       force_fp32_for_softmax: compute the softmax in float32 (linen's option;
         the result then stays float32, as in linen).
       einsum_dot_general: the ``dot_general`` of the einsum (linen).
       einsum: an einsum to use instead of ``jnp.einsum`` (linen); mutually
         exclusive with ``precision`` and ``einsum_dot_general``.
-      promote_dtype: NNX's dtype promotion function (default: promote to
-        ``dtype`` or to the common dtype).
-      is_causal: apply a causal (lower-triangular) mask, as in NNX.
-      shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` of the
-        weights ``[batch..., heads, q, k]`` (see :func:`attention_dropout`).
+      {nnx_and_shard_spec}
 
     Returns:
       The weights ``[batch..., num_heads, q_length, kv_length]``.
@@ -560,6 +589,7 @@ def dot_product_attention_weights(
     )
 
 
+@fill_doc(**_ARGS_DOC)
 def dot_product_attention(
     query: jax.typing.ArrayLike,
     key: jax.typing.ArrayLike,
@@ -607,38 +637,17 @@ def dot_product_attention(
     fused path), which equals the explicit computation up to float rounding.
 
     Args:
-      query: ``[batch..., q_length, num_heads, qk_depth]``.
-      key: ``[batch..., kv_length, num_kv_heads, qk_depth]``; ``num_kv_heads``
-        divides ``num_heads`` (grouped-query attention, as in ``flax.nnx``).
+      {query_key}
       value: ``[batch..., kv_length, num_v_heads, v_depth]``, ``num_v_heads``
         dividing ``num_heads``.
-      bias: None or an array broadcastable to
-        ``[batch..., num_heads, q_length, kv_length]``, added to the logits.
-      mask: None or an array broadcastable to the same shape; weights where it
-        is False (0) are masked out.
-      broadcast_dropout: Flax's meaning: one dropout mask shared over all batch
-        and head axes.
-      dropout_rng: PRNG key for the dropout mask (needed when dropping).
-      dropout_rate: drop probability in ``[0, 1]``; a Python float (validated)
-        or a traced scalar when the function is called directly (schedules
-        under one ``jit``). Note: the rate is not the keep rate!
-      deterministic: if True, no dropout.
-      dtype: computation dtype (default: the common dtype of the inputs).
-      precision: ``jax.lax.Precision`` of the einsums.
-      module: None, or a Flax module (linen or NNX) into whose intermediates the
-        weights before dropout are sown as ``"attention_weights"``.
-      force_fp32_for_softmax: compute the softmax in float32 (linen).
+      {bias_to_module}
+      force_fp32_for_softmax: compute the softmax in float32 (linen's option).
       einsum_dot_general: the ``dot_general`` of the einsums (linen).
       qk_attn_weights_einsum: einsum for the weights (linen); given together
         with ``attn_weights_value_einsum``, and mutually exclusive with
         ``precision`` and ``einsum_dot_general``.
       attn_weights_value_einsum: einsum for weights times values (linen).
-      promote_dtype: NNX's dtype promotion function.
-      is_causal: apply a causal (lower-triangular) mask, as in NNX.
-      shard_spec: None, or inside ``jax.shard_map`` the ``PartitionSpec`` of the
-        attention weights ``[batch..., heads, q, k]`` (the shard's block of the
-        global mask). On an Explicit mesh (``jax.set_mesh``) with inputs split
-        over batch and heads nothing is needed.
+      {nnx_and_shard_spec}
 
     Returns:
       ``[batch..., q_length, num_heads, v_depth]``.

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxreg._checks import check_int, check_positive, check_rate
+from jaxreg._checks import check_int, check_positive, check_rate, fill_doc
 
 __all__ = [
     "curriculum_dropout",
@@ -38,6 +38,20 @@ __all__ = [
 Schedule = Callable[[jax.typing.ArrayLike], jax.Array]
 
 _RULES = ("linspace", "huang")
+
+# Docstring text the schedules share (see `fill_doc`).
+_RETURNS = "Returns:\n      A schedule ``step -> rate`` (float32 scalar), ``jit``-able in ``step``."
+_LIU_2023 = (
+    "References:\n"
+    '      Liu, Xu, Jin, Shen, Darrell. "Dropout Reduces Underfitting." ICML 2023.\n'
+    "      https://arxiv.org/abs/2303.01500"
+)
+
+
+def _raises(steps: str, *more: str) -> str:
+    """The Raises section of a schedule of ``rate`` and the step count ``steps``."""
+    bad = ", ".join(("bad ``rate``", f"negative ``{steps}``", *more))
+    return f"Raises:\n      ValueError: {bad}.\n      TypeError: non-int ``{steps}``."
 
 
 def _fractions(n: int, rule: str) -> np.ndarray:
@@ -165,6 +179,7 @@ def _check_steps(steps, name: str) -> int:
     return check_int(steps, name, minimum=0)
 
 
+@fill_doc(returns=_RETURNS)
 def linear_ramp(rate, steps: int, *, begin: int = 0, initial_rate=0.0) -> Schedule:
     """A rate that rises linearly from ``initial_rate`` to ``rate``, then stays.
 
@@ -180,8 +195,7 @@ def linear_ramp(rate, steps: int, *, begin: int = 0, initial_rate=0.0) -> Schedu
       begin: the step at which the ramp starts, an int ``>= 0``.
       initial_rate: the rate before and at ``begin``, in ``[0, 1]``.
 
-    Returns:
-      A schedule ``step -> rate`` (float32 scalar), ``jit``-able in ``step``.
+    {returns}
 
     Raises:
       ValueError: a rate outside ``[0, 1]`` or NaN, negative ``steps``/``begin``.
@@ -221,6 +235,11 @@ def linear_ramp(rate, steps: int, *, begin: int = 0, initial_rate=0.0) -> Schedu
     return schedule
 
 
+@fill_doc(
+    returns=_RETURNS,
+    raises=_raises("steps", "unknown ``mode``"),
+    liu_2023=_LIU_2023,
+)
 def early_dropout(rate, steps: int, *, mode: str = "constant") -> Schedule:
     """Early dropout: dropout for the first ``steps`` steps only, then none.
 
@@ -237,22 +256,20 @@ def early_dropout(rate, steps: int, *, mode: str = "constant") -> Schedule:
       steps: the number of steps with dropout, an int ``>= 0``.
       mode: ``"constant"`` or ``"linear"``.
 
-    Returns:
-      A schedule ``step -> rate`` (float32 scalar), ``jit``-able in ``step``.
+    {returns}
 
-    Raises:
-      ValueError: bad ``rate``, negative ``steps``, unknown ``mode``.
-      TypeError: non-int ``steps``.
+    {raises}
 
     Examples:
       >>> import jaxreg
       >>> early = jaxreg.schedules.early_dropout(0.1, 1000)
       >>> [float(early(s)) for s in (0, 999, 1000)]
       [0.1..., 0.1..., 0.0]
+      >>> fading = jaxreg.schedules.early_dropout(0.1, 1000, mode="linear")
+      >>> [round(float(fading(s)), 4) for s in (0, 500, 1000)]
+      [0.1, 0.05, 0.0]
 
-    References:
-      Liu, Xu, Jin, Shen, Darrell. "Dropout Reduces Underfitting." ICML 2023.
-      https://arxiv.org/abs/2303.01500
+    {liu_2023}
     """
     rate = check_rate(rate)
     steps = _check_steps(steps, "steps")
@@ -265,6 +282,7 @@ def early_dropout(rate, steps: int, *, mode: str = "constant") -> Schedule:
     raise ValueError(f"`mode` must be 'constant' or 'linear'; got mode={mode!r}.")
 
 
+@fill_doc(returns=_RETURNS, raises=_raises("start"), liu_2023=_LIU_2023)
 def late_dropout(rate, start: int) -> Schedule:
     """Late dropout: no dropout before step ``start``, ``rate`` from then on.
 
@@ -276,12 +294,9 @@ def late_dropout(rate, start: int) -> Schedule:
       rate: the late rate, in ``[0, 1]``.
       start: the first step with dropout, an int ``>= 0``.
 
-    Returns:
-      A schedule ``step -> rate`` (float32 scalar), ``jit``-able in ``step``.
+    {returns}
 
-    Raises:
-      ValueError: bad ``rate``, negative ``start``.
-      TypeError: non-int ``start``.
+    {raises}
 
     Examples:
       >>> import jaxreg
@@ -289,15 +304,14 @@ def late_dropout(rate, start: int) -> Schedule:
       >>> [float(late(s)) for s in (0, 49, 50)]
       [0.0, 0.0, 0.3...]
 
-    References:
-      Liu, Xu, Jin, Shen, Darrell. "Dropout Reduces Underfitting." ICML 2023.
-      https://arxiv.org/abs/2303.01500
+    {liu_2023}
     """
     rate = check_rate(rate)
     start = _check_steps(start, "start")
     return linear_ramp(rate, 0, begin=start)
 
 
+@fill_doc(returns=_RETURNS)
 def curriculum_dropout(rate, gamma) -> Schedule:
     """Curriculum dropout: the rate rises smoothly from 0 towards ``rate``.
 
@@ -317,8 +331,7 @@ def curriculum_dropout(rate, gamma) -> Schedule:
       rate: the final rate ``1 - theta_bar``, in ``[0, 1]``.
       gamma: the rate constant per step, ``> 0``.
 
-    Returns:
-      A schedule ``step -> rate`` (float32 scalar), ``jit``-able in ``step``.
+    {returns}
 
     Raises:
       ValueError: bad ``rate``, ``gamma <= 0`` or NaN.

@@ -28,6 +28,7 @@ from jaxreg._checks import (
     check_rate,
     check_shard_spec,
     compute_dtype,
+    fill_doc,
     float32_or_wider,
     static_value,
 )
@@ -73,13 +74,7 @@ def _shard_spec_doc(array: str = "x"):
         "        on the global array under ``jit`` gives that block, with no\n"
         "        communication (see :func:`jaxreg.keep_mask`)."
     )
-
-    def write(fn):
-        if fn.__doc__ is not None:  # None under python -OO
-            fn.__doc__ = fn.__doc__.replace("{shard_spec}", text)
-        return fn
-
-    return write
+    return fill_doc(shard_spec=text)
 
 
 def _check_deterministic(deterministic, key) -> bool:

@@ -67,6 +67,7 @@ from jaxreg._checks import (
     check_norm_bounds,
     check_positive,
     check_unit_interval,
+    fill_doc,
 )
 from jaxreg._numerics import clip_traced, norm_parts, promote_f32, safe_div
 from jaxreg._trees import (
@@ -132,19 +133,6 @@ class SpectralNormState(NamedTuple):
     """
 
     u: Any
-
-
-def _doc(**parts):
-    """Decorator: replace each ``{name}`` in the docstring by ``parts[name]``, text
-    that several docstrings of this module share (written once, below)."""
-
-    def write(fn):
-        if fn.__doc__ is not None:  # None under python -OO
-            for name, text in parts.items():
-                fn.__doc__ = fn.__doc__.replace("{" + name + "}", text)
-        return fn
-
-    return write
 
 
 _MASK_STACKED_DOC = (
@@ -289,7 +277,7 @@ def add_penalty(
     return _counted("add_penalty", PenaltyState, step, mask)
 
 
-@_doc(adder_sections=_adder_doc("l1"))
+@fill_doc(adder_sections=_adder_doc("l1"))
 def add_l1(strength, *, mask=None) -> optax.GradientTransformation:
     r"""Add :math:`\lambda_t \operatorname{sign}(w)`, the gradient of :math:`\lambda\|w\|_1`.
 
@@ -312,7 +300,7 @@ def add_l1(strength, *, mask=None) -> optax.GradientTransformation:
     return add_penalty(l1, strength, mask=mask)
 
 
-@_doc(adder_sections=_adder_doc("l2"))
+@fill_doc(adder_sections=_adder_doc("l2"))
 def add_l2(strength, *, mask=None) -> optax.GradientTransformation:
     r"""Add :math:`\lambda_t w`, the gradient of :math:`\tfrac{\lambda}{2}\|w\|_2^2`.
 
@@ -411,7 +399,7 @@ def project(
     return _with_mask(optax.GradientTransformation(init_fn, update_fn), mask)
 
 
-@_doc(mask_stacked=_MASK_STACKED_DOC)
+@fill_doc(mask_stacked=_MASK_STACKED_DOC)
 def max_norm_constraint(
     max_value, *, axis=0, mask=None, stacked_axes=None
 ) -> optax.GradientTransformation:
@@ -458,7 +446,7 @@ def max_norm_constraint(
     )
 
 
-@_doc(mask_stacked=_MASK_STACKED_DOC)
+@fill_doc(mask_stacked=_MASK_STACKED_DOC)
 def unit_norm_constraint(
     *, axis=0, mask=None, stacked_axes=None
 ) -> optax.GradientTransformation:
@@ -489,7 +477,7 @@ def unit_norm_constraint(
     )
 
 
-@_doc(mask_stacked=_MASK_STACKED_DOC)
+@fill_doc(mask_stacked=_MASK_STACKED_DOC)
 def min_max_norm_constraint(
     min_value, max_value, *, rate=1.0, axis=0, mask=None, stacked_axes=None
 ) -> optax.GradientTransformation:

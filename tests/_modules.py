@@ -6,6 +6,8 @@ specification: a class name and the constructor's keyword arguments.
 """
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -250,6 +252,22 @@ each_bad_field = pytest.mark.parametrize(
     "name, kwargs, error, message", BAD_FIELDS, ids=BAD_FIELD_IDS
 )
 
+# The Flax adapters (linen and NNX) also take the rng stream's name and the
+# `deterministic` flag as constructor arguments, and check them there.
+BAD_FLAX_FIELDS = BAD_FIELDS + [
+    (name, {first: 0.1, field: value}, error, f"`{field}` must be {what}")
+    for name, first, field, value, error, what in (
+        ("DropPath", "rate", "rng_collection", 0, TypeError, "a str"),
+        ("GaussianNoise", "stddev", "deterministic", 3, ValueError, "True or False"),
+        ("Dropout", "rate", "deterministic", "yes", TypeError, "a bool"),
+    )
+]
+each_bad_flax_field = pytest.mark.parametrize(
+    "name, kwargs, error, message",
+    BAD_FLAX_FIELDS,
+    ids=[f"{c}-{'-'.join(map(str, k.values()))}" for c, k, _, _ in BAD_FLAX_FIELDS],
+)
+
 # Bad arguments of the learned-rate layers: (class name, keyword arguments, error,
 # message).
 BAD_BAYESIAN = [
@@ -330,12 +348,35 @@ BAD_FLAGS = [
         r"dtype float32",
     ),
 ]
-BAD_FLAG_IDS = ["str", "float", "int-2", "vector", "float-array"]
-# Tests over the accepted and the rejected flags.
+# A test over the accepted flags.
 each_flag = pytest.mark.parametrize("flag, deterministic", FLAGS, ids=FLAG_IDS)
-each_bad_flag = pytest.mark.parametrize(
-    "flag, error, message", BAD_FLAGS, ids=BAD_FLAG_IDS
-)
+
+
+class DropoutFlag(NamedTuple):
+    """How an adapter's ``Dropout(0.5)`` takes its inference flag, and the
+    specification of the flag every adapter meets."""
+
+    name: str  # what an error says first, e.g. r"jaxreg\.nnx\.Dropout: `deterministic`"
+    construct: Callable  # flag -> the module built with the flag
+    call: Callable  # (x, flag) -> the output of a call with the flag and KEY
+
+    def assert_rejects_bad_flags(self):
+        """Each of ``BAD_FLAGS`` raises its error naming the module and the flag,
+        then its message, both in the constructor and in the call."""
+        for flag, error, message in BAD_FLAGS:
+            match = self.name + " " + message
+            with pytest.raises(error, match=match):
+                self.construct(flag)
+            with pytest.raises(error, match=match):
+                self.call(X, flag)
+
+    def assert_traced_selects_the_path(self, call=None):
+        """``call(x, flag)`` (default: ``self.call``) with the flag traced equals
+        the static flag's output: ``X`` itself at inference, dropout else."""
+        for det, (traced, static) in traced_flag_outputs(call or self.call, X).items():
+            np.testing.assert_array_equal(np.asarray(traced), np.asarray(static))
+            assert bool(jnp.all(static == X)) is det
+
 
 # The dropout edge rates, which draw no key: rate 0 keeps X, rate 1 zeros it.
 RATE_EDGES = ((0.0, X), (1.0, jnp.zeros_like(X)))
@@ -358,6 +399,80 @@ def assert_close_to_sum_rounding(a, b):
         np.testing.assert_allclose(
             np.asarray(u), np.asarray(v), rtol=1e-6, atol=1e-6 * scale
         )
+
+
+def assert_keras_activity_penalty(apply):
+    """The ActivityRegularization spec every adapter meets: Keras's penalty
+    ``l1 * sum|x| + l2 * sum x^2`` on the unchanged activations.
+
+    ``apply(x, **fields)`` builds the adapter's module with ``fields``, calls it
+    on ``x`` and returns ``(output, penalty)``, the penalty the module reports.
+    Returns the input used, for the adapter's own further checks.
+    """
+    x = jax.random.normal(jax.random.key(3), (4, 5))
+    y, penalty = apply(x, l1=0.01, l2=0.1)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(x))
+    expected = 0.01 * jnp.abs(x).sum() + 0.1 * (x**2).sum()
+    np.testing.assert_allclose(float(penalty), float(expected), rtol=1e-6)
+    # Gradient into the activations: d/dx [l2 * sum x^2] = 2 * l2 * x.
+    g = jax.grad(lambda x: apply(x, l2=0.1)[1])(x)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(0.2 * x), rtol=1e-6)
+    # Zero factors (the defaults) give an exact zero.
+    assert float(apply(x)[1]) == 0.0
+    return x
+
+
+class EchoCell:
+    """Mixin of an RNN cell whose new state is its input, so that zoneout's
+    choices become visible; the framework's cell base class (listed after it)
+    and ``initialize_carry`` complete it."""
+
+    def __call__(self, carry, x):
+        return x, x
+
+    @property
+    def num_feature_axes(self):
+        return 1
+
+
+def assert_zoneout_over_echo(rnn, shared):
+    """``rnn(x)``, an RNN of ``ZoneoutCell(echo cell, 0.5)`` over ``x`` of shape
+    ``(batch, time, features)``, is zoneout: each unit either takes the step's
+    input or holds its previous value, and the pattern is the same at every
+    step iff the key is ``shared`` by the steps."""
+    x = jnp.broadcast_to(jnp.arange(1.0, 9.0)[None, :, None], (2, 8, 32))
+    y = rnn(x)  # a distinct input value at each of the 8 steps
+    updated = y == x  # the unit took the new value at this step
+    same = [bool(jnp.all(updated[:, i] == updated[:, 1])) for i in range(1, 8)]
+    assert all(same) is shared
+    # Where not updated, the unit holds its previous value (zoneout, not dropout).
+    prev = jnp.concatenate([jnp.zeros_like(y[:, :1]), y[:, :-1]], axis=1)
+    assert bool(jnp.all(jnp.where(updated, True, y == prev)))
+
+
+def assert_lstm_zoneout(carry, new, key, zoned, inferred):
+    """Zoneout of an LSTM cell's carry ``(c, h)`` at rates ``(0.5, 0.05)``.
+
+    ``carry``: the previous carry; ``new``: the cell's own new carry; ``key``:
+    the key the ZoneoutCell draws (split into one key per leaf); ``zoned`` and
+    ``inferred``: ``((c, h), output)`` of the ZoneoutCell in training and at
+    inference. Training zones out each leaf as the pure function does and
+    outputs the zoned ``h``; inference returns the expectation and its ``h``.
+    """
+    (c, h), out = zoned
+    k_c, k_h = jax.random.split(key, 2)
+    np.testing.assert_array_equal(
+        np.asarray(c), np.asarray(jaxreg.zoneout(k_c, carry[0], new[0], 0.5))
+    )
+    np.testing.assert_array_equal(
+        np.asarray(h), np.asarray(jaxreg.zoneout(k_h, carry[1], new[1], 0.05))
+    )
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(h))  # output = zoned h
+    (c_det, h_det), out_det = inferred
+    np.testing.assert_allclose(
+        np.asarray(c_det), np.asarray(0.5 * new[0] + 0.5 * carry[0]), rtol=1e-6
+    )
+    np.testing.assert_array_equal(np.asarray(out_det), np.asarray(h_det))
 
 
 def traced_flag_outputs(call, x):

@@ -13,11 +13,10 @@ from _helpers import digits
 from _modules import (
     KEY,
     RATE_EDGES,
+    DropoutFlag,
     X,
     assert_inference_is_reference_and_input,
-    each_bad_flag,
     each_flag,
-    traced_flag_outputs,
 )
 
 import jaxreg.linen as jl
@@ -124,6 +123,14 @@ def test_missing_deterministic_errors_start_with_flax_sentence():
         jl.Dropout(0.5, deterministic=True).apply({}, X, deterministic=True)
 
 
+# How Dropout takes its flag, for the flag tests below.
+FLAG = DropoutFlag(
+    r"jaxreg\.linen\.Dropout: `deterministic`",
+    lambda flag: jl.Dropout(0.5, deterministic=flag),
+    lambda x, flag: jl.Dropout(0.5).apply({}, x, deterministic=flag, rng=KEY),
+)
+
+
 @each_flag
 @pytest.mark.parametrize("where", ["constructor", "call"])
 def test_deterministic_accepts_what_flax_accepts(flag, deterministic, where):
@@ -144,16 +151,8 @@ def test_deterministic_accepts_what_flax_accepts(flag, deterministic, where):
         assert bool(jnp.any(ours == 0)) and bool(jnp.any(ours == 2 * X))
 
 
-@each_bad_flag
-def test_deterministic_rejects_other_objects(flag, error, message):
-    with pytest.raises(
-        error, match=r"jaxreg\.linen\.Dropout: `deterministic` " + message
-    ):
-        jl.Dropout(0.5, deterministic=flag)
-    with pytest.raises(
-        error, match=r"jaxreg\.linen\.Dropout: `deterministic` " + message
-    ):
-        jl.Dropout(0.5).apply({}, X, deterministic=flag, rng=KEY)
+def test_deterministic_rejects_other_objects():
+    FLAG.assert_rejects_bad_flags()
 
 
 def test_traced_deterministic_selects_the_path_like_the_static_flag():
@@ -162,9 +161,7 @@ def test_traced_deterministic_selects_the_path_like_the_static_flag():
     def call(x, det):
         return jl.Dropout(0.5).apply({}, x, deterministic=det, rngs={"dropout": KEY})
 
-    for det, (traced, static) in traced_flag_outputs(call, X).items():
-        np.testing.assert_array_equal(np.asarray(traced), np.asarray(static))
-        assert bool(jnp.all(static == X)) is det
+    FLAG.assert_traced_selects_the_path(call)
     with pytest.raises(jax.errors.TracerBoolConversionError):
         jax.jit(
             lambda x, d: nn.Dropout(0.5).apply(

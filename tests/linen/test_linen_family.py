@@ -9,7 +9,7 @@ from _modules import (
     KEY,
     X,
     assert_traced_flag_matches_static,
-    each_bad_field,
+    each_bad_flax_field,
     each_family_case,
     inference_output,
     module_key,
@@ -106,21 +106,10 @@ def test_traced_deterministic_selects_the_path_like_the_static_flag(name, kwargs
     assert_traced_flag_matches_static(call, name, kwargs, pure, X, KEY)
 
 
-@each_bad_field
+@each_bad_flax_field
 def test_bad_fields_raise_at_construction(name, kwargs, error, message):
     with pytest.raises(error, match=rf"^jaxreg\.linen\.{name}: {message}"):
         getattr(jl, name)(**kwargs)
-
-
-def test_stochastic_fields_checked_at_construction():
-    with pytest.raises(
-        TypeError, match=r"^jaxreg\.linen\.DropPath: `rng_collection` must be a str"
-    ):
-        jl.DropPath(0.1, rng_collection=0)
-    with pytest.raises(
-        ValueError, match=r"^jaxreg\.linen\.GaussianNoise: `deterministic` must be"
-    ):
-        jl.GaussianNoise(0.1, deterministic=3)
 
 
 def test_numpy_integer_fields_work_like_ints():

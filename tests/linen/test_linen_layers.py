@@ -6,7 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _modules import KEY, assert_close_to_sum_rounding, module_key, traced_flag_outputs
+from _modules import (
+    KEY,
+    EchoCell,
+    assert_close_to_sum_rounding,
+    assert_lstm_zoneout,
+    assert_zoneout_over_echo,
+    module_key,
+    traced_flag_outputs,
+)
 
 import jaxreg
 import jaxreg.linen as jl
@@ -180,20 +188,10 @@ def test_dropout_in_nn_scan_shared_or_per_step(split):
         assert set(np.unique(np.asarray(y)).tolist()) == {0.0, 2.0}
 
 
-class _Echo(nn.RNNCellBase):
-    """A cell whose new state is its input: zoneout masks become visible."""
-
-    @nn.compact
-    def __call__(self, carry, x):
-        return x, x
-
+class _Echo(EchoCell, nn.RNNCellBase):
     @nn.nowrap
     def initialize_carry(self, rng, input_shape):
         return jnp.zeros(input_shape)
-
-    @property
-    def num_feature_axes(self):
-        return 1
 
 
 @pytest.mark.parametrize("split", [False, True])
@@ -202,15 +200,8 @@ def test_zoneout_cell_in_nn_rnn_shared_or_per_step(split):
         jl.ZoneoutCell(_Echo(), 0.5, deterministic=False),
         split_rngs={"params": False, "dropout": split},
     )
-    t = jnp.arange(1.0, 9.0)  # distinct inputs per step
-    x = jnp.broadcast_to(t[None, :, None], (2, 8, 32))
-    y = rnn.apply({}, x, rngs={"dropout": KEY})
-    updated = y == x  # unit took the new value at this step
-    per_step = [bool(jnp.all(updated[:, i] == updated[:, 1])) for i in range(1, 8)]
-    assert all(per_step) is (not split)
-    # Where not updated, the unit holds its previous value (zoneout, not dropout).
-    prev = jnp.concatenate([jnp.zeros_like(y[:, :1]), y[:, :-1]], axis=1)
-    assert bool(jnp.all(jnp.where(updated, True, y == prev)))
+    rngs = {"dropout": KEY}
+    assert_zoneout_over_echo(lambda x: rnn.apply({}, x, rngs=rngs), shared=not split)
 
 
 def test_zoneout_cell_equals_pure_function_per_carry_leaf():
@@ -221,23 +212,14 @@ def test_zoneout_cell_equals_pure_function_per_carry_leaf():
     carry = jax.tree.map(lambda c: c + 0.3, carry)  # non-zero previous state
     v = zc.init(KEY, carry, x)
     key = jax.random.key(4)
-    (c, h), out = zc.apply(v, carry, x, rngs={"dropout": key})
-    (c_new, h_new), _ = cell.apply({"params": v["params"]["cell"]}, carry, x)
-    k_c, k_h = jax.random.split(module_key(zc, key, v), 2)
-    np.testing.assert_array_equal(
-        np.asarray(c), np.asarray(jaxreg.zoneout(k_c, carry[0], c_new, 0.5))
+    new, _ = cell.apply({"params": v["params"]["cell"]}, carry, x)
+    assert_lstm_zoneout(
+        carry,
+        new,
+        module_key(zc, key, v),
+        zc.apply(v, carry, x, rngs={"dropout": key}),
+        zc.clone(deterministic=True).apply(v, carry, x),  # inference: no key
     )
-    np.testing.assert_array_equal(
-        np.asarray(h), np.asarray(jaxreg.zoneout(k_h, carry[1], h_new, 0.05))
-    )
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(h))  # output = zoned h
-    # Inference: the expectation, no key.
-    zd = zc.clone(deterministic=True)
-    (c_det, h_det), out_det = zd.apply(v, carry, x)
-    np.testing.assert_allclose(
-        np.asarray(c_det), np.asarray(0.5 * c_new + 0.5 * carry[0]), rtol=1e-6
-    )
-    np.testing.assert_array_equal(np.asarray(out_det), np.asarray(h_det))
     # Works inside nn.RNN with an LSTM.
     rnn = nn.RNN(zc, split_rngs={"params": False, "dropout": True})
     seq = jnp.ones((2, 6, 5))

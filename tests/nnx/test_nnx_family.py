@@ -8,7 +8,7 @@ from _modules import (
     KEY,
     X,
     assert_traced_flag_matches_static,
-    each_bad_field,
+    each_bad_flax_field,
     each_family_case,
     first_key,
     flat_paths,
@@ -107,7 +107,7 @@ def test_state_paths_of_every_module_are_stable():
         assert int(module.rngs.count[...]) == 2
 
 
-@each_bad_field
+@each_bad_flax_field
 def test_bad_fields_raise_at_construction(name, kwargs, error, message):
     # Every argument is checked in the constructor (broadcast_dims, inverted and
     # channel_axis too), not at the first call.
@@ -115,15 +115,7 @@ def test_bad_fields_raise_at_construction(name, kwargs, error, message):
         getattr(jn, name)(**kwargs)
 
 
-def test_stochastic_arguments_checked_at_construction():
-    with pytest.raises(
-        TypeError, match=r"^jaxreg\.nnx\.DropPath: `rng_collection` must be a str"
-    ):
-        jn.DropPath(0.1, rng_collection=0)
-    with pytest.raises(
-        TypeError, match=r"^jaxreg\.nnx\.Dropout: `deterministic` must be a bool"
-    ):
-        jn.Dropout(0.1, deterministic="yes")
+def test_a_batch_of_keys_is_rejected_at_construction_and_call():
     with pytest.raises(ValueError, match=r"batch of keys.*jax\.vmap"):
         jn.Dropout(0.1)(X, rngs=jax.random.split(KEY, 2))
     with pytest.raises(ValueError, match=r"batch of keys.*jax\.vmap"):

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 from _modules import (
     KEY,
+    EchoCell,
     assert_close_to_sum_rounding,
+    assert_lstm_zoneout,
+    assert_zoneout_over_echo,
     first_key,
     flat_paths,
     traced_flag_outputs,
@@ -130,21 +133,12 @@ def test_dropconnect_dense_bad_arguments_raise_at_construction(
         jn.DropConnectDense(3, 2, rngs=0)
 
 
-class _Echo(nnx.RNNCellBase):
-    """A cell whose new state is its input: zoneout masks become visible."""
-
+class _Echo(EchoCell, nnx.RNNCellBase):
     def __init__(self, features):
         self.features = features
 
-    def __call__(self, carry, x):
-        return x, x
-
     def initialize_carry(self, input_shape, rngs=None, carry_init=None):
         return jnp.zeros(input_shape)
-
-    @property
-    def num_feature_axes(self):
-        return 1
 
 
 @pytest.mark.parametrize("broadcast", [False, True])
@@ -153,14 +147,7 @@ def test_zoneout_cell_in_nnx_rnn_per_step_or_shared(broadcast):
     # nnx.Rngs(dropout=...) is tagged "dropout".
     cell = jn.ZoneoutCell(_Echo(32), 0.5, rngs=nnx.Rngs(dropout=0))
     rnn = nnx.RNN(cell, broadcast_rngs="dropout" if broadcast else None)
-    t = jnp.arange(1.0, 9.0)
-    x = jnp.broadcast_to(t[None, :, None], (2, 8, 32))
-    y = rnn(x)
-    updated = y == x
-    same = [bool(jnp.all(updated[:, i] == updated[:, 1])) for i in range(1, 8)]
-    assert all(same) is broadcast
-    prev = jnp.concatenate([jnp.zeros_like(y[:, :1]), y[:, :-1]], axis=1)
-    assert bool(jnp.all(jnp.where(updated, True, y == prev)))
+    assert_zoneout_over_echo(rnn, shared=broadcast)
 
 
 def test_zoneout_cell_equals_pure_function_per_carry_leaf():
@@ -169,22 +156,10 @@ def test_zoneout_cell_equals_pure_function_per_carry_leaf():
     zc = jn.ZoneoutCell(cell, (0.5, 0.05), rngs=nnx.Rngs(dropout=3))
     x = jax.random.normal(jax.random.key(2), (3, 5))
     carry = jax.tree.map(lambda c: c + 0.3, cell.initialize_carry((3, 5), rngs))
-    (c_new, h_new), _ = cell(carry, x)
-    (c, h), out = zc(carry, x)
-    k_c, k_h = jax.random.split(first_key(3), 2)
-    np.testing.assert_array_equal(
-        np.asarray(c), np.asarray(jaxreg.zoneout(k_c, carry[0], c_new, 0.5))
-    )
-    np.testing.assert_array_equal(
-        np.asarray(h), np.asarray(jaxreg.zoneout(k_h, carry[1], h_new, 0.05))
-    )
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(h))
+    new, _ = cell(carry, x)
+    zoned = zc(carry, x)
     zc.eval()
-    (c_det, h_det), out_det = zc(carry, x)
-    np.testing.assert_allclose(
-        np.asarray(c_det), np.asarray(0.5 * c_new + 0.5 * carry[0]), rtol=1e-6
-    )
-    np.testing.assert_array_equal(np.asarray(out_det), np.asarray(h_det))
+    assert_lstm_zoneout(carry, new, first_key(3), zoned, zc(carry, x))
     with pytest.raises(ValueError, match="structure of the cell's carry"):
         jn.ZoneoutCell(cell, (0.1, 0.2, 0.3), rngs=rngs)(carry, x)
     with pytest.raises(TypeError, match="`cell` must be an NNX RNN cell"):
