@@ -15,17 +15,25 @@ values:
   accepts plus traced flags, and :func:`run` takes the Python path for a concrete
   flag and ``jax.lax.cond`` between both paths for a traced one;
 * when a call draws a key (:func:`needs_key`), DropConnect's inference modes,
-  zoneout's carry and output mapping, and the loss terms modules report.
+  zoneout's carry and output mapping, and the loss terms modules report;
+* what every adapter's docstring says about a module (a :class:`Doc`: what it
+  does, its fields, the paper), composed with the adapter's own summary, notes
+  and examples by :func:`document` (each adapter's :class:`Docs` adds how it
+  describes its flags and keys).
 
-Adding a module to the dropout family is one :class:`Layer` here plus one small
-class in each adapter.
+Adding a module to the dropout family is one :class:`Layer` here (its pure
+function, its fields' checks and their text) plus one small class in each
+adapter: a summary line, an example, and the fields as the framework declares
+them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
+import textwrap
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -232,6 +240,173 @@ STOCHASTIC = {"deterministic": flag_field, "rng_collection": check_str}
 
 
 # --------------------------------------------------------------------------------
+# Docstrings: what every adapter says about a module, written once.
+# --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Doc:
+    """What every adapter's docstring says about a module, written once.
+
+    Attributes:
+      text: Google style, as the docstrings it goes into: a paragraph about the
+        module, an ``Attributes`` section describing the fields the adapters
+        share, and ``References`` with the paper.
+      inference: what the inference path does, completing "if True, ...".
+    """
+
+    text: str
+    inference: str = "return the input unchanged"
+
+    def sections(self) -> dict[str, list[str]]:
+        """``{"": about, "Attributes": lines, "References": lines}``, dedented."""
+        return _sections(inspect.cleandoc(self.text).splitlines())
+
+    def renamed(self, old: str, new: str) -> Doc:
+        """The same text for a field ``old`` called ``new`` (Equinox's ``p``):
+        its entry and every ``old`` literal in the text are renamed."""
+        text = self.text.replace(f"``{old}``", f"``{new}``")
+        return dataclasses.replace(self, text=text.replace(f" {old}: ", f" {new}: "))
+
+
+#: The section headers of Google-style docstrings used here.
+_SECTIONS = ("Args:", "Attributes:", "Raises:", "Returns:", "Examples:", "References:")
+
+
+def _sections(lines: list[str]) -> dict[str, list[str]]:
+    """A docstring's lines by section (``""``: the text before the first)."""
+    out, name = {"": []}, ""
+    for line in lines:
+        if line in _SECTIONS:
+            name = line[:-1]
+            out[name] = []
+        else:
+            out[name].append(line)
+    return {k: v for k, v in out.items() if any(line.strip() for line in v)}
+
+
+def _entries(lines: list[str]) -> dict[str, list[str]]:
+    """A section's entries (``name: text`` at the least indentation) by name."""
+    entries: dict[str, list[str]] = {}
+    indent = min(
+        (len(line) - len(line.lstrip()) for line in lines if line.strip()), default=0
+    )
+    for line in lines:
+        if line.strip() and len(line) - len(line.lstrip()) == indent:
+            name = line.split(":", 1)[0].strip()
+            entries[name] = []
+        if line.strip():
+            entries[name].append("  " + line[indent:])
+    return entries
+
+
+def _fill(text: str) -> str:
+    return textwrap.fill(
+        text,
+        80,
+        initial_indent="  ",
+        subsequent_indent="    ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
+def document(
+    doc: Doc,
+    heading: str,
+    texts: Mapping[str, str | None],
+    mark_keyword_only: bool = False,
+):
+    """Class decorator: ``cls.__doc__`` composed from ``doc`` and the class's own.
+
+    The class's docstring holds what only its adapter says: the summary line,
+    prose, and sections such as Raises and Examples. The result is that summary,
+    the shared paragraph of ``doc``, the class's prose, a ``heading`` section
+    (``"Attributes"`` or ``"Args"``) describing every parameter of
+    ``cls.__init__`` in order, the class's sections, then the shared
+    References.
+
+    Args:
+      doc: the shared text.
+      heading: the title of the parameters' section.
+      texts: the adapter's descriptions by parameter name (its flags, keys and
+        framework-specific fields, one line each), used before ``doc``'s; None
+        leaves a parameter out (linen's ``parent`` and ``name``). ``{inference}``
+        in a text is replaced by ``doc.inference``.
+      mark_keyword_only: append "Keyword only." to keyword-only parameters.
+
+    Raises:
+      TypeError: a parameter with no description (a docstring would be
+        incomplete), at import.
+    """
+
+    def write(cls):
+        if cls.__doc__ is None:  # python -OO
+            return cls
+        summary, *own = inspect.cleandoc(cls.__doc__).splitlines()
+        own, shared = _sections(own), doc.sections()
+        fields = _entries(shared.get("Attributes", []))
+        entries = []
+        for param in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+            text = texts.get(param.name, "")
+            if text is None:
+                continue
+            if text:
+                text = text.replace("{inference}", doc.inference)
+                lines = _fill(f"{param.name}: {text}").splitlines()
+            elif param.name in fields:
+                lines = fields[param.name]
+            else:
+                raise TypeError(f"{cls.__qualname__}: `{param.name}` is undocumented.")
+            if mark_keyword_only and param.kind is param.KEYWORD_ONLY:
+                lines = [*lines[:-1], lines[-1] + " Keyword only."]
+            entries.extend(lines)
+        parts = [
+            summary,
+            "\n".join(shared.get("", [])),
+            "\n".join(own.pop("", [])),
+            f"{heading}:\n" + "\n".join(entries),
+            *(f"{name}:\n" + "\n".join(lines) for name, lines in own.items()),
+            "References:\n" + "\n".join(shared["References"]),
+        ]
+        cls.__doc__ = "\n\n".join(part.strip("\n") for part in parts) + "\n"
+        return cls
+
+    return write
+
+
+@dataclasses.dataclass(frozen=True)
+class Docs:
+    """How one adapter writes its modules' docstrings (with :func:`document`).
+
+    Attributes:
+      heading: the title of the parameters' section (``"Attributes"``, ``"Args"``).
+      texts: the adapter's descriptions of its flags and keys by name.
+      mark_keyword_only: append "Keyword only." to keyword-only parameters.
+    """
+
+    heading: str
+    texts: Mapping[str, str | None]
+    mark_keyword_only: bool = False
+
+    def module(self, doc: Doc, **texts: str):
+        """Class decorator: the docstring from ``doc``, the adapter's texts and
+        ``texts`` (the module's own parameters)."""
+        texts = {**self.texts, **texts}
+        return document(doc, self.heading, texts, self.mark_keyword_only)
+
+    def family(self, layer: Layer):
+        """Class decorator: the dropout-family module of ``layer``, which sets its
+        ``LAYER`` and writes its docstring."""
+
+        def define(cls):
+            cls.LAYER = layer
+            return self.module(layer.doc)(cls)
+
+        return define
+
+
+# --------------------------------------------------------------------------------
 # Choosing the path: the key a call needs, and concrete or traced flags.
 # --------------------------------------------------------------------------------
 
@@ -283,17 +458,19 @@ def run(deterministic, key_needed: Callable[[bool], bool], draw_key, forward):
 
 @dataclasses.dataclass(frozen=True)
 class Layer:
-    """One module of the dropout family: its pure function and its fields.
+    """One module of the dropout family: its pure function, fields and text.
 
     Attributes:
       fn: the pure function, ``fn(key, inputs, rate, *, deterministic, **options)``.
       fields: every field the function takes, the rate first, with its check;
         the others are passed to ``fn`` by keyword.
+      doc: what every adapter's docstring says about the module.
       key_free_at_one: a concrete rate of 1 needs no key (the output is zeros).
     """
 
     fn: Callable
     fields: Mapping[str, Check]
+    doc: Doc
     key_free_at_one: bool = True
 
     @property
@@ -304,7 +481,11 @@ class Layer:
     def renamed(self, rate: str) -> Layer:
         """The same layer with its rate field called ``rate`` (Equinox's ``p``)."""
         first, *rest = self.fields.items()
-        return dataclasses.replace(self, fields={rate: first[1], **dict(rest)})
+        return dataclasses.replace(
+            self,
+            fields={rate: first[1], **dict(rest)},
+            doc=self.doc.renamed(first[0], rate),
+        )
 
     def apply(self, values: Mapping[str, Any], inputs, deterministic, draw_key):
         """The module's output for checked field ``values`` and a resolved flag."""
@@ -326,21 +507,118 @@ DROPOUT = Layer(
         "inverted": check_bool,
         "activation": activation_field,
     },
+    Doc("""
+    The mask comes from :func:`jaxreg.dropout`: the kept units are divided by the
+    keep probability the sampler realises, so ``E[output] == inputs`` exactly. A
+    rate of 0 or the inference path returns the input and a rate of 1 returns
+    zeros with finite gradients; neither draws a key. With ``activation`` set,
+    ``f(inputs)`` takes the place of ``inputs`` throughout, computed fused with
+    the mask.
+
+    Attributes:
+      rate: the dropout probability (not the keep rate!), in ``[0, 1]``.
+      broadcast_dims: dimensions that share one mask value (e.g. the time axis for
+        variational RNN dropout).
+      inverted: if False use classic dropout (the kept units unscaled when
+        training, the input times the keep probability at inference), see
+        :func:`jaxreg.dropout`.
+      activation: None, or an elementwise activation the module applies to its
+        input *before* dropping it, fused with the dropout: ``"tanh"``,
+        ``"sigmoid"``, ``"relu"``, ``"elu"``, ``"softplus"`` or the matching
+        function (``jax.nn.tanh``, ``jnp.tanh``, ...). The output is that of the
+        unfused ``Dropout(...)(f(inputs))`` (``f(inputs)`` at inference, times
+        the keep probability if ``inverted=False``), but the reason to fuse is memory:
+        under autodiff the layer keeps only its output for the backward pass,
+        where ``Dense -> f -> Dropout`` also keeps ``f``'s output, one more
+        activation-sized buffer per layer. See the ``activation`` argument of
+        :func:`jaxreg.dropout`.
+
+    References:
+      Srivastava et al. "Dropout: A Simple Way to Prevent Neural Networks from
+      Overfitting." JMLR 15, 2014. https://jmlr.org/papers/v15/srivastava14a.html
+    """),
 )
 SPATIAL_DROPOUT = Layer(
     _stochastic.spatial_dropout,
     {"rate": check_rate, "channel_axis": channel_axis_field},
+    Doc("""
+    One keep decision per (example, channel), shared over all spatial positions;
+    see :func:`jaxreg.spatial_dropout`. Axis 0 is the batch.
+
+    Attributes:
+      rate: probability of dropping a channel, in ``[0, 1]``.
+      channel_axis: the channel axis (``-1`` for NWC/NHWC/NDHWC, ``1`` for
+        channels-first); not 0 (the batch), within ``-4..4``.
+
+    References:
+      Tompson et al. "Efficient Object Localization Using Convolutional
+      Networks." CVPR 2015. https://arxiv.org/abs/1411.4280
+    """),
 )
 GAUSSIAN_DROPOUT = Layer(
-    _stochastic.gaussian_dropout, {"rate": rate_below_one_field}, False
+    _stochastic.gaussian_dropout,
+    {"rate": rate_below_one_field},
+    Doc("""
+    Training: ``inputs * (1 + sqrt(rate / (1 - rate)) * eps)``, ``eps ~ N(0,
+    1)``; inference returns the inputs. See :func:`jaxreg.gaussian_dropout`.
+
+    Attributes:
+      rate: drop-equivalent rate in ``[0, 1)``.
+
+    References:
+      Srivastava et al. 2014, section 10 ("Multiplicative Gaussian Noise").
+      https://jmlr.org/papers/v15/srivastava14a.html
+    """),
+    key_free_at_one=False,
 )
-GAUSSIAN_NOISE = Layer(_stochastic.gaussian_noise, {"stddev": check_nonnegative}, False)
+GAUSSIAN_NOISE = Layer(
+    _stochastic.gaussian_noise,
+    {"stddev": check_nonnegative},
+    Doc("""
+    See :func:`jaxreg.gaussian_noise`.
+
+    Attributes:
+      stddev: noise standard deviation, ``>= 0``.
+
+    References:
+      Bishop. "Training with Noise is Equivalent to Tikhonov Regularization."
+      Neural Computation 7(1), 1995. https://doi.org/10.1162/neco.1995.7.1.108
+    """),
+    key_free_at_one=False,
+)
 ALPHA_DROPOUT = Layer(
     _stochastic.alpha_dropout,
     {"rate": check_rate, "broadcast_dims": broadcast_dims_field},
+    Doc("""
+    Dropped units are set to the SELU saturation value and an affine correction
+    keeps zero mean and unit variance; see :func:`jaxreg.alpha_dropout`.
+
+    Attributes:
+      rate: drop probability in ``[0, 1]``.
+      broadcast_dims: axes sharing one keep decision; the spatial axes make it
+        feature alpha dropout (PyTorch's ``FeatureAlphaDropout``).
+
+    References:
+      Klambauer et al. "Self-Normalizing Neural Networks." NeurIPS 2017.
+      https://arxiv.org/abs/1706.02515
+    """),
 )
 DROP_PATH = Layer(
-    _stochastic.drop_path, {"rate": check_rate, "mode": drop_path_mode_field}
+    _stochastic.drop_path,
+    {"rate": check_rate, "mode": drop_path_mode_field},
+    Doc("""
+    Apply it to the branch before adding the shortcut, ``x + drop_path(branch(x))``;
+    see :func:`jaxreg.drop_path`.
+
+    Attributes:
+      rate: probability of dropping the branch, in ``[0, 1]``.
+      mode: ``"row"`` (each row of axis 0: per example, as in timm) or
+        ``"batch"`` (the whole input, as in Huang et al. 2016).
+
+    References:
+      Huang et al. "Deep Networks with Stochastic Depth." ECCV 2016.
+      https://arxiv.org/abs/1603.09382
+    """),
 )
 DROPBLOCK = Layer(
     _stochastic.dropblock,
@@ -350,6 +628,22 @@ DROPBLOCK = Layer(
         "couple_channels": check_bool,
         "gamma_scale": check_nonnegative,
     },
+    Doc("""
+    Each position is dropped with probability ``rate``; kept units are rescaled so
+    ``E[output] == inputs``. The input is a batch ``(N, H, W, C)``; see
+    :func:`jaxreg.dropblock`.
+
+    Attributes:
+      rate: per-position drop probability, in ``[0, 1]``.
+      block_size: side of the square blocks, an int ``>= 1`` (NumPy ints too).
+      couple_channels: one block mask shared by all channels of an example
+        (default: one per channel, as timm and the TensorFlow reference code).
+      gamma_scale: factor ``>= 0`` on the seed rate (timm's ``gamma_scale``).
+
+    References:
+      Ghiasi, Lin, Le. "DropBlock: A regularization method for convolutional
+      networks." NeurIPS 2018. https://arxiv.org/abs/1810.12890
+    """),
 )
 
 
@@ -368,6 +662,49 @@ DROPCONNECT = {
     "num_samples": positive_int_field,
     "precision": precision_field,
 }
+
+#: How the dense layers (DropConnect, sparse variational dropout) describe the
+#: fields of a dense layer, in :class:`Doc` text.
+_DENSE_DOC = """
+      features: number of output features, an int ``>= 1``.
+      in_features: number of input features, an int ``>= 1``.
+      out_features: number of output features, an int ``>= 1``.
+      use_bias: whether to add a bias.
+      dtype: computation dtype (inferred from the inputs and parameters if None).
+      param_dtype: dtype of the parameters.
+      precision: matmul precision (None, a ``jax.lax.Precision`` or its name).
+      bias_init: bias initializer."""
+
+DROPCONNECT_DOC = Doc(
+    f"""
+    While training each weight is dropped with probability ``rate`` and the kept
+    ones are scaled by ``1 / (1 - rate)`` (:func:`jaxreg.dropconnect_dense`), so
+    the expected pre-activation is the dense layer's; ``activation`` (default:
+    none) is applied after the layer.
+
+    Attributes:{_DENSE_DOC}
+      kernel_init: kernel initializer.
+      rate: probability of dropping a weight, in ``[0, 1]``.
+      per_example: an independent weight mask per example of a batched input (as
+        in the paper), or one mask for the batch.
+      inference: the inference rule. ``"mean"``: ``activation(x @ kernel +
+        bias)`` (mean-field; no key). ``"moments"``: the rule of Wan et al. 2013,
+        each pre-activation approximated by ``N(mean, var)``
+        (:func:`jaxreg.dropconnect_moments`), ``num_samples`` samples pushed
+        through ``activation`` and averaged (:func:`jaxreg.dropconnect_inference`;
+        needs a key). ``"mc"``: one sampled mask as in training (Monte-Carlo
+        DropConnect: average several calls, e.g. with
+        :func:`jaxreg.mc_dropout_predict`; needs a key).
+      activation: elementwise activation applied to the output, or None; it
+        matters for the moments rule.
+      num_samples: Gaussian samples per unit for the moments rule, an int ``>= 1``.
+
+    References:
+      Wan, Zeiler, Zhang, LeCun, Fergus. "Regularization of Neural Networks using
+      DropConnect." ICML 2013. https://proceedings.mlr.press/v28/wan13.html
+    """,
+    inference="apply the inference rule",
+)
 
 
 def _identity(u):
@@ -424,6 +761,25 @@ def dropconnect(
 # --------------------------------------------------------------------------------
 # Recurrent: zoneout.
 # --------------------------------------------------------------------------------
+
+ZONEOUT_DOC = Doc(
+    """
+    Every leaf of the cell's new carry goes through :func:`jaxreg.zoneout`: when
+    training each unit keeps its previous value with probability ``rate``; at
+    inference the carry is the expectation ``(1 - rate) * h_new + rate * h_prev``.
+    One key per call, split into one key per carry leaf.
+
+    Attributes:
+      cell: the wrapped cell.
+      rate: probability of keeping the previous value: one rate, or a pytree with
+        the carry's structure.
+
+    References:
+      Krueger et al. "Zoneout: Regularizing RNNs by Randomly Preserving Hidden
+      Activations." ICLR 2017. https://arxiv.org/abs/1606.01305
+    """,
+    inference="use the expectation",
+)
 
 
 def _is_leaf(tree) -> bool:
@@ -499,6 +855,19 @@ def zoneout(
 # --------------------------------------------------------------------------------
 
 ACTIVITY = {"l1": check_nonnegative, "l2": check_nonnegative}
+ACTIVITY_DOC = Doc("""
+    The penalty ``l1 * sum(|x|) + l2 * sum(x**2)`` is taken over the whole input
+    (as ``keras.layers.ActivityRegularization`` in Keras 3; tf.keras 2 divided it
+    by the batch size). Gradients flow through the penalty into the activations.
+
+    Attributes:
+      l1: factor of the L1 activity penalty, ``>= 0``.
+      l2: factor of the squared-L2 activity penalty, ``>= 0``.
+
+    References:
+      Keras API, ``ActivityRegularization`` layer.
+      https://keras.io/api/layers/regularization_layers/activity_regularization/
+    """)
 
 
 def activity_penalty(values: Mapping[str, Any], inputs) -> jax.Array:
@@ -525,6 +894,32 @@ CONCRETE = {
     "init_rate": open_rate_field,
     "temperature": check_positive,
 }
+CONCRETE_DOC = Doc(
+    """
+    The drop probability is the trainable logit ``logit_p`` (``p =
+    sigmoid(logit_p)``, initialised at ``init_rate``); the relaxed mask comes from
+    :func:`jaxreg.concrete_dropout`. With ``layer`` the module computes
+    ``layer(dropped inputs)`` and the regularizer of
+    :func:`jaxreg.concrete_dropout_regularizer`: the weight term on the layer's
+    parameters plus the entropy term with ``input_dim = inputs.shape[-1]``;
+    without ``layer``, the dropped inputs and the entropy term only. With ``N``
+    training points and prior length-scale ``l``, the paper uses
+    ``weight_regularizer = l**2 / N`` and ``dropout_regularizer = 2 / N``.
+
+    Attributes:
+      layer: the layer the dropped inputs feed (its parameters get the weight
+        term), or None.
+      weight_regularizer: ``>= 0`` (paper: ``l**2 / N``).
+      dropout_regularizer: ``>= 0`` (paper: ``2 / N``).
+      init_rate: initial drop probability, in ``(0, 1)``.
+      temperature: relaxation temperature, ``> 0`` (paper: 0.1).
+
+    References:
+      Gal, Hron, Kendall. "Concrete Dropout." NeurIPS 2017.
+      https://arxiv.org/abs/1705.07832
+    """,
+    inference="skip the dropout (the output is ``layer(inputs)``)",
+)
 
 
 def concrete_logit(init_rate: float) -> float:
@@ -566,6 +961,29 @@ def concrete_layer(
 
 
 SPARSE_VD = {"kl_weight": check_nonnegative, "threshold": check_threshold}
+SPARSE_VD_DOC = Doc(
+    f"""
+    Parameters: the weight means ``theta`` (the kernel), ``log_sigma2`` (per-weight
+    log variance, initialised at ``log_sigma2_init``) and the bias. Training uses
+    the local reparameterisation trick (:func:`jaxreg.sparse_vd_dense`); inference
+    uses the weight means with every weight of ``log alpha > threshold`` pruned.
+    The loss term is ``kl_weight * sparse_vd_kl(log_alpha)``: set ``kl_weight = 1
+    / N`` for ``N`` training points (the ELBO per example), possibly warmed up
+    from 0. Report sparsity with :func:`jaxreg.sparse_vd_pruned_fraction` of
+    :func:`jaxreg.sparse_vd_log_alpha`.
+
+    Attributes:{_DENSE_DOC}
+      kernel_init: initializer of the weight means.
+      log_sigma2_init: initial log variance of every weight (finite).
+      threshold: log-alpha pruning threshold at inference (paper: 3).
+      kl_weight: factor of the KL term, ``>= 0`` (``1 / N``).
+
+    References:
+      Molchanov, Ashukha, Vetrov. "Variational Dropout Sparsifies Deep Neural
+      Networks." ICML 2017. https://arxiv.org/abs/1701.05369
+    """,
+    inference="use the pruned weight means",
+)
 
 
 def sparse_vd_kl(values, kernel, log_sigma2) -> jax.Array:

@@ -102,6 +102,14 @@ def _option(default):
 
 _FLAG = {"inference": check_flag}
 
+#: The Equinox descriptions of the flag and of an initialization key.
+_FLAG_DOC = {"inference": "if True, {inference} (``eqx.nn.inference_mode`` sets it)."}
+_INIT_KEY = "PRNG key for the initialization."
+_DTYPE = "dtype of the parameters (Equinox's default if None)."
+
+
+_DOCS = _layers.Docs("Attributes", _FLAG_DOC, mark_keyword_only=True)
+
 
 # --------------------------------------------------------------------------------
 # The dropout family on activations.
@@ -111,8 +119,8 @@ _FLAG = {"inference": check_flag}
 class _Family(eqx.Module):
     """The shared body of the dropout-family modules (not public).
 
-    A subclass declares its fields and ``LAYER``, the :class:`jaxreg._layers.Layer`
-    that checks them and names the pure function it calls.
+    A subclass declares its fields; ``_DOCS.family`` sets its ``LAYER``, the
+    :class:`jaxreg._layers.Layer` that checks them and names the pure function.
     """
 
     LAYER: ClassVar[_layers.Layer]
@@ -138,30 +146,25 @@ class _Family(eqx.Module):
         return self.LAYER.apply(values, x, det, lambda: _key(self, key, det))
 
 
+class _RateFamily(_Family):
+    """A dropout-family module whose fields start with ``rate`` and ``inference``,
+    the others keyword only (not public)."""
+
+    rate: float = eqx.field(static=True)
+    inference: bool = False
+
+
+@_DOCS.family(_layers.DROPOUT.renamed("p"))
 class Dropout(_Family):
     """Dropout: a drop-in replacement for :class:`equinox.nn.Dropout`.
 
     The same fields ``p`` and ``inference`` (positional, in that order), the same
     call ``layer(x, *, key=None, inference=None)`` and edge cases (``inference``
     or ``p == 0`` returns ``x`` and needs no key; a stochastic call without a key
-    raises ``RuntimeError``); ``p == 1`` returns zeros with finite gradients. The
-    mask comes from :func:`jaxreg.dropout`, whose scaling uses the keep
-    probability the sampler realises, so ``E[output] == x`` exactly. Unlike
+    raises ``RuntimeError``); ``p == 1`` returns zeros with finite gradients. Unlike
     ``equinox.nn.Dropout``, ``p`` is a static field (checked at construction, out
     of every optimizer's reach) and the deprecated ``deterministic`` argument is
     not accepted.
-
-    Attributes:
-      p: the dropout probability (not the keep rate!), in ``[0, 1]``.
-      inference: if True return the input unchanged (``eqx.nn.inference_mode``
-        sets it).
-      broadcast_dims: axes that share one mask value (keyword only).
-      inverted: if False use classic dropout (``x * mask`` when training,
-        ``x * (1 - p)`` at inference), see :func:`jaxreg.dropout` (keyword only).
-      activation: None, or an elementwise activation applied to ``x`` before
-        dropping, fused with it (``"tanh"``, ``"sigmoid"``, ``"relu"``, ``"elu"``,
-        ``"softplus"`` or the matching function), see :func:`jaxreg.dropout`
-        (keyword only).
 
     Raises:
       ValueError: at construction, ``p`` outside ``[0, 1]`` or NaN, or an
@@ -178,13 +181,8 @@ class Dropout(_Family):
       True
       >>> eqx.nn.inference_mode(layer)(jnp.ones(2))  # no key needed
       Array([1., 1.], dtype=float32)
-
-    References:
-      Srivastava et al. "Dropout: A Simple Way to Prevent Neural Networks from
-      Overfitting." JMLR 15, 2014. https://jmlr.org/papers/v15/srivastava14a.html
     """
 
-    LAYER = _layers.DROPOUT.renamed("p")
     p: float = eqx.field(default=0.5, static=True)
     inference: bool = False
     broadcast_dims: Sequence[int] = _option(())
@@ -192,94 +190,52 @@ class Dropout(_Family):
     activation: str | Callable | None = _option(None)
 
 
-class SpatialDropout(_Family):
+@_DOCS.family(_layers.SPATIAL_DROPOUT)
+class SpatialDropout(_RateFamily):
     """Spatial dropout: drop whole channels of 1-D/2-D/3-D feature maps.
 
-    One keep decision per (example, channel), shared over all spatial positions;
-    see :func:`jaxreg.spatial_dropout`. Axis 0 of the input is the batch (vmap
-    over examples with one key each, or call it on a batch).
-
-    Attributes:
-      rate: probability of dropping a channel, in ``[0, 1]``.
-      inference: if True return the input.
-      channel_axis: the channel axis, not 0 (keyword only).
+    Vmap over examples with one key each, or call it on a batch.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg.equinox as je
       >>> y = je.SpatialDropout(0.5)(jnp.ones((2, 4, 4, 3)), key=jax.random.key(0))
       >>> bool(jnp.all(y == y[:, :1, :1, :]))  # constant over space
       True
-
-    References:
-      Tompson et al. "Efficient Object Localization Using Convolutional
-      Networks." CVPR 2015. https://arxiv.org/abs/1411.4280
     """
 
-    LAYER = _layers.SPATIAL_DROPOUT
-    rate: float = eqx.field(static=True)
-    inference: bool = False
     channel_axis: int = _option(-1)
 
 
-class GaussianDropout(_Family):
+@_DOCS.family(_layers.GAUSSIAN_DROPOUT)
+class GaussianDropout(_RateFamily):
     """Multiplicative Gaussian noise with mean 1 and variance ``rate / (1 - rate)``.
-
-    See :func:`jaxreg.gaussian_dropout`.
-
-    Attributes:
-      rate: drop-equivalent rate in ``[0, 1)``.
-      inference: if True return the input.
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg.equinox as je
       >>> je.GaussianDropout(0.2, inference=True)(jnp.ones(3))
       Array([1., 1., 1.], dtype=float32)
-
-    References:
-      Srivastava et al. 2014, section 10 ("Multiplicative Gaussian Noise").
-      https://jmlr.org/papers/v15/srivastava14a.html
     """
 
-    LAYER = _layers.GAUSSIAN_DROPOUT
-    rate: float = eqx.field(static=True)
-    inference: bool = False
 
-
+@_DOCS.family(_layers.GAUSSIAN_NOISE)
 class GaussianNoise(_Family):
     """Additive zero-mean Gaussian noise: ``x + stddev * eps`` when training.
-
-    See :func:`jaxreg.gaussian_noise`.
-
-    Attributes:
-      stddev: noise standard deviation, ``>= 0``.
-      inference: if True return the input.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg.equinox as je
       >>> je.GaussianNoise(0.1)(jnp.zeros(3), key=jax.random.key(0)).shape
       (3,)
-
-    References:
-      Bishop. "Training with Noise is Equivalent to Tikhonov Regularization."
-      Neural Computation 7(1), 1995. https://doi.org/10.1162/neco.1995.7.1.108
     """
 
-    LAYER = _layers.GAUSSIAN_NOISE
     stddev: float = eqx.field(static=True)
     inference: bool = False
 
 
-class AlphaDropout(_Family):
+@_DOCS.family(_layers.ALPHA_DROPOUT)
+class AlphaDropout(_RateFamily):
     """Alpha dropout for self-normalizing (SELU) networks.
 
-    See :func:`jaxreg.alpha_dropout`.
-
-    Attributes:
-      rate: drop probability in ``[0, 1]``.
-      inference: if True return the input.
-      broadcast_dims: axes sharing one keep decision (keyword only); ``(0, 1)``
-        on one HWC example is feature alpha dropout (PyTorch's
-        ``FeatureAlphaDropout``).
+    Feature alpha dropout on one HWC example is ``broadcast_dims=(0, 1)``.
 
     Examples:
       >>> import jax, jaxreg.equinox as je
@@ -287,31 +243,19 @@ class AlphaDropout(_Family):
       >>> y = je.AlphaDropout(0.1)(x, key=jax.random.key(1))
       >>> bool(abs(y.mean()) < 0.02 and abs(y.std() - 1) < 0.02)
       True
-
-    References:
-      Klambauer et al. "Self-Normalizing Neural Networks." NeurIPS 2017.
-      https://arxiv.org/abs/1706.02515
     """
 
-    LAYER = _layers.ALPHA_DROPOUT
-    rate: float = eqx.field(static=True)
-    inference: bool = False
     broadcast_dims: Sequence[int] = _option(())
 
 
-class DropPath(_Family):
+@_DOCS.family(_layers.DROP_PATH)
+class DropPath(_RateFamily):
     """Stochastic depth: drop a whole residual branch.
 
-    ``x + drop_path(branch(x), key=key)``; see :func:`jaxreg.drop_path`. On a
-    single example (Equinox's convention) use ``mode="batch"``, which drops the
-    whole input: under ``jax.vmap`` with one key per example that is per-example
-    stochastic depth. ``mode="row"`` drops rows of a batched input.
-
-    Attributes:
-      rate: probability of dropping the branch, in ``[0, 1]``.
-      inference: if True return the input.
-      mode: ``"batch"`` (the whole input) or ``"row"`` (each row of axis 0);
-        keyword only.
+    In Equinox: ``x + drop_path(branch(x), key=key)``. On a single example
+    (Equinox's convention) use ``mode="batch"`` (the default here), which drops
+    the whole input: under ``jax.vmap`` with one key per example that is
+    per-example stochastic depth. ``mode="row"`` drops rows of a batched input.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg.equinox as je
@@ -320,47 +264,22 @@ class DropPath(_Family):
       >>> y = jax.vmap(lambda x, k: layer(x, key=k))(jnp.ones((4, 3)), keys)
       >>> bool(jnp.all((y == 0).all(1) | (y == 2).all(1)))  # whole examples
       True
-
-    References:
-      Huang et al. "Deep Networks with Stochastic Depth." ECCV 2016.
-      https://arxiv.org/abs/1603.09382
     """
 
-    LAYER = _layers.DROP_PATH
-    rate: float = eqx.field(static=True)
-    inference: bool = False
     mode: str = _option("batch")
 
 
-class DropBlock(_Family):
+@_DOCS.family(_layers.DROPBLOCK)
+class DropBlock(_RateFamily):
     """DropBlock: drop contiguous ``block_size x block_size`` regions (NHWC).
-
-    See :func:`jaxreg.dropblock`; the input is a batch ``(N, H, W, C)``.
-
-    Attributes:
-      rate: per-position drop probability, in ``[0, 1]``.
-      inference: if True return the input.
-      block_size: side of the square blocks, an int ``>= 1`` (keyword only).
-      couple_channels: one block mask shared by all channels of an example
-        (keyword only; default: one per channel, as timm and the TensorFlow
-        reference code).
-      gamma_scale: factor ``>= 0`` on the seed rate (keyword only; timm's
-        ``gamma_scale``).
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg.equinox as je
       >>> layer = je.DropBlock(0.1, block_size=3)
       >>> layer(jnp.ones((2, 8, 8, 4)), key=jax.random.key(0)).shape
       (2, 8, 8, 4)
-
-    References:
-      Ghiasi, Lin, Le. "DropBlock: A regularization method for convolutional
-      networks." NeurIPS 2018. https://arxiv.org/abs/1810.12890
     """
 
-    LAYER = _layers.DROPBLOCK
-    rate: float = eqx.field(static=True)
-    inference: bool = False
     block_size: int = _option(7)
     couple_channels: bool = _option(False)
     gamma_scale: float = _option(1.0)
@@ -380,43 +299,37 @@ _DROPCONNECT = {
     ("inference_rule" if name == "inference" else name): check
     for name, check in _layers.DROPCONNECT.items()
 }
+_DROPCONNECT_DOC = _layers.DROPCONNECT_DOC.renamed("inference", "inference_rule")
 
 
-def _linear_params(module, in_features, out_features, use_bias, dtype, key):
-    """``(weight, bias)`` exactly as ``eqx.nn.Linear`` draws them from ``key``."""
-    linear = eqx.nn.Linear(in_features, out_features, use_bias, dtype, key=key)
-    return linear.weight, linear.bias
+class _Linear(eqx.Module):
+    """The sizes of ``eqx.nn.Linear`` and its parameters' initialization, shared by
+    the dense layers (not public)."""
+
+    in_features: int = eqx.field(static=True)
+    out_features: int = eqx.field(static=True)
+    use_bias: bool = eqx.field(static=True)
+
+    def _init_linear(self, in_features, out_features, use_bias, dtype, key, checks):
+        """Set the sizes, check them and the fields in ``checks``, then set
+        ``weight`` and ``bias`` exactly as ``eqx.nn.Linear`` draws them."""
+        self.in_features, self.out_features = in_features, out_features
+        self.use_bias = use_bias
+        _set_fields(self, {**_LINEAR, **checks})
+        linear = eqx.nn.Linear(in_features, out_features, use_bias, dtype, key=key)
+        self.weight, self.bias = linear.weight, linear.bias
 
 
-class DropConnectDense(eqx.Module):
+@_DOCS.module(_DROPCONNECT_DOC, dtype=_DTYPE, key=_INIT_KEY)
+class DropConnectDense(_Linear):
     """A linear layer with DropConnect: a drop-in for :class:`equinox.nn.Linear`.
 
     Same constructor arguments, fields (``weight`` of shape ``(out_features,
     in_features)``, ``bias``) and initial values as ``eqx.nn.Linear`` for the same
-    key, and the same call on one example ``x`` of shape ``(in_features,)``. While
-    training each *weight* is dropped with probability ``rate`` and the kept ones
-    are scaled by ``1 / (1 - rate)``: the output is
-    ``activation(jaxreg.dropconnect_dense(key, x, weight.T, rate, bias=bias))``.
-    At inference (``inference=True``) ``inference_rule`` selects ``"mean"``
-    (``activation(weight @ x + bias)``, no key), ``"moments"`` (Wan et al.'s
-    Gaussian moment matching with ``num_samples`` samples,
-    :func:`jaxreg.dropconnect_inference`; needs a key) or ``"mc"`` (one sampled
-    mask; needs a key). See :class:`jaxreg.linen.DropConnectDense`.
-
-    Args:
-      in_features: input size, an int ``>= 1``.
-      out_features: output size, an int ``>= 1``.
-      use_bias: whether to add a bias.
-      dtype: dtype of the weight and bias (Equinox's default if None).
-      rate: probability of dropping a weight, in ``[0, 1]``.
-      per_example: for a batched ``x`` of shape ``(..., in_features)``, one mask
-        per example; under ``jax.vmap`` one key per example does the same.
-      inference_rule: ``"mean"``, ``"moments"`` or ``"mc"``.
-      activation: elementwise activation applied to the output, or None.
-      num_samples: Gaussian samples for ``inference_rule="moments"``.
-      precision: matmul precision (None, a ``jax.lax.Precision`` or its name).
-      inference: the inference path if True (``eqx.nn.inference_mode`` sets it).
-      key: PRNG key for the initialization (keyword only).
+    key, and the same call on one example ``x`` of shape ``(in_features,)``: the
+    training output is ``activation(jaxreg.dropconnect_dense(key, x, weight.T,
+    rate, bias=bias))``. The inference path (``inference=True``) follows the rule
+    ``inference_rule``. See :class:`jaxreg.linen.DropConnectDense`.
 
     Examples:
       >>> import jax, jax.numpy as jnp, equinox as eqx, jaxreg.equinox as je
@@ -429,17 +342,10 @@ class DropConnectDense(eqx.Module):
       >>> x = jnp.ones(4)
       >>> bool(jnp.allclose(eqx.nn.inference_mode(layer)(x), linear(x)))
       True
-
-    References:
-      Wan, Zeiler, Zhang, LeCun, Fergus. "Regularization of Neural Networks using
-      DropConnect." ICML 2013. https://proceedings.mlr.press/v28/wan13.html
     """
 
     weight: jax.Array
     bias: jax.Array | None
-    in_features: int = eqx.field(static=True)
-    out_features: int = eqx.field(static=True)
-    use_bias: bool = eqx.field(static=True)
     rate: float = eqx.field(static=True)
     per_example: bool = eqx.field(static=True)
     inference_rule: str = eqx.field(static=True)
@@ -464,15 +370,12 @@ class DropConnectDense(eqx.Module):
         inference: bool = False,
         key,
     ):
-        self.in_features, self.out_features = in_features, out_features
-        self.use_bias, self.rate, self.per_example = use_bias, rate, per_example
+        self.rate, self.per_example = rate, per_example
         self.inference_rule, self.activation = inference_rule, activation
         self.num_samples, self.precision = num_samples, precision
         self.inference = inference
-        _set_fields(self, {**_LINEAR, **_DROPCONNECT, **_FLAG})
-        self.weight, self.bias = _linear_params(
-            self, in_features, out_features, use_bias, dtype, key
-        )
+        checks = {**_DROPCONNECT, **_FLAG}
+        self._init_linear(in_features, out_features, use_bias, dtype, key, checks)
 
     def __call__(
         self, x: jax.Array, *, key=None, inference: bool | None = None
@@ -486,29 +389,14 @@ class DropConnectDense(eqx.Module):
         )
 
 
-class SparseVariationalDense(eqx.Module):
+@_DOCS.module(_layers.SPARSE_VD_DOC, dtype=_DTYPE, key=_INIT_KEY)
+class SparseVariationalDense(_Linear):
     """A linear layer with sparse variational dropout (Molchanov et al. 2017).
 
     The Equinox version of :class:`jaxreg.linen.SparseVariationalDense`: fields
     ``weight`` (the weight means, ``(out_features, in_features)`` and initial
-    values as ``eqx.nn.Linear``), ``log_sigma2`` (per-weight log variance,
-    initialised at ``log_sigma2_init``) and ``bias``. Training uses the local
-    reparameterisation trick, inference (``inference=True``) the pruned weight
-    means (``log alpha > threshold`` set to zero), see
-    :func:`jaxreg.sparse_vd_dense`. Returns ``(output, kl)`` with ``kl =
-    kl_weight * sparse_vd_kl(log_alpha)``: add it to the loss (``kl_weight = 1 /
-    N`` for ``N`` training points).
-
-    Args:
-      in_features: input size, an int ``>= 1``.
-      out_features: output size, an int ``>= 1``.
-      use_bias: whether to add a bias.
-      dtype: dtype of the parameters (Equinox's default if None).
-      log_sigma2_init: initial log variance of every weight (finite).
-      threshold: log-alpha pruning threshold at inference (paper: 3).
-      kl_weight: factor of the returned KL term, ``>= 0``.
-      inference: the inference path if True (``eqx.nn.inference_mode`` sets it).
-      key: PRNG key for the initialization (keyword only).
+    values as ``eqx.nn.Linear``), ``log_sigma2`` and ``bias``. The call returns
+    ``(output, kl)``: add ``kl`` to the loss.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg, jaxreg.equinox as je
@@ -520,18 +408,11 @@ class SparseVariationalDense(eqx.Module):
       >>> la = jaxreg.sparse_vd_log_alpha(layer.weight, layer.log_sigma2)
       >>> float(jaxreg.sparse_vd_pruned_fraction(la))
       0.0
-
-    References:
-      Molchanov, Ashukha, Vetrov. "Variational Dropout Sparsifies Deep Neural
-      Networks." ICML 2017. https://arxiv.org/abs/1701.05369
     """
 
     weight: jax.Array
     log_sigma2: jax.Array
     bias: jax.Array | None
-    in_features: int = eqx.field(static=True)
-    out_features: int = eqx.field(static=True)
-    use_bias: bool = eqx.field(static=True)
     log_sigma2_init: float = eqx.field(static=True)
     threshold: float = eqx.field(static=True)
     kl_weight: float = eqx.field(static=True)
@@ -550,22 +431,15 @@ class SparseVariationalDense(eqx.Module):
         inference: bool = False,
         key,
     ):
-        self.in_features, self.out_features = in_features, out_features
-        self.use_bias, self.log_sigma2_init = use_bias, log_sigma2_init
+        self.log_sigma2_init = log_sigma2_init
         self.threshold, self.kl_weight = threshold, kl_weight
         self.inference = inference
-        _set_fields(
-            self,
-            {
-                **_LINEAR,
-                **_layers.SPARSE_VD,
-                "log_sigma2_init": _layers.finite_field,
-                **_FLAG,
-            },
-        )
-        self.weight, self.bias = _linear_params(
-            self, in_features, out_features, use_bias, dtype, key
-        )
+        checks = {
+            **_layers.SPARSE_VD,
+            "log_sigma2_init": _layers.finite_field,
+            **_FLAG,
+        }
+        self._init_linear(in_features, out_features, use_bias, dtype, key, checks)
         self.log_sigma2 = jnp.full_like(self.weight, self.log_sigma2_init)
 
     def __call__(
@@ -587,24 +461,16 @@ class SparseVariationalDense(eqx.Module):
 # --------------------------------------------------------------------------------
 
 
+@_DOCS.module(_layers.ZONEOUT_DOC, cell="the wrapped cell (an Equinox module).")
 class ZoneoutCell(eqx.Module):
     """Zoneout around an Equinox RNN cell: units keep their previous value at random.
 
     ``ZoneoutCell(cell, rate)`` is called like the wrapped cell (``cell(input,
     hidden) -> hidden``, e.g. :class:`equinox.nn.GRUCell` or
-    :class:`equinox.nn.LSTMCell`); every leaf of the new hidden state goes through
-    :func:`jaxreg.zoneout`: when training each unit keeps its previous value with
-    probability ``rate``, at inference the state is the expectation ``(1 - rate) *
-    h_new + rate * h_prev``. One key per call, split into one key per leaf; in a
+    :class:`equinox.nn.LSTMCell`); the hidden state is the carry. ``LSTMCell``'s is
+    ``(h, c)``, so Krueger et al.'s rates are ``rate=(0.05, 0.5)``. In a
     ``jax.lax.scan`` over time pass a fresh key per step (or the same key every
     step to share the mask).
-
-    Attributes:
-      cell: the wrapped cell (an Equinox module).
-      rate: probability of keeping the previous value: one rate, or a tuple with
-        the hidden state's structure (``LSTMCell``'s is ``(h, c)``, so Krueger et
-        al.'s rates are ``(0.05, 0.5)``).
-      inference: if True use the expectation.
 
     Examples:
       >>> import jax, jax.numpy as jnp, equinox as eqx, jaxreg.equinox as je
@@ -614,10 +480,6 @@ class ZoneoutCell(eqx.Module):
       >>> h, c = cell(jnp.ones(3), hidden, key=jax.random.key(1))
       >>> h.shape, c.shape
       ((8,), (8,))
-
-    References:
-      Krueger et al. "Zoneout: Regularizing RNNs by Randomly Preserving Hidden
-      Activations." ICLR 2017. https://arxiv.org/abs/1606.01305
     """
 
     cell: eqx.Module
@@ -653,26 +515,17 @@ class ZoneoutCell(eqx.Module):
 # --------------------------------------------------------------------------------
 
 
+@_DOCS.module(_layers.ACTIVITY_DOC)
 class ActivityRegularization(eqx.Module):
     """Penalize activations (Keras semantics): returns ``(x, penalty)``.
 
-    ``penalty = l1 * sum(|x|) + l2 * sum(x**2)`` (as Keras 3's
-    ``ActivityRegularization``); add it to the loss. Gradients flow through the
-    penalty into the activations.
-
-    Attributes:
-      l1: factor of the L1 activity penalty, ``>= 0``.
-      l2: factor of the squared-L2 activity penalty, ``>= 0``.
+    Add the penalty to the loss.
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg.equinox as je
       >>> y, penalty = je.ActivityRegularization(l1=0.1, l2=0.5)(jnp.array([1.0, -2.0]))
       >>> penalty  # 0.1 * 3 + 0.5 * 5
       Array(2.8, dtype=float32)
-
-    References:
-      Keras API, ``ActivityRegularization`` layer.
-      https://keras.io/api/layers/regularization_layers/activity_regularization/
     """
 
     l1: float = eqx.field(default=0.0, static=True)
@@ -686,25 +539,14 @@ class ActivityRegularization(eqx.Module):
         return x, _layers.activity_penalty(_fields(self, _layers.ACTIVITY), x)
 
 
+@_DOCS.module(_layers.CONCRETE_DOC)
 class ConcreteDropout(eqx.Module):
     """Concrete dropout with a learned rate, optionally wrapping the next layer.
 
-    The Equinox version of :class:`jaxreg.linen.ConcreteDropout`: the drop
-    probability is the trainable array leaf ``logit_p`` (``p =
-    sigmoid(logit_p)``, initialised at ``init_rate``); the relaxed mask comes from
-    :func:`jaxreg.concrete_dropout`. Returns ``(layer(dropped x), regularizer)``
-    (``(dropped x, regularizer)`` without ``layer``), the regularizer of
-    :func:`jaxreg.concrete_dropout_regularizer` on the layer's inexact-array
-    leaves with ``input_dim = x.shape[-1]`` (the entropy term only without
-    ``layer``): add it to the loss.
-
-    Args:
-      layer: the Equinox layer the dropped inputs feed, or None.
-      weight_regularizer: ``>= 0`` (paper: ``l**2 / N``).
-      dropout_regularizer: ``>= 0`` (paper: ``2 / N``).
-      init_rate: initial drop probability, in ``(0, 1)``.
-      temperature: relaxation temperature, ``> 0`` (paper: 0.1).
-      inference: the inference path if True (returns ``layer(x)``).
+    The Equinox version of :class:`jaxreg.linen.ConcreteDropout`: ``logit_p`` is a
+    trainable array leaf, the weight term is taken on the layer's inexact-array
+    leaves, and the call returns ``(output, regularizer)``: add the regularizer
+    to the loss.
 
     Examples:
       >>> import jax, jax.numpy as jnp, equinox as eqx, jaxreg.equinox as je
@@ -716,10 +558,6 @@ class ConcreteDropout(eqx.Module):
       ((3,), ())
       >>> float(jax.nn.sigmoid(model.logit_p))
       0.1...
-
-    References:
-      Gal, Hron, Kendall. "Concrete Dropout." NeurIPS 2017.
-      https://arxiv.org/abs/1705.07832
     """
 
     layer: Any

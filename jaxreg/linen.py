@@ -104,6 +104,20 @@ def _key(module, rng):
         ) from None
 
 
+#: The linen descriptions of the flags; ``parent`` and ``name`` are Flax's own.
+_FLAGS_DOC = {
+    "deterministic": "if True, {inference}; give it to the constructor or to the "
+    "call, exactly once.",
+    "rng_collection": "the rng collection the key is drawn from.",
+    "parent": None,
+    "name": None,
+}
+_SOWN_INTO = "the variable collection the loss term is sown into."
+
+
+_DOCS = _layers.Docs("Attributes", _FLAGS_DOC)
+
+
 def _dense_bias(module):
     """A dense module's ``bias`` parameter as ``nn.Dense`` creates it, or None."""
     if not module.use_bias:
@@ -130,8 +144,8 @@ def _check_module(module, value, name: str, *, optional: bool):
 class _Family(nn.Module):
     """The shared body of the dropout-family modules (not public).
 
-    A subclass declares its fields and ``LAYER``, the :class:`jaxreg._layers.Layer`
-    that checks them and names the pure function it calls.
+    A subclass declares its fields; ``_DOCS.family`` sets ``LAYER``, the
+    :class:`jaxreg._layers.Layer` that checks them and names the pure function.
     """
 
     LAYER: ClassVar[_layers.Layer]
@@ -158,36 +172,18 @@ class _Family(nn.Module):
         return self.LAYER.apply(values, inputs, det, lambda: _key(self, rng))
 
 
-class Dropout(_Family):
+class _RateFamily(_Family):
+    """A dropout-family module whose first field is ``rate`` (not public)."""
+
+    rate: float
+
+
+@_DOCS.family(_layers.DROPOUT)
+class Dropout(_RateFamily):
     """Dropout: a drop-in replacement for :class:`flax.linen.Dropout`.
 
     Same fields, same ``__call__(inputs, deterministic=None, rng=None)`` contract
-    and the same edge cases (``rate == 0`` or ``deterministic`` returns the input,
-    ``rate == 1`` returns zeros with finite gradients, neither draws a key); the
-    mask comes from :func:`jaxreg.dropout`, whose scaling uses the keep probability
-    the sampler realises, so ``E[output] == inputs`` exactly. Training output:
-    ``inputs * mask / (1 - rate)``. With ``activation`` set, ``f(inputs)`` takes
-    the place of ``inputs`` throughout, computed fused with the mask.
-
-    Attributes:
-      rate: the dropout probability (not the keep rate!), in ``[0, 1]``.
-      broadcast_dims: dimensions that share one mask value (e.g. the time axis for
-        variational RNN dropout).
-      deterministic: if True the inputs are returned unchanged; may instead be
-        given at call time (exactly one of the two).
-      rng_collection: the rng collection the key is drawn from.
-      inverted: if False use classic dropout (``inputs * mask`` when training,
-        ``inputs * (1 - rate)`` at inference), see :func:`jaxreg.dropout`.
-      activation: None, or an elementwise activation the module applies to its
-        inputs *before* dropping them, fused with the dropout: ``"tanh"``,
-        ``"sigmoid"``, ``"relu"``, ``"elu"``, ``"softplus"`` or the matching
-        function (``nn.tanh``, ``nn.relu``, ``jnp.tanh``, ...). The output is
-        that of the unfused ``Dropout(...)(f(inputs))`` (``f(inputs)`` when
-        deterministic, times ``1 - rate`` if ``inverted=False``), but the reason
-        to fuse is memory: under autodiff the layer keeps only its output for
-        the backward pass, where ``Dense -> f -> Dropout`` also keeps ``f``'s
-        output, one more activation-sized buffer per layer. See the
-        ``activation`` argument of :func:`jaxreg.dropout`.
+    and the same edge cases as ``flax.linen.Dropout``.
 
     Raises:
       ValueError: at construction, ``rate`` outside ``[0, 1]`` or NaN, or an
@@ -222,14 +218,8 @@ class Dropout(_Family):
       ...                 rngs={"dropout": jax.random.key(1)})
       >>> bool(jnp.all((y == 0) | (y == 2 * jnp.tanh(pre))))
       True
-
-    References:
-      Srivastava et al. "Dropout: A Simple Way to Prevent Neural Networks from
-      Overfitting." JMLR 15, 2014. https://jmlr.org/papers/v15/srivastava14a.html
     """
 
-    LAYER = _layers.DROPOUT
-    rate: float
     broadcast_dims: Sequence[int] = ()
     deterministic: bool | None = None
     rng_collection: str = "dropout"
@@ -237,18 +227,9 @@ class Dropout(_Family):
     activation: str | Callable | None = None
 
 
-class SpatialDropout(_Family):
+@_DOCS.family(_layers.SPATIAL_DROPOUT)
+class SpatialDropout(_RateFamily):
     """Spatial dropout: drop whole channels of 1-D/2-D/3-D feature maps.
-
-    One keep decision per (example, channel), shared over all spatial positions;
-    see :func:`jaxreg.spatial_dropout`. Axis 0 is the batch.
-
-    Attributes:
-      rate: probability of dropping a channel, in ``[0, 1]``.
-      channel_axis: the channel axis (``-1`` for NWC/NHWC/NDHWC, ``1`` for
-        channels-first); not 0 (the batch), within ``-4..4``.
-      deterministic: if True return the inputs (constructor or call, once).
-      rng_collection: the rng collection the key is drawn from.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg.linen as jl
@@ -257,57 +238,34 @@ class SpatialDropout(_Family):
       ...                                  rngs={"dropout": jax.random.key(0)})
       >>> bool(jnp.all(y == y[:, :1, :1, :]))  # constant over space
       True
-
-    References:
-      Tompson et al. "Efficient Object Localization Using Convolutional
-      Networks." CVPR 2015. https://arxiv.org/abs/1411.4280
     """
 
-    LAYER = _layers.SPATIAL_DROPOUT
-    rate: float
     channel_axis: int = -1
     deterministic: bool | None = None
     rng_collection: str = "dropout"
 
 
-class GaussianDropout(_Family):
+@_DOCS.family(_layers.GAUSSIAN_DROPOUT)
+class GaussianDropout(_RateFamily):
     """Multiplicative Gaussian noise with mean 1 and variance ``rate / (1 - rate)``.
-
-    Training: ``inputs * (1 + sqrt(rate / (1 - rate)) * eps)``, ``eps ~ N(0, 1)``;
-    inference returns the inputs. See :func:`jaxreg.gaussian_dropout`.
-
-    Attributes:
-      rate: drop-equivalent rate in ``[0, 1)``.
-      deterministic: if True return the inputs (constructor or call, once).
-      rng_collection: the rng collection the key is drawn from.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg.linen as jl
       >>> layer = jl.GaussianDropout(0.2, deterministic=True)
       >>> layer.apply({}, jnp.ones(3))
       Array([1., 1., 1.], dtype=float32)
-
-    References:
-      Srivastava et al. 2014, section 10 ("Multiplicative Gaussian Noise").
-      https://jmlr.org/papers/v15/srivastava14a.html
     """
 
-    LAYER = _layers.GAUSSIAN_DROPOUT
-    rate: float
     deterministic: bool | None = None
     rng_collection: str = "dropout"
 
 
+@_DOCS.family(_layers.GAUSSIAN_NOISE)
 class GaussianNoise(_Family):
     """Additive zero-mean Gaussian noise: ``inputs + stddev * eps`` when training.
 
-    See :func:`jaxreg.gaussian_noise`. The key comes from the ``"dropout"``
-    collection by default, so the usual ``rngs={"dropout": key}`` serves it.
-
-    Attributes:
-      stddev: noise standard deviation, ``>= 0``.
-      deterministic: if True return the inputs (constructor or call, once).
-      rng_collection: the rng collection the key is drawn from.
+    The key comes from the ``"dropout"`` collection by default, so the usual
+    ``rngs={"dropout": key}`` serves it.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg.linen as jl
@@ -315,30 +273,18 @@ class GaussianNoise(_Family):
       ...                                 rngs={"dropout": jax.random.key(0)})
       >>> y.shape
       (3,)
-
-    References:
-      Bishop. "Training with Noise is Equivalent to Tikhonov Regularization."
-      Neural Computation 7(1), 1995. https://doi.org/10.1162/neco.1995.7.1.108
     """
 
-    LAYER = _layers.GAUSSIAN_NOISE
     stddev: float
     deterministic: bool | None = None
     rng_collection: str = "dropout"
 
 
-class AlphaDropout(_Family):
+@_DOCS.family(_layers.ALPHA_DROPOUT)
+class AlphaDropout(_RateFamily):
     """Alpha dropout for self-normalizing (SELU) networks.
 
-    Dropped units are set to the SELU saturation value and an affine correction
-    keeps zero mean and unit variance; see :func:`jaxreg.alpha_dropout`.
-
-    Attributes:
-      rate: drop probability in ``[0, 1]``.
-      broadcast_dims: axes sharing one keep decision; ``(1, 2)`` on an NHWC
-        batch is feature alpha dropout (PyTorch's ``FeatureAlphaDropout``).
-      deterministic: if True return the inputs (constructor or call, once).
-      rng_collection: the rng collection the key is drawn from.
+    Feature alpha dropout on an NHWC batch is ``broadcast_dims=(1, 2)``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg.linen as jl
@@ -347,32 +293,18 @@ class AlphaDropout(_Family):
       ...     {}, x, rngs={"dropout": jax.random.key(1)})
       >>> bool(abs(y.mean()) < 0.02 and abs(y.std() - 1) < 0.02)
       True
-
-    References:
-      Klambauer et al. "Self-Normalizing Neural Networks." NeurIPS 2017.
-      https://arxiv.org/abs/1706.02515
     """
 
-    LAYER = _layers.ALPHA_DROPOUT
-    rate: float
     broadcast_dims: Sequence[int] = ()
     deterministic: bool | None = None
     rng_collection: str = "dropout"
 
 
-class DropPath(_Family):
+@_DOCS.family(_layers.DROP_PATH)
+class DropPath(_RateFamily):
     """Stochastic depth: drop a whole residual branch per example (or per batch).
 
-    Apply it to the branch before adding the shortcut:
-    ``x + DropPath(rate)(branch(x), deterministic=not train)``. See
-    :func:`jaxreg.drop_path`.
-
-    Attributes:
-      rate: probability of dropping the branch, in ``[0, 1]``.
-      mode: ``"row"`` (per example, as in timm) or ``"batch"`` (the whole batch,
-        as in Huang et al. 2016).
-      deterministic: if True return the inputs (constructor or call, once).
-      rng_collection: the rng collection the key is drawn from.
+    In a linen model: ``x + DropPath(rate)(branch(x), deterministic=not train)``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg.linen as jl
@@ -380,33 +312,16 @@ class DropPath(_Family):
       ...                            rngs={"dropout": jax.random.key(0)})
       >>> bool(jnp.all((y == 0).all(1) | (y == 2).all(1)))  # whole rows
       True
-
-    References:
-      Huang et al. "Deep Networks with Stochastic Depth." ECCV 2016.
-      https://arxiv.org/abs/1603.09382
     """
 
-    LAYER = _layers.DROP_PATH
-    rate: float
     mode: str = "row"
     deterministic: bool | None = None
     rng_collection: str = "dropout"
 
 
-class DropBlock(_Family):
+@_DOCS.family(_layers.DROPBLOCK)
+class DropBlock(_RateFamily):
     """DropBlock: drop contiguous ``block_size x block_size`` regions (NHWC).
-
-    Each position is dropped with probability ``rate``; kept units are rescaled so
-    ``E[output] == inputs``. See :func:`jaxreg.dropblock`.
-
-    Attributes:
-      rate: per-position drop probability, in ``[0, 1]``.
-      block_size: side of the square blocks, an int ``>= 1`` (NumPy ints too).
-      couple_channels: one block mask shared by all channels of an example
-        (default: one per channel, as timm and the TensorFlow reference code).
-      gamma_scale: factor ``>= 0`` on the seed rate (timm's ``gamma_scale``).
-      deterministic: if True return the inputs (constructor or call, once).
-      rng_collection: the rng collection the key is drawn from.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg.linen as jl
@@ -415,14 +330,8 @@ class DropBlock(_Family):
       ...                 rngs={"dropout": jax.random.key(0)})
       >>> y.shape
       (2, 8, 8, 4)
-
-    References:
-      Ghiasi, Lin, Le. "DropBlock: A regularization method for convolutional
-      networks." NeurIPS 2018. https://arxiv.org/abs/1810.12890
     """
 
-    LAYER = _layers.DROPBLOCK
-    rate: float
     block_size: int = 7
     couple_channels: bool = False
     gamma_scale: float = 1.0
@@ -437,44 +346,13 @@ class DropBlock(_Family):
 _DENSE = {"features": _layers.positive_int_field, "use_bias": check_bool}
 
 
+@_DOCS.module(_layers.DROPCONNECT_DOC)
 class DropConnectDense(nn.Module):
     """A dense layer with DropConnect: a drop-in for :class:`flax.linen.Dense`.
 
-    Same fields and parameters as ``nn.Dense`` (``kernel`` of shape
-    ``(in, features)``, ``bias``), so checkpoints are interchangeable; while
-    training each *weight* is dropped with probability ``rate`` and the kept ones
-    are scaled by ``1 / (1 - rate)`` (:func:`jaxreg.dropconnect_dense`), so
-    ``E[output] == inputs @ kernel + bias``. ``activation`` (default: none, like
-    ``nn.Dense``) is applied after the layer; it matters for the paper's inference
-    rule.
-
-    Inference (``deterministic=True``) follows ``inference``:
-
-    * ``"mean"``: ``activation(inputs @ kernel + bias)`` (mean-field; no key);
-    * ``"moments"``: the rule of Wan et al. 2013: each pre-activation is
-      approximated by ``N(mean, var)`` (:func:`jaxreg.dropconnect_moments`),
-      ``num_samples`` samples are pushed through ``activation`` and averaged
-      (:func:`jaxreg.dropconnect_inference`); needs a key at inference too;
-    * ``"mc"``: one sampled mask, as in training (Monte-Carlo DropConnect; average
-      several calls, e.g. with :func:`jaxreg.mc_dropout_predict`); needs a key.
-
-    Attributes:
-      features: number of output features, an int ``>= 1``.
-      use_bias: whether to add a bias.
-      dtype: computation dtype (inferred from inputs and params if None).
-      param_dtype: dtype of the parameters.
-      precision: matmul precision (None, a ``jax.lax.Precision`` or its name).
-      kernel_init: kernel initializer.
-      bias_init: bias initializer.
-      rate: probability of dropping a weight, in ``[0, 1]``.
-      per_example: an independent weight mask per example (as in the paper) or
-        one mask for the batch.
-      inference: ``"mean"``, ``"moments"`` or ``"mc"``, see above.
-      activation: elementwise activation applied to the output, or None.
-      num_samples: Gaussian samples per unit for ``inference="moments"``, an int
-        ``>= 1``.
-      deterministic: inference path if True (constructor or call, once).
-      rng_collection: the rng collection keys are drawn from.
+    The same fields and parameters as ``nn.Dense`` (``kernel`` of shape ``(in,
+    features)``, ``bias``), so checkpoints are interchangeable. The inference path
+    (``deterministic=True``) follows the rule ``inference``.
 
     Raises:
       ValueError: at construction, a bad ``rate``, ``inference`` or
@@ -493,10 +371,6 @@ class DropConnectDense(nn.Module):
       ...                 rngs={"dropout": jax.random.key(1)})
       >>> y.shape
       (2, 3)
-
-    References:
-      Wan, Zeiler, Zhang, LeCun, Fergus. "Regularization of Neural Networks using
-      DropConnect." ICML 2013. https://proceedings.mlr.press/v28/wan13.html
     """
 
     features: int
@@ -541,31 +415,24 @@ class DropConnectDense(nn.Module):
 # --------------------------------------------------------------------------------
 
 
+@_DOCS.module(
+    _layers.ZONEOUT_DOC, cell="the wrapped cell (an :class:`flax.linen.RNNCellBase`)."
+)
 class ZoneoutCell(nn.RNNCellBase):
     """Zoneout around any Flax RNN cell: units keep their previous value at random.
 
     ``ZoneoutCell(cell, rate)`` has the wrapped cell's interface (``(carry,
     inputs) -> (carry, outputs)``, ``initialize_carry``, ``num_feature_axes``), so
-    it works with :class:`flax.linen.RNN`. Every leaf of the new carry goes through
-    :func:`jaxreg.zoneout`: when training each unit keeps its previous value with
-    probability ``rate``; at inference the carry is the expectation
-    ``(1 - rate) * h_new + rate * h_prev``. Outputs that are the new hidden state
+    it works with :class:`flax.linen.RNN`. Outputs that are the new hidden state
     itself (as in every Flax cell: ``LSTMCell`` returns ``h``, ``GRUCell`` the
-    carry) are replaced by the zoned-out state; other outputs pass through.
+    carry) are replaced by the zoned-out state; other outputs pass through. For
+    ``LSTMCell``, whose carry is ``(c, h)``, Krueger et al.'s rates are ``rate=(0.5,
+    0.05)``.
 
-    Keys: one key per call (``rng`` or ``make_rng(rng_collection)``), split into
-    one key per carry leaf. Inside :class:`flax.linen.RNN` (an ``nn.scan``) the
-    masks vary per time step when the scan splits the ``rng_collection``
-    (``split_rngs={"params": False, "dropout": True}``) and are shared across
-    steps otherwise.
-
-    Attributes:
-      cell: the wrapped cell (an :class:`flax.linen.RNNCellBase`).
-      rate: probability of keeping the previous value: one rate, or a pytree with
-        the carry's structure (e.g. ``(0.5, 0.05)`` for ``LSTMCell``'s ``(c, h)``,
-        the values of Krueger et al.).
-      deterministic: if True use the expectation (constructor or call, once).
-      rng_collection: the rng collection the key is drawn from.
+    The call's key is ``rng`` or ``make_rng(rng_collection)``. Inside
+    :class:`flax.linen.RNN` (an ``nn.scan``) the masks vary per time step when the
+    scan splits the ``rng_collection`` (``split_rngs={"params": False, "dropout":
+    True}``) and are shared across steps otherwise.
 
     Examples:
       >>> import jax, jax.numpy as jnp, flax.linen as nn, jaxreg.linen as jl
@@ -576,10 +443,6 @@ class ZoneoutCell(nn.RNNCellBase):
       >>> variables = rnn.init(jax.random.key(0), x)
       >>> rnn.apply(variables, x, rngs={"dropout": jax.random.key(1)}).shape
       (2, 5, 8)
-
-    References:
-      Krueger et al. "Zoneout: Regularizing RNNs by Randomly Preserving Hidden
-      Activations." ICLR 2017. https://arxiv.org/abs/1606.01305
     """
 
     cell: nn.RNNCellBase
@@ -624,27 +487,20 @@ class ZoneoutCell(nn.RNNCellBase):
 # --------------------------------------------------------------------------------
 
 
+@_DOCS.module(_layers.ACTIVITY_DOC, collection=_SOWN_INTO)
 class ActivityRegularization(nn.Module):
     """Penalize activations (Keras semantics); returns the inputs unchanged.
 
-    The penalty ``l1 * sum(|x|) + l2 * sum(x**2)`` over the whole input (as
-    ``keras.layers.ActivityRegularization`` in Keras 3; tf.keras 2 divided it by
-    the batch size) is *sown* into the ``collection`` (``"losses"`` by default)
-    under the name ``"activity_penalty"``. Make that collection mutable in the
-    training step and add what was sown to the loss::
+    The penalty is *sown* the penalty into the ``collection``
+    (``"losses"`` by default) under the name ``"activity_penalty"``. Make that
+    collection mutable in the training step and add what was sown to the loss::
 
         logits, state = model.apply(variables, x, mutable=["losses"])
         loss = data_loss(logits, y) + sum(jax.tree.leaves(state["losses"]))
 
-    Gradients flow through the penalty into the activations. When the collection
-    is not mutable (e.g. at evaluation), nothing is recorded: this is Flax's
-    ``sow`` behaviour, so forgetting ``mutable=["losses"]`` while training silently
-    drops the penalty.
-
-    Attributes:
-      l1: factor of the L1 activity penalty, ``>= 0``.
-      l2: factor of the squared-L2 activity penalty, ``>= 0``.
-      collection: the variable collection the penalty is sown into.
+    When the collection is not mutable (e.g. at evaluation), nothing is recorded:
+    this is Flax's ``sow`` behaviour, so forgetting ``mutable=["losses"]`` while
+    training silently drops the penalty.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg.linen as jl
@@ -655,10 +511,6 @@ class ActivityRegularization(nn.Module):
       True
       >>> sum(jax.tree.leaves(state["losses"]))  # 0.1 * 3 + 0.5 * 5
       Array(2.8, dtype=float32)
-
-    References:
-      Keras API, ``ActivityRegularization`` layer.
-      https://keras.io/api/layers/regularization_layers/activity_regularization/
     """
 
     l1: float = 0.0
@@ -677,38 +529,20 @@ class ActivityRegularization(nn.Module):
         return inputs
 
 
+@_DOCS.module(_layers.CONCRETE_DOC, collection=_SOWN_INTO)
 class ConcreteDropout(nn.Module):
     """Concrete dropout with a learned rate, optionally wrapping the next layer.
 
-    The drop probability is the trainable parameter ``logit_p`` (``p =
-    sigmoid(logit_p)``, initialised at ``init_rate``); the relaxed mask comes from
-    :func:`jaxreg.concrete_dropout`. If ``layer`` is given (as in Gal et al.'s
-    implementation, ``ConcreteDropout(nn.Dense(64), ...)``) the module returns
-    ``layer(dropped inputs)`` and the full regularizer of
-    :func:`jaxreg.concrete_dropout_regularizer` (weight term on the layer's
-    parameters plus the entropy term with ``input_dim = inputs.shape[-1]``) is
-    *sown* into ``collection`` (``"losses"``) as ``"concrete_dropout"``; without
-    ``layer`` it returns the dropped inputs and sows the entropy term only. Add
-    the sown terms to the loss::
+    As in Gal et al.'s implementation, ``ConcreteDropout(nn.Dense(64), ...)``
+    wraps the next layer; its parameter is ``logit_p``. The regularizer is *sown*
+    into ``collection`` (``"losses"``) as ``"concrete_dropout"``; add the sown
+    terms to the loss::
 
         logits, state = model.apply(variables, x, rngs={"dropout": key},
                                     mutable=["losses"])
         loss = data_loss(logits, y) + sum(jax.tree.leaves(state["losses"]))
 
-    With ``N`` training points and prior length-scale ``l``, the paper uses
-    ``weight_regularizer = l**2 / N`` and ``dropout_regularizer = 2 / N``.
     ``deterministic`` and the key follow :class:`Dropout`.
-
-    Attributes:
-      layer: the layer the dropped inputs feed (its parameters get the weight
-        term), or None.
-      weight_regularizer: ``>= 0``.
-      dropout_regularizer: ``>= 0``.
-      init_rate: initial drop probability, in ``(0, 1)``.
-      temperature: relaxation temperature, ``> 0`` (paper: 0.1).
-      deterministic: inference path (returns ``layer(inputs)``) if True.
-      rng_collection: the rng collection keys are drawn from.
-      collection: the variable collection the regularizer is sown into.
 
     Examples:
       >>> import jax, jax.numpy as jnp, flax.linen as nn, jaxreg.linen as jl
@@ -724,10 +558,6 @@ class ConcreteDropout(nn.Module):
       ...                        mutable=["losses"])
       >>> y.shape, len(jax.tree.leaves(state["losses"]))
       ((2, 3), 1)
-
-    References:
-      Gal, Hron, Kendall. "Concrete Dropout." NeurIPS 2017.
-      https://arxiv.org/abs/1705.07832
     """
 
     layer: nn.Module | None = None
@@ -766,33 +596,14 @@ class ConcreteDropout(nn.Module):
         return y
 
 
+@_DOCS.module(_layers.SPARSE_VD_DOC, collection=_SOWN_INTO)
 class SparseVariationalDense(nn.Module):
     """A dense layer with sparse variational dropout (Molchanov et al. 2017).
 
-    Parameters: ``kernel`` (the weight means ``theta``, shape
-    ``(in, features)``), ``log_sigma2`` (per-weight log variance, initialised at
-    ``log_sigma2_init``) and ``bias``. Training uses the local reparameterisation
-    trick (:func:`jaxreg.sparse_vd_dense`); inference (``deterministic=True``)
-    uses the weight means with every weight of ``log alpha > threshold`` pruned.
-    The KL term ``kl_weight * sparse_vd_kl(log_alpha)`` is sown into
-    ``collection`` (``"losses"``) as ``"sparse_vd_kl"``: set ``kl_weight = 1 /
-    N`` for ``N`` training points (the ELBO per example), possibly warmed up from
-    0. Report sparsity with :func:`jaxreg.sparse_vd_pruned_fraction` on
+    Parameters ``kernel`` (the weight means, shape ``(in, features)``),
+    ``log_sigma2`` and ``bias``. The KL term is sown into ``collection``
+    (``"losses"``) as ``"sparse_vd_kl"``. Report sparsity on
     ``jaxreg.sparse_vd_log_alpha(params["kernel"], params["log_sigma2"])``.
-
-    Attributes:
-      features: number of output features, an int ``>= 1``.
-      use_bias: whether to add a bias.
-      dtype: computation dtype (inferred if None).
-      param_dtype: dtype of the parameters.
-      kernel_init: initializer of the weight means.
-      bias_init: bias initializer.
-      log_sigma2_init: initial log variance of every weight (finite).
-      threshold: log-alpha pruning threshold at inference (paper: 3).
-      kl_weight: factor of the sown KL term, ``>= 0`` (``1 / N``).
-      deterministic: inference path if True (constructor or call, once).
-      rng_collection: the rng collection keys are drawn from.
-      collection: the variable collection the KL term is sown into.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg.linen as jl
@@ -807,10 +618,6 @@ class SparseVariationalDense(nn.Module):
       ...                        mutable=["losses"])
       >>> y.shape, len(state["losses"]["sparse_vd_kl"])
       ((2, 3), 1)
-
-    References:
-      Molchanov, Ashukha, Vetrov. "Variational Dropout Sparsifies Deep Neural
-      Networks." ICML 2017. https://arxiv.org/abs/1701.05369
     """
 
     features: int

@@ -115,6 +115,24 @@ def _sow_loss(module, variable_type, name: str, value) -> None:
         module.sow(variable_type, name, value)
 
 
+#: The NNX descriptions of the flags and keys.
+_FLAGS_DOC = {
+    "deterministic": "if True, {inference}; ``model.train()`` / ``model.eval()`` "
+    "set it.",
+    "rng_collection": "the stream taken from an ``nnx.Rngs``.",
+    "rngs": "``nnx.Rngs``, ``nnx.RngStream``, a key, or None (then pass ``rngs`` "
+    "at call time).",
+}
+_DENSE_RNGS = (
+    "``nnx.Rngs`` (parameters from its ``params`` stream, noise from "
+    "``rng_collection``), an ``nnx.RngStream`` or a key (used for both)."
+)
+_SOWN_AS = "the ``nnx.Variable`` subclass the loss term is sown as."
+
+
+_DOCS = _layers.Docs("Args", _FLAGS_DOC)
+
+
 class _Stochastic(nnx.Module):
     """Shared machinery of the stochastic NNX modules (not public).
 
@@ -255,8 +273,9 @@ class _Stochastic(nnx.Module):
 class _Family(_Stochastic):
     """The shared body of the dropout-family modules (not public).
 
-    A subclass sets ``LAYER``, the :class:`jaxreg._layers.Layer` that checks its
-    arguments and names the pure function, and calls :meth:`_init_family`.
+    ``_DOCS.family`` sets a subclass's ``LAYER``, the :class:`jaxreg._layers.Layer`
+    that checks its arguments and names the pure function; its ``__init__`` calls
+    :meth:`_init_family`.
     """
 
     LAYER: ClassVar[_layers.Layer]
@@ -293,34 +312,13 @@ class _RateOnly(_Family):
         self._init_family(deterministic, rng_collection, rngs, rate=rate)
 
 
+@_DOCS.family(_layers.DROPOUT)
 class Dropout(_Family):
     """Dropout: a drop-in replacement for :class:`flax.nnx.Dropout`.
 
     Same constructor, ``__call__(inputs, *, deterministic=None, rngs=None)``,
-    attributes and state paths as ``nnx.Dropout``, and the same edge cases
-    (``rate == 0`` or deterministic returns the input, ``rate == 1`` returns zeros
-    with finite gradients; neither draws a key). The mask comes from
-    :func:`jaxreg.dropout`, whose scaling uses the keep probability the sampler
-    realises, so ``E[output] == inputs`` exactly. Training output:
-    ``inputs * mask / (1 - rate)``. With ``activation`` set, ``f(inputs)`` takes
-    the place of ``inputs`` throughout, computed fused with the mask. Unlike
+    attributes and state paths as ``nnx.Dropout``, and the same edge cases. Unlike
     ``nnx.Dropout``, ``rngs`` may also be a raw key at construction.
-
-    Args:
-      rate: the dropout probability (not the keep rate!), in ``[0, 1]``.
-      broadcast_dims: dimensions that share one mask value.
-      deterministic: if True return the inputs; ``model.train()`` /
-        ``model.eval()`` set it.
-      rng_collection: the stream taken from an ``nnx.Rngs``.
-      rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None (then pass ``rngs``
-        at call time).
-      inverted: if False use classic dropout (see :func:`jaxreg.dropout`).
-      activation: None, or an elementwise activation (``"tanh"``, ``"sigmoid"``,
-        ``"relu"``, ``"elu"``, ``"softplus"`` or the matching function such as
-        ``nnx.tanh``) applied to the inputs before dropping them, fused with the
-        dropout: the output of the unfused ``Dropout(...)(f(inputs))``, but the
-        backward pass keeps only the layer's output, not ``f``'s as well (see
-        the ``activation`` argument of :func:`jaxreg.dropout`).
 
     Raises:
       ValueError: ``rate`` outside ``[0, 1]`` or NaN, or an ``activation`` that
@@ -357,13 +355,7 @@ class Dropout(_Family):
       >>> y = layer(pre)
       >>> bool(jnp.all((y == 0) | (y == 2 * jnp.tanh(pre))))
       True
-
-    References:
-      Srivastava et al. "Dropout: A Simple Way to Prevent Neural Networks from
-      Overfitting." JMLR 15, 2014. https://jmlr.org/papers/v15/srivastava14a.html
     """
-
-    LAYER = _layers.DROPOUT
 
     def __init__(
         self,
@@ -387,18 +379,9 @@ class Dropout(_Family):
         )
 
 
+@_DOCS.family(_layers.SPATIAL_DROPOUT)
 class SpatialDropout(_Family):
     """Spatial dropout: drop whole channels of 1-D/2-D/3-D feature maps.
-
-    One keep decision per (example, channel), shared over all spatial positions;
-    see :func:`jaxreg.spatial_dropout`. Axis 0 is the batch.
-
-    Args:
-      rate: probability of dropping a channel, in ``[0, 1]``.
-      channel_axis: the channel axis (``-1`` channels-last, ``1`` channels-first).
-      deterministic: if True return the inputs.
-      rng_collection: the stream taken from an ``nnx.Rngs``.
-      rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -408,13 +391,7 @@ class SpatialDropout(_Family):
       >>> y = layer(jnp.ones((2, 4, 4, 3)))
       >>> bool(jnp.all(y == y[:, :1, :1, :]))  # constant over space
       True
-
-    References:
-      Tompson et al. "Efficient Object Localization Using Convolutional
-      Networks." CVPR 2015. https://arxiv.org/abs/1411.4280
     """
-
-    LAYER = _layers.SPATIAL_DROPOUT
 
     def __init__(
         self,
@@ -430,16 +407,9 @@ class SpatialDropout(_Family):
         )
 
 
+@_DOCS.family(_layers.GAUSSIAN_DROPOUT)
 class GaussianDropout(_RateOnly):
     """Multiplicative Gaussian noise with mean 1 and variance ``rate / (1 - rate)``.
-
-    See :func:`jaxreg.gaussian_dropout`.
-
-    Args:
-      rate: drop-equivalent rate in ``[0, 1)``.
-      deterministic: if True return the inputs.
-      rng_collection: the stream taken from an ``nnx.Rngs``.
-      rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -447,25 +417,14 @@ class GaussianDropout(_RateOnly):
       >>> layer = jn.GaussianDropout(0.2, rngs=jax.random.key(0))
       >>> layer(jnp.ones(3), deterministic=True)
       Array([1., 1., 1.], dtype=float32)
-
-    References:
-      Srivastava et al. 2014, section 10 ("Multiplicative Gaussian Noise").
-      https://jmlr.org/papers/v15/srivastava14a.html
     """
 
-    LAYER = _layers.GAUSSIAN_DROPOUT
 
-
+@_DOCS.family(_layers.GAUSSIAN_NOISE)
 class GaussianNoise(_Family):
     """Additive zero-mean Gaussian noise: ``inputs + stddev * eps`` when training.
 
-    See :func:`jaxreg.gaussian_noise`. The stream is ``"dropout"`` by default.
-
-    Args:
-      stddev: noise standard deviation, ``>= 0``.
-      deterministic: if True return the inputs.
-      rng_collection: the stream taken from an ``nnx.Rngs``.
-      rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None.
+    The stream is ``"dropout"`` by default.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -474,13 +433,7 @@ class GaussianNoise(_Family):
       >>> layer = jn.GaussianNoise(0.1, rngs=nnx.Rngs(dropout=0))
       >>> layer(jnp.zeros(3)).shape
       (3,)
-
-    References:
-      Bishop. "Training with Noise is Equivalent to Tikhonov Regularization."
-      Neural Computation 7(1), 1995. https://doi.org/10.1162/neco.1995.7.1.108
     """
-
-    LAYER = _layers.GAUSSIAN_NOISE
 
     def __init__(
         self,
@@ -493,18 +446,11 @@ class GaussianNoise(_Family):
         self._init_family(deterministic, rng_collection, rngs, stddev=stddev)
 
 
+@_DOCS.family(_layers.ALPHA_DROPOUT)
 class AlphaDropout(_Family):
     """Alpha dropout for self-normalizing (SELU) networks.
 
-    See :func:`jaxreg.alpha_dropout`.
-
-    Args:
-      rate: drop probability in ``[0, 1]``.
-      broadcast_dims: axes sharing one keep decision; ``(1, 2)`` on an NHWC
-        batch is feature alpha dropout (PyTorch's ``FeatureAlphaDropout``).
-      deterministic: if True return the inputs.
-      rng_collection: the stream taken from an ``nnx.Rngs``.
-      rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None.
+    Feature alpha dropout on an NHWC batch is ``broadcast_dims=(1, 2)``.
 
     Examples:
       >>> import jax
@@ -514,13 +460,7 @@ class AlphaDropout(_Family):
       >>> y = jn.AlphaDropout(0.1, rngs=nnx.Rngs(1))(x)
       >>> bool(abs(y.mean()) < 0.02 and abs(y.std() - 1) < 0.02)
       True
-
-    References:
-      Klambauer et al. "Self-Normalizing Neural Networks." NeurIPS 2017.
-      https://arxiv.org/abs/1706.02515
     """
-
-    LAYER = _layers.ALPHA_DROPOUT
 
     def __init__(
         self,
@@ -535,17 +475,9 @@ class AlphaDropout(_Family):
         self._init_family(deterministic, rng_collection, rngs, **fields)
 
 
+@_DOCS.family(_layers.DROP_PATH)
 class DropPath(_Family):
     """Stochastic depth: drop a whole residual branch per example (or per batch).
-
-    Use ``x + drop_path(branch(x))``; see :func:`jaxreg.drop_path`.
-
-    Args:
-      rate: probability of dropping the branch, in ``[0, 1]``.
-      mode: ``"row"`` (per example) or ``"batch"`` (the whole batch).
-      deterministic: if True return the inputs.
-      rng_collection: the stream taken from an ``nnx.Rngs``.
-      rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -554,13 +486,7 @@ class DropPath(_Family):
       >>> y = jn.DropPath(0.5, rngs=nnx.Rngs(0))(jnp.ones((4, 3)))
       >>> bool(jnp.all((y == 0).all(1) | (y == 2).all(1)))  # whole rows
       True
-
-    References:
-      Huang et al. "Deep Networks with Stochastic Depth." ECCV 2016.
-      https://arxiv.org/abs/1603.09382
     """
-
-    LAYER = _layers.DROP_PATH
 
     def __init__(
         self,
@@ -574,20 +500,9 @@ class DropPath(_Family):
         self._init_family(deterministic, rng_collection, rngs, rate=rate, mode=mode)
 
 
+@_DOCS.family(_layers.DROPBLOCK)
 class DropBlock(_Family):
     """DropBlock: drop contiguous ``block_size x block_size`` regions (NHWC).
-
-    See :func:`jaxreg.dropblock`.
-
-    Args:
-      rate: per-position drop probability, in ``[0, 1]``.
-      block_size: side of the square blocks (``>= 1``).
-      couple_channels: one block mask shared by all channels of an example
-        (default: one per channel, as timm and the TensorFlow reference code).
-      gamma_scale: factor ``>= 0`` on the seed rate (timm's ``gamma_scale``).
-      deterministic: if True return the inputs.
-      rng_collection: the stream taken from an ``nnx.Rngs``.
-      rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -596,13 +511,7 @@ class DropBlock(_Family):
       >>> layer = jn.DropBlock(0.1, block_size=3, rngs=nnx.Rngs(0))
       >>> layer(jnp.ones((2, 8, 8, 4))).shape
       (2, 8, 8, 4)
-
-    References:
-      Ghiasi, Lin, Le. "DropBlock: A regularization method for convolutional
-      networks." NeurIPS 2018. https://arxiv.org/abs/1810.12890
     """
-
-    LAYER = _layers.DROPBLOCK
 
     def __init__(
         self,
@@ -639,39 +548,14 @@ _LINEAR = {
 }
 
 
+@_DOCS.module(_layers.DROPCONNECT_DOC, rngs=_DENSE_RNGS)
 class DropConnectDense(_Stochastic):
     """A linear layer with DropConnect: a drop-in for :class:`flax.nnx.Linear`.
 
     Same constructor arguments and parameters as ``nnx.Linear`` (``kernel`` of
     shape ``(in_features, out_features)``, ``bias``), so the ``nnx.state`` paths
-    of the parameters match; the dropout stream is stored in ``rngs``. While
-    training each *weight* is dropped with probability ``rate`` and the kept ones
-    are scaled by ``1 / (1 - rate)`` (:func:`jaxreg.dropconnect_dense`).
-    ``activation`` (default none) is applied after the layer. At inference
-    (``deterministic=True``), ``inference`` selects ``"mean"``
-    (``activation(x @ kernel + bias)``), ``"moments"`` (Wan et al.'s Gaussian
-    moment-matching rule with ``num_samples`` samples,
-    :func:`jaxreg.dropconnect_inference`; needs a key) or ``"mc"`` (one sampled
-    mask; needs a key). See :class:`jaxreg.linen.DropConnectDense`.
-
-    Args:
-      in_features: number of input features.
-      out_features: number of output features.
-      use_bias: whether to add a bias.
-      dtype: computation dtype (inferred if None).
-      param_dtype: dtype of the parameters.
-      precision: matmul precision (None, a ``jax.lax.Precision`` or a string).
-      kernel_init: kernel initializer.
-      bias_init: bias initializer.
-      rate: probability of dropping a weight, in ``[0, 1]``.
-      per_example: an independent weight mask per example, or one per batch.
-      inference: ``"mean"``, ``"moments"`` or ``"mc"``.
-      activation: elementwise activation applied to the output, or None.
-      num_samples: Gaussian samples for ``inference="moments"``.
-      deterministic: inference path if True; ``model.train()``/``eval()`` set it.
-      rng_collection: the dropout stream taken from an ``nnx.Rngs``.
-      rngs: ``nnx.Rngs`` (parameters from its ``params`` stream, masks from
-        ``rng_collection``), an ``nnx.RngStream`` or a key (used for both).
+    of the parameters match; the dropout stream is stored in ``rngs``. The
+    inference path (``deterministic=True``) follows the rule ``inference``.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -682,10 +566,6 @@ class DropConnectDense(_Stochastic):
       [('bias',), ('kernel',)]
       >>> layer(jnp.ones((2, 4))).shape
       (2, 3)
-
-    References:
-      Wan, Zeiler, Zhang, LeCun, Fergus. "Regularization of Neural Networks using
-      DropConnect." ICML 2013. https://proceedings.mlr.press/v28/wan13.html
     """
 
     def __init__(
@@ -735,16 +615,18 @@ class DropConnectDense(_Stochastic):
 # --------------------------------------------------------------------------------
 
 
+@_DOCS.module(
+    _layers.ZONEOUT_DOC, cell="the wrapped cell (an :class:`flax.nnx.RNNCellBase`)."
+)
 class ZoneoutCell(_Stochastic, nnx.RNNCellBase):
     """Zoneout around any NNX RNN cell: units keep their previous value at random.
 
     ``ZoneoutCell(cell, rate, rngs=...)`` has the wrapped cell's interface
     (``(carry, inputs) -> (carry, outputs)``, ``initialize_carry``,
-    ``num_feature_axes``), so it works with :class:`flax.nnx.RNN`. Every leaf of
-    the new carry goes through :func:`jaxreg.zoneout` (training: keep the previous
-    value with probability ``rate``; inference: the expectation). Outputs that are
-    the new hidden state itself are replaced by the zoned-out state. See
-    :class:`jaxreg.linen.ZoneoutCell`.
+    ``num_feature_axes``), so it works with :class:`flax.nnx.RNN`. Outputs that
+    are the new hidden state itself are replaced by the zoned-out state. For
+    ``LSTMCell``, whose carry is ``(c, h)``, Krueger et al.'s rates are
+    ``rate=(0.5, 0.05)``. See :class:`jaxreg.linen.ZoneoutCell`.
 
     Inside ``nnx.RNN`` the stream is part of the scanned carry, so masks vary per
     time step; ``nnx.RNN(cell, broadcast_rngs="dropout")`` shares one mask over the
@@ -752,14 +634,6 @@ class ZoneoutCell(_Stochastic, nnx.RNNCellBase):
     collection name when the ``nnx.Rngs`` has such a stream (``nnx.Rngs(dropout=0)``),
     ``"default"`` when it fell back to the default stream; ``broadcast_rngs=True``
     broadcasts every stream.
-
-    Args:
-      cell: the wrapped cell (an :class:`flax.nnx.RNNCellBase`).
-      rate: one rate, or a pytree with the carry's structure (e.g. ``(0.5,
-        0.05)`` for ``LSTMCell``'s ``(c, h)``).
-      deterministic: if True use the expectation.
-      rng_collection: the stream taken from an ``nnx.Rngs``.
-      rngs: ``nnx.Rngs``, ``nnx.RngStream``, a key, or None.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -770,10 +644,6 @@ class ZoneoutCell(_Stochastic, nnx.RNNCellBase):
       ...                       rngs=rngs)
       >>> nnx.RNN(cell)(jnp.ones((2, 5, 3))).shape
       (2, 5, 8)
-
-    References:
-      Krueger et al. "Zoneout: Regularizing RNNs by Randomly Preserving Hidden
-      Activations." ICLR 2017. https://arxiv.org/abs/1606.01305
     """
 
     def __init__(
@@ -849,29 +719,23 @@ class Loss(nnx.Intermediate):
     """
 
 
+@_DOCS.module(_layers.ACTIVITY_DOC, variable_type=_SOWN_AS)
 class ActivityRegularization(nnx.Module):
     """Penalize activations (Keras semantics); returns the inputs unchanged.
 
-    The penalty ``l1 * sum(|x|) + l2 * sum(x**2)`` (as Keras 3's
-    ``ActivityRegularization``) is *sown* as ``variable_type`` (:class:`Loss` by
-    default) under the name ``"activity_penalty"``, one entry per call. Collect it
-    with :func:`flax.nnx.capture` in the loss function and add it to the loss::
+    The penalty is *sown* as ``variable_type`` (:class:`Loss` by default) under
+    the name ``"activity_penalty"``, one entry per call. Collect it with
+    :func:`flax.nnx.capture` in the loss function and add it to the loss::
 
         def loss_fn(model):
             logits, losses = nnx.capture(model, jaxreg.nnx.Loss)(x)
             return data_loss(logits, y) + sum(jax.tree.leaves(losses))
 
-    Gradients flow through the penalty into the activations. Outside
-    ``nnx.capture`` (or when another variable type is captured) nothing is
+    Outside ``nnx.capture`` (or when another variable type is captured) nothing is
     recorded, as with linen's ``sow`` into an immutable collection, so the model's
     ``nnx.state`` never changes structure. (On Flax versions without
     ``nnx.capture`` the legacy ``sow`` is used: retrieve the terms with
     ``nnx.pop(model, Loss)``.)
-
-    Args:
-      l1: factor of the L1 activity penalty, ``>= 0``.
-      l2: factor of the squared-L2 activity penalty, ``>= 0``.
-      variable_type: the ``nnx.Variable`` subclass the penalty is sown as.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -884,10 +748,6 @@ class ActivityRegularization(nnx.Module):
       True
       >>> sum(jax.tree.leaves(losses))  # 0.1 * 3 + 0.5 * 5
       Array(2.8, dtype=float32)
-
-    References:
-      Keras API, ``ActivityRegularization`` layer.
-      https://keras.io/api/layers/regularization_layers/activity_regularization/
     """
 
     def __init__(
@@ -910,36 +770,20 @@ class ActivityRegularization(nnx.Module):
         return inputs
 
 
+@_DOCS.module(_layers.CONCRETE_DOC, variable_type=_SOWN_AS)
 class ConcreteDropout(_Stochastic):
     """Concrete dropout with a learned rate, optionally wrapping the next layer.
 
-    The NNX version of :class:`jaxreg.linen.ConcreteDropout`. The drop probability
-    is the parameter ``logit_p`` (``nnx.Param``, ``p = sigmoid(logit_p)``,
-    initialised at ``init_rate``); the relaxed mask comes from
-    :func:`jaxreg.concrete_dropout`. If ``layer`` is given the module returns
-    ``layer(dropped inputs)``, and the regularizer of
-    :func:`jaxreg.concrete_dropout_regularizer` (weight term on the layer's
-    ``nnx.Param`` leaves plus the entropy term with ``input_dim =
-    inputs.shape[-1]``) is sown as ``variable_type`` (:class:`Loss`) under
-    ``"concrete_dropout"``; without ``layer`` only the entropy term is sown.
-    Collect it with :func:`flax.nnx.capture` as for
+    The NNX version of :class:`jaxreg.linen.ConcreteDropout`: ``logit_p`` is an
+    ``nnx.Param``, the weight term is taken on the layer's ``nnx.Param`` leaves,
+    and the regularizer is sown as ``variable_type`` (:class:`Loss`) under
+    ``"concrete_dropout"``. Collect it with :func:`flax.nnx.capture` as for
     :class:`ActivityRegularization`::
 
         logits, losses = nnx.capture(model, jaxreg.nnx.Loss)(x)
         loss = data_loss(logits, y) + sum(jax.tree.leaves(losses))
 
     ``deterministic`` and ``rngs`` follow :class:`Dropout`.
-
-    Args:
-      layer: the NNX layer the dropped inputs feed, or None.
-      weight_regularizer: ``>= 0`` (paper: ``l**2 / N``).
-      dropout_regularizer: ``>= 0`` (paper: ``2 / N``).
-      init_rate: initial drop probability, in ``(0, 1)``.
-      temperature: relaxation temperature, ``> 0`` (paper: 0.1).
-      deterministic: inference path if True; ``model.train()``/``eval()`` set it.
-      rng_collection: the stream taken from an ``nnx.Rngs``.
-      variable_type: the ``nnx.Variable`` subclass the regularizer is sown as.
-      rngs: ``nnx.Rngs``, an ``nnx.RngStream`` or a key (see :class:`Dropout`).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -952,10 +796,6 @@ class ConcreteDropout(_Stochastic):
       >>> y, losses = nnx.capture(model, jn.Loss)(jnp.ones((2, 4)))
       >>> y.shape, len(jax.tree.leaves(losses))
       ((2, 3), 1)
-
-    References:
-      Gal, Hron, Kendall. "Concrete Dropout." NeurIPS 2017.
-      https://arxiv.org/abs/1705.07832
     """
 
     def __init__(
@@ -1014,34 +854,15 @@ class ConcreteDropout(_Stochastic):
         return y
 
 
+@_DOCS.module(_layers.SPARSE_VD_DOC, rngs=_DENSE_RNGS, variable_type=_SOWN_AS)
 class SparseVariationalDense(_Stochastic):
     """A linear layer with sparse variational dropout (Molchanov et al. 2017).
 
     The NNX version of :class:`jaxreg.linen.SparseVariationalDense`: parameters
-    ``kernel`` (weight means, ``(in_features, out_features)``), ``log_sigma2``
-    (per-weight log variance) and ``bias``; training uses the local
-    reparameterisation trick, inference (``deterministic=True``) the pruned
-    weight means (``log alpha > threshold`` set to zero), see
-    :func:`jaxreg.sparse_vd_dense`. ``kl_weight * sparse_vd_kl(log_alpha)`` is
-    sown as ``variable_type`` (:class:`Loss`) under ``"sparse_vd_kl"`` (collect it
-    with :func:`flax.nnx.capture`); use ``kl_weight = 1 / N``.
-
-    Args:
-      in_features: number of input features.
-      out_features: number of output features.
-      use_bias: whether to add a bias.
-      dtype: computation dtype (inferred if None).
-      param_dtype: dtype of the parameters.
-      kernel_init: initializer of the weight means.
-      bias_init: bias initializer.
-      log_sigma2_init: initial log variance of every weight.
-      threshold: log-alpha pruning threshold at inference (paper: 3).
-      kl_weight: factor of the sown KL term, ``>= 0``.
-      deterministic: inference path if True; ``model.train()``/``eval()`` set it.
-      rng_collection: the noise stream taken from an ``nnx.Rngs``.
-      variable_type: the ``nnx.Variable`` subclass the KL term is sown as.
-      rngs: ``nnx.Rngs`` (parameters from its ``params`` stream, noise from
-        ``rng_collection``), an ``nnx.RngStream`` or a key.
+    ``kernel`` (the weight means, ``(in_features, out_features)``),
+    ``log_sigma2`` and ``bias``. The KL term is sown as ``variable_type``
+    (:class:`Loss`) under ``"sparse_vd_kl"``; collect it with
+    :func:`flax.nnx.capture`.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg
@@ -1054,10 +875,6 @@ class SparseVariationalDense(_Stochastic):
       >>> la = jaxreg.sparse_vd_log_alpha(layer.kernel[...], layer.log_sigma2[...])
       >>> float(jaxreg.sparse_vd_pruned_fraction(la))
       0.0
-
-    References:
-      Molchanov, Ashukha, Vetrov. "Variational Dropout Sparsifies Deep Neural
-      Networks." ICML 2017. https://arxiv.org/abs/1701.05369
     """
 
     def __init__(
