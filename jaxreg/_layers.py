@@ -12,8 +12,10 @@ values:
   :data:`DROPCONNECT`, :data:`CONCRETE`, :data:`SPARSE_VD`, :data:`ACTIVITY`,
   applied by :func:`check_fields`;
 * resolving ``deterministic``: :func:`jaxreg._checks.check_flag` accepts what Flax
-  accepts plus traced flags, and :func:`run` takes the Python path for a concrete
-  flag and ``jax.lax.cond`` between both paths for a traced one;
+  accepts plus traced flags; the adapter hands every core function one
+  :class:`Call` (the module's name, the flag, the key source), and :func:`run`
+  takes the Python path for a concrete flag and ``jax.lax.cond`` between both
+  paths for a traced one;
 * when a call draws a key (:func:`needs_key`), DropConnect's inference modes,
   zoneout's carry and output mapping, and the loss terms modules report;
 * what every adapter's docstring says about a module (a :class:`Doc`: what it
@@ -423,15 +425,30 @@ def needs_key(rate, *, key_free_at_one: bool = True) -> bool:
     return not (value == 0.0 or (key_free_at_one and value == 1.0))
 
 
-def run(deterministic, key_needed: Callable[[bool], bool], draw_key, forward):
-    """``forward(det, key)`` for the flag ``deterministic``.
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One call of a module, as its adapter resolved it: every core function
+    below takes it.
 
-    Args:
+    Attributes:
+      where: the module's name, for errors (:func:`owner`).
       deterministic: a Python bool, or a traced boolean (from
         :func:`jaxreg._checks.check_flag`).
+      draw_key: returns the call's key; called at most once, only when a path
+        that may run needs it (so no key is drawn at inference or at rate 0).
+    """
+
+    where: str
+    deterministic: Any
+    draw_key: Callable[[], Any]
+
+
+def run(call: Call, key_needed: Callable[[bool], bool], forward):
+    """``forward(det, key)`` for the call's flag.
+
+    Args:
+      call: the flag and the key source.
       key_needed: ``key_needed(det)`` says whether the path ``det`` uses a key.
-      draw_key: returns the key; called at most once, only when a path that may
-        run needs it (so no key is drawn at inference or at rate 0).
       forward: ``forward(det, key)`` with a Python bool ``det``; pure (no module
         state is touched inside it, so it may run inside ``jax.lax.cond``).
 
@@ -440,6 +457,7 @@ def run(deterministic, key_needed: Callable[[bool], bool], draw_key, forward):
       ``forward(True, ...)`` and ``forward(False, ...)`` at run time (both are
       traced, the key is drawn once before).
     """
+    deterministic, draw_key = call.deterministic, call.draw_key
     if isinstance(deterministic, bool):
         return forward(deterministic, draw_key() if key_needed(deterministic) else None)
     infer, train = key_needed(True), key_needed(False)
@@ -487,8 +505,8 @@ class Layer:
             doc=self.doc.renamed(first[0], rate),
         )
 
-    def apply(self, values: Mapping[str, Any], inputs, deterministic, draw_key):
-        """The module's output for checked field ``values`` and a resolved flag."""
+    def apply(self, values: Mapping[str, Any], inputs, call: Call):
+        """The module's output for checked field ``values`` and a resolved call."""
         rate = values[self.rate]
         options = {name: values[name] for name in self.fields if name != self.rate}
         free = not needs_key(rate, key_free_at_one=self.key_free_at_one)
@@ -496,7 +514,7 @@ class Layer:
         def forward(det, key):
             return self.fn(key, inputs, rate, deterministic=det, **options)
 
-        return run(deterministic, lambda det: not (det or free), draw_key, forward)
+        return run(call, lambda det: not (det or free), forward)
 
 
 DROPOUT = Layer(
@@ -715,8 +733,7 @@ def dropconnect(
     x,
     kernel,
     bias,
-    deterministic,
-    draw_key,
+    call: Call,
     *,
     rate,
     per_example: bool,
@@ -755,7 +772,7 @@ def dropconnect(
     def key_needed(det):
         return not free and (not det or inference != "mean")
 
-    return run(deterministic, key_needed, draw_key, forward)
+    return run(call, key_needed, forward)
 
 
 # --------------------------------------------------------------------------------
@@ -786,20 +803,16 @@ def _is_leaf(tree) -> bool:
     return jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(tree))
 
 
-def zoneout(
-    where: str, rate, carry, new_carry, outputs, deterministic, draw_key
-) -> tuple[Any, Any]:
+def zoneout(rate, carry, new_carry, outputs, call: Call) -> tuple[Any, Any]:
     """Zoneout on every leaf of a cell's new carry, and the outputs that show it.
 
     Args:
-      where: the module's name, for errors.
       rate: one rate (for every leaf) or a pytree with the carry's structure.
       carry: the previous carry.
       new_carry: the cell's new carry.
       outputs: the cell's outputs (None for cells that return only the carry).
-      deterministic: a flag from :func:`jaxreg._checks.check_flag`.
-      draw_key: returns the call's key; leaf ``i`` (in ``jax.tree_util`` order)
-        uses ``jax.random.split(key, n)[i]``.
+      call: the flag and the key (leaf ``i``, in ``jax.tree_util`` order, uses
+        ``jax.random.split(key, n)[i]``); its ``where`` prefixes errors.
 
     Returns:
       ``(zoned carry, outputs)``. The output mapping is explicit: an output leaf
@@ -819,8 +832,9 @@ def zoneout(
         # A carry that is one array takes one rate, not a tuple of them.
         if rates is None or not all(_is_leaf(r) for r in rates):
             raise ValueError(
-                f"{where}: `rate` must be one rate or a pytree with the structure of "
-                f"the cell's carry {treedef}; got rate={short_repr(rate)}."
+                f"{call.where}: `rate` must be one rate or a pytree with the "
+                f"structure of the cell's carry {treedef}; got "
+                f"rate={short_repr(rate)}."
             )
     out_leaves, out_def = jax.tree_util.tree_flatten(outputs)
     # Output leaf i shows new-carry leaf carry_index[i] (None: not a carry leaf).
@@ -839,7 +853,7 @@ def zoneout(
             )
         ]
 
-    zoned = run(deterministic, lambda det: not (det or free), draw_key, forward)
+    zoned = run(call, lambda det: not (det or free), forward)
     shown = [
         y if j is None else zoned[j]
         for y, j in zip(out_leaves, carry_index, strict=True)
@@ -928,16 +942,16 @@ def concrete_logit(init_rate: float) -> float:
 
 
 def concrete_layer(
-    values, inputs, logit_p, deterministic, draw_key, *, layer=None, weights=None
+    values, inputs, logit_p, call: Call, layer=None, params=None
 ) -> tuple[jax.Array, jax.Array]:
     """Concrete dropout's ``(output, regularizer)`` for the :data:`CONCRETE` fields.
 
     The inputs are dropped with the learned rate (unchanged at inference), then
     fed to ``layer`` if it is given. The regularizer is
     :func:`jaxreg.concrete_dropout_regularizer` with ``input_dim =
-    inputs.shape[-1]``, its weight term on the leaves of ``weights()`` (the
-    layer's parameters, read after the call), the entropy term only without a
-    layer.
+    inputs.shape[-1]``, its weight term on the leaves of ``params(layer)`` (the
+    layer's parameters as its framework holds them, read after the call), the
+    entropy term only without a layer.
     """
 
     def forward(det, key):
@@ -945,11 +959,11 @@ def concrete_layer(
             key, inputs, logit_p, temperature=values["temperature"], deterministic=det
         )
 
-    y = run(deterministic, lambda det: not det, draw_key, forward)
+    y = run(call, lambda det: not det, forward)
     leaves = []
     if layer is not None:
         y = layer(y)
-        leaves = jax.tree_util.tree_leaves(weights())
+        leaves = jax.tree_util.tree_leaves(params(layer))
     penalty = _bayesian.concrete_dropout_regularizer(
         leaves if leaves else jnp.zeros(()),
         logit_p,
@@ -992,9 +1006,7 @@ def sparse_vd_kl(values, kernel, log_sigma2) -> jax.Array:
     return values["kl_weight"] * _bayesian.sparse_vd_kl(log_alpha)
 
 
-def sparse_vd_dense(
-    values, x, kernel, log_sigma2, bias, deterministic, draw_key
-) -> jax.Array:
+def sparse_vd_dense(values, x, kernel, log_sigma2, bias, call: Call) -> jax.Array:
     """The layer's output: local reparameterisation, or the pruned mean at inference."""
 
     def forward(det, key):
@@ -1008,4 +1020,4 @@ def sparse_vd_dense(
             deterministic=det,
         )
 
-    return run(deterministic, lambda det: not det, draw_key, forward)
+    return run(call, lambda det: not det, forward)

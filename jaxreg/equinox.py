@@ -95,6 +95,17 @@ def _key(module, key, inference):
     return _layers.check_key(_layers.owner(module), key, "key")
 
 
+def _call(module, inference, key) -> _layers.Call:
+    """The call: its flag (:func:`_inference`) and its key (:func:`_key`)."""
+    det = _inference(module, inference)
+    return _layers.Call(_layers.owner(module), det, lambda: _key(module, key, det))
+
+
+def _trainable(layer):
+    """A layer's inexact-array leaves (its trainable parameters)."""
+    return eqx.filter(layer, eqx.is_inexact_array)
+
+
 def _option(default):
     """A static keyword-only field (a hyperparameter: never a leaf)."""
     return eqx.field(default=default, static=True, kw_only=True)
@@ -141,9 +152,9 @@ class _Family(eqx.Module):
         Returns:
           An array with the shape and dtype of ``x``.
         """
-        det = _inference(self, inference)
+        call = _call(self, inference, key)
         values = _fields(self, self.LAYER.fields)
-        return self.LAYER.apply(values, x, det, lambda: _key(self, key, det))
+        return self.LAYER.apply(values, x, call)
 
 
 class _RateFamily(_Family):
@@ -381,12 +392,10 @@ class DropConnectDense(_Linear):
         self, x: jax.Array, *, key=None, inference: bool | None = None
     ) -> jax.Array:
         """Apply the layer to ``x`` of shape ``(in_features,)``."""
-        det = _inference(self, inference)
+        call = _call(self, inference, key)
         values = _fields(self, _DROPCONNECT)
         values["inference"] = values.pop("inference_rule")
-        return _layers.dropconnect(
-            x, self.weight.T, self.bias, det, lambda: _key(self, key, det), **values
-        )
+        return _layers.dropconnect(x, self.weight.T, self.bias, call, **values)
 
 
 @_DOCS.module(_layers.SPARSE_VD_DOC, dtype=_DTYPE, key=_INIT_KEY)
@@ -446,13 +455,11 @@ class SparseVariationalDense(_Linear):
         self, x: jax.Array, *, key=None, inference: bool | None = None
     ) -> tuple[jax.Array, jax.Array]:
         """``(output, kl)`` for ``x`` of shape ``(in_features,)``."""
-        det = _inference(self, inference)
+        call = _call(self, inference, key)
         values = _fields(self, _layers.SPARSE_VD)
         kernel, log_sigma2 = self.weight.T, self.log_sigma2.T
         kl = _layers.sparse_vd_kl(values, kernel, log_sigma2)
-        y = _layers.sparse_vd_dense(
-            values, x, kernel, log_sigma2, self.bias, det, lambda: _key(self, key, det)
-        )
+        y = _layers.sparse_vd_dense(values, x, kernel, log_sigma2, self.bias, call)
         return y, kl
 
 
@@ -496,17 +503,9 @@ class ZoneoutCell(eqx.Module):
 
     def __call__(self, input, hidden, *, key=None, inference: bool | None = None):
         """One step: the wrapped cell's, with zoneout on the new hidden state."""
-        det = _inference(self, inference)
+        call = _call(self, inference, key)
         new_hidden = self.cell(input, hidden)
-        zoned, _ = _layers.zoneout(
-            _layers.owner(self),
-            self.rate,
-            hidden,
-            new_hidden,
-            None,
-            det,
-            lambda: _key(self, key, det),
-        )
+        zoned, _ = _layers.zoneout(self.rate, hidden, new_hidden, None, call)
         return zoned
 
 
@@ -596,15 +595,8 @@ class ConcreteDropout(eqx.Module):
         self, x: jax.Array, *, key=None, inference: bool | None = None
     ) -> tuple[jax.Array, jax.Array]:
         """``(output, regularizer)``: drop ``x``, then apply ``layer`` (if any)."""
-        det = _inference(self, inference)
+        call = _call(self, inference, key)
         values = _fields(self, _layers.CONCRETE)
-        layer = self.layer
         return _layers.concrete_layer(
-            values,
-            x,
-            self.logit_p,
-            det,
-            lambda: _key(self, key, det),
-            layer=layer,
-            weights=lambda: eqx.filter(layer, eqx.is_inexact_array),
+            values, x, self.logit_p, call, self.layer, _trainable
         )

@@ -79,6 +79,12 @@ def _deterministic(module, deterministic):
     return _layers.check_field(where, check_flag, value, "deterministic")
 
 
+def _call(module, deterministic, rng) -> _layers.Call:
+    """The call: its flag (:func:`_deterministic`) and its key (:func:`_key`)."""
+    det = _deterministic(module, deterministic)
+    return _layers.Call(_layers.owner(module), det, lambda: _key(module, rng))
+
+
 def _key(module, rng):
     """The key for one stochastic call: ``rng`` if given, else ``make_rng``.
 
@@ -126,6 +132,11 @@ def _dense_bias(module):
     return module.param("bias", module.bias_init, shape, module.param_dtype)
 
 
+def _params(layer):
+    """A bound layer's ``params`` collection."""
+    return layer.variables.get("params", {})
+
+
 def _check_module(module, value, name: str, *, optional: bool):
     """A wrapped layer or cell must be a linen module."""
     if (value is None and optional) or isinstance(value, nn.Module):
@@ -167,9 +178,9 @@ class _Family(nn.Module):
         Returns:
           An array with the shape and dtype of ``inputs``.
         """
-        det = _deterministic(self, deterministic)
+        call = _call(self, deterministic, rng)
         values = _fields(self, self.LAYER.fields)
-        return self.LAYER.apply(values, inputs, det, lambda: _key(self, rng))
+        return self.LAYER.apply(values, inputs, call)
 
 
 class _RateFamily(_Family):
@@ -395,7 +406,7 @@ class DropConnectDense(nn.Module):
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng=None):
         """Apply the layer to ``inputs`` of shape ``(..., in_features)``."""
-        det = _deterministic(self, deterministic)
+        call = _call(self, deterministic, rng)
         kernel = self.param(
             "kernel",
             self.kernel_init,
@@ -405,9 +416,7 @@ class DropConnectDense(nn.Module):
         bias = _dense_bias(self)
         inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         values = _fields(self, _layers.DROPCONNECT)
-        return _layers.dropconnect(
-            inputs, kernel, bias, det, lambda: _key(self, rng), **values
-        )
+        return _layers.dropconnect(inputs, kernel, bias, call, **values)
 
 
 # --------------------------------------------------------------------------------
@@ -458,17 +467,9 @@ class ZoneoutCell(nn.RNNCellBase):
     @nn.compact
     def __call__(self, carry, inputs, deterministic: bool | None = None, rng=None):
         """One step: the wrapped cell's, with zoneout on the new carry."""
-        det = _deterministic(self, deterministic)
+        call = _call(self, deterministic, rng)
         new_carry, outputs = self.cell(carry, inputs)
-        return _layers.zoneout(
-            _layers.owner(self),
-            self.rate,
-            carry,
-            new_carry,
-            outputs,
-            det,
-            lambda: _key(self, rng),
-        )
+        return _layers.zoneout(self.rate, carry, new_carry, outputs, call)
 
     @nn.nowrap
     def initialize_carry(self, rng, input_shape):
@@ -578,19 +579,12 @@ class ConcreteDropout(nn.Module):
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng=None):
         """Drop ``inputs`` with the learned rate, then apply ``layer`` (if any)."""
-        det = _deterministic(self, deterministic)
+        call = _call(self, deterministic, rng)
         values = _fields(self, _layers.CONCRETE)
         logit0 = _layers.concrete_logit(values["init_rate"])
         logit_p = self.param("logit_p", lambda _: jnp.asarray(logit0, jnp.float32))
-        layer = self.layer
         y, penalty = _layers.concrete_layer(
-            values,
-            inputs,
-            logit_p,
-            det,
-            lambda: _key(self, rng),
-            layer=layer,
-            weights=lambda: layer.variables.get("params", {}),
+            values, inputs, logit_p, call, self.layer, _params
         )
         self.sow(self.collection, "concrete_dropout", penalty)
         return y
@@ -649,7 +643,7 @@ class SparseVariationalDense(nn.Module):
     @nn.compact
     def __call__(self, inputs, deterministic: bool | None = None, rng=None):
         """Apply the layer to ``inputs`` of shape ``(..., in_features)``."""
-        det = _deterministic(self, deterministic)
+        call = _call(self, deterministic, rng)
         values = _fields(self, _layers.SPARSE_VD)
         shape = (jnp.shape(inputs)[-1], self.features)
         kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
@@ -663,6 +657,4 @@ class SparseVariationalDense(nn.Module):
         inputs, kernel, bias = promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         kl = _layers.sparse_vd_kl(values, kernel, log_sigma2)
         self.sow(self.collection, "sparse_vd_kl", kl)
-        return _layers.sparse_vd_dense(
-            values, inputs, kernel, log_sigma2, bias, det, lambda: _key(self, rng)
-        )
+        return _layers.sparse_vd_dense(values, inputs, kernel, log_sigma2, bias, call)

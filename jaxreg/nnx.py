@@ -92,6 +92,11 @@ def _stream(module, rngs, collection: str, *, at: str):
         ) from err
 
 
+def _params(layer):
+    """A layer's ``nnx.Param`` state."""
+    return nnx.state(layer, nnx.Param)
+
+
 def _check_variable_type(module, variable_type) -> None:
     if not (
         isinstance(variable_type, type) and issubclass(variable_type, nnx.Variable)
@@ -137,8 +142,8 @@ class _Stochastic(nnx.Module):
     """Shared machinery of the stochastic NNX modules (not public).
 
     Subclasses call :meth:`_init_stochastic` in ``__init__``; in ``__call__`` they
-    resolve the flag with :meth:`_resolve_deterministic` and draw keys with
-    :meth:`_call_key`, then call the module core.
+    resolve the flag and the key source with :meth:`_call`, then call the module
+    core.
     """
 
     def _init_stochastic(self, deterministic, rng_collection: str, rngs) -> None:
@@ -186,6 +191,12 @@ class _Stochastic(nnx.Module):
         return _layers.check_field(
             _layers.owner(self), check_flag, value, "deterministic"
         )
+
+    def _call(self, deterministic, rngs) -> _layers.Call:
+        """The call: its flag (:meth:`_resolve_deterministic`) and its key
+        (:meth:`_call_key`)."""
+        det = self._resolve_deterministic(deterministic)
+        return _layers.Call(_layers.owner(self), det, lambda: self._call_key(rngs, det))
 
     def _call_key(self, rngs, deterministic):
         """The key for one stochastic call (``rngs`` at call time wins)."""
@@ -293,9 +304,9 @@ class _Family(_Stochastic):
         ``deterministic`` and ``rngs`` given here take precedence over the
         attributes (a traced ``deterministic`` selects the path at run time).
         """
-        det = self._resolve_deterministic(deterministic)
+        call = self._call(deterministic, rngs)
         values = self._current(self.LAYER.fields)
-        return self.LAYER.apply(values, inputs, det, lambda: self._call_key(rngs, det))
+        return self.LAYER.apply(values, inputs, call)
 
 
 class _RateOnly(_Family):
@@ -602,12 +613,10 @@ class DropConnectDense(_Stochastic):
         self, inputs, *, deterministic: bool | None = None, rngs: _Rngs | None = None
     ) -> jax.Array:
         """Apply the layer to ``inputs`` of shape ``(..., in_features)``."""
-        det = self._resolve_deterministic(deterministic)
+        call = self._call(deterministic, rngs)
         x, kernel, bias = self._promoted(inputs)
         values = self._current(_layers.DROPCONNECT)
-        return _layers.dropconnect(
-            x, kernel, bias, det, lambda: self._call_key(rngs, det), **values
-        )
+        return _layers.dropconnect(x, kernel, bias, call, **values)
 
 
 # --------------------------------------------------------------------------------
@@ -673,17 +682,9 @@ class ZoneoutCell(_Stochastic, nnx.RNNCellBase):
         rngs: _Rngs | None = None,
     ):
         """One step: the wrapped cell's, with zoneout on the new carry."""
-        det = self._resolve_deterministic(deterministic)
+        call = self._call(deterministic, rngs)
         new_carry, outputs = self.cell(carry, inputs)
-        return _layers.zoneout(
-            _layers.owner(self),
-            self.rate,
-            carry,
-            new_carry,
-            outputs,
-            det,
-            lambda: self._call_key(rngs, det),
-        )
+        return _layers.zoneout(self.rate, carry, new_carry, outputs, call)
 
     def initialize_carry(self, *args, **kwargs):
         """The wrapped cell's initial carry (same arguments)."""
@@ -837,18 +838,11 @@ class ConcreteDropout(_Stochastic):
         self, inputs, *, deterministic: bool | None = None, rngs: _Rngs | None = None
     ) -> jax.Array:
         """Drop ``inputs`` with the learned rate, then apply ``layer`` (if any)."""
-        det = self._resolve_deterministic(deterministic)
+        call = self._call(deterministic, rngs)
         values = self._current(_layers.CONCRETE)
         logit_p = self.logit_p[...]
-        layer = self.layer
         y, penalty = _layers.concrete_layer(
-            values,
-            inputs,
-            logit_p,
-            det,
-            lambda: self._call_key(rngs, det),
-            layer=layer,
-            weights=lambda: nnx.state(layer, nnx.Param),
+            values, inputs, logit_p, call, self.layer, _params
         )
         _sow_loss(self, self.variable_type, "concrete_dropout", penalty)
         return y
@@ -916,12 +910,10 @@ class SparseVariationalDense(_Stochastic):
         self, inputs, *, deterministic: bool | None = None, rngs: _Rngs | None = None
     ) -> jax.Array:
         """Apply the layer to ``inputs`` of shape ``(..., in_features)``."""
-        det = self._resolve_deterministic(deterministic)
+        call = self._call(deterministic, rngs)
         x, kernel, bias = self._promoted(inputs)
         values = self._current(_layers.SPARSE_VD)
         log_sigma2 = self.log_sigma2[...]
         kl = _layers.sparse_vd_kl(values, kernel, log_sigma2)
         _sow_loss(self, self.variable_type, "sparse_vd_kl", kl)
-        return _layers.sparse_vd_dense(
-            values, x, kernel, log_sigma2, bias, det, lambda: self._call_key(rngs, det)
-        )
+        return _layers.sparse_vd_dense(values, x, kernel, log_sigma2, bias, call)
