@@ -119,6 +119,10 @@ _INIT_KEY = "PRNG key for the initialization."
 _DTYPE = "dtype of the parameters (Equinox's default if None)."
 
 
+# A module's docstring below holds what only Equinox says (summary, notes,
+# examples); `_DOCS` composes it with the text every adapter shares (the
+# module's `_layers.Doc`: what it does, its fields, the paper) and the words
+# above for Equinox's flags, so `help()` and the API pages show it whole.
 _DOCS = _layers.Docs("Attributes", _FLAG_DOC, mark_keyword_only=True)
 
 

@@ -121,6 +121,10 @@ _FLAGS_DOC = {
 _SOWN_INTO = "the variable collection the loss term is sown into."
 
 
+# A module's docstring below holds what only linen says (summary, notes,
+# examples); `_DOCS` composes it with the text every adapter shares (the
+# module's `_layers.Doc`: what it does, its fields, the paper) and the words
+# above for linen's flags, so `help()` and the API pages show it whole.
 _DOCS = _layers.Docs("Attributes", _FLAGS_DOC)
 
 

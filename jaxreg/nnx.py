@@ -135,6 +135,10 @@ _DENSE_RNGS = (
 _SOWN_AS = "the ``nnx.Variable`` subclass the loss term is sown as."
 
 
+# A module's docstring below holds what only NNX says (summary, notes,
+# examples); `_DOCS` composes it with the text every adapter shares (the
+# module's `_layers.Doc`: what it does, its fields, the paper) and the words
+# above for NNX's flags, so `help()` and the API pages show it whole.
 _DOCS = _layers.Docs("Args", _FLAGS_DOC)
 
 
