@@ -13,3 +13,26 @@ def key_impl(request):
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+# The tests that take longest (tens of seconds each: subprocess workers, example
+# runs, the dieharder battery), by file name. They are scheduled first, so that
+# with `pytest -n 2` the two workers end on short tests instead of one worker
+# waiting for the other's last long test.
+_LONG_FIRST = (
+    "test_sharding.py",
+    "test_examples_",
+    "test_multiprocess.py",
+    "test_dieharder.py",
+    "test_attention.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the long test files first (a stable sort: order within is kept)."""
+
+    def long(item):
+        name = item.path.name
+        return not any(name.startswith(prefix) for prefix in _LONG_FIRST)
+
+    items.sort(key=long)
