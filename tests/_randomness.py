@@ -211,8 +211,8 @@ def pack_bits(mask: np.ndarray) -> np.ndarray:
     """A boolean mask's bits packed 32 a word, element ``32 j + k`` in bit ``k``
     of word ``j`` (a tail shorter than 32 is dropped)."""
     m = np.asarray(mask, bool).ravel()
-    m = m[: m.size // 32 * 32].reshape(-1, 32).astype(np.uint32)
-    return (m << np.arange(32, dtype=np.uint32)).sum(1, dtype=np.uint32)
+    packed = np.packbits(m[: m.size // 32 * 32], bitorder="little")  # bit k of byte i
+    return packed.view("<u4").astype(np.uint32, copy=False)  # bytes 4j..4j+3: word j
 
 
 def von_neumann(mask: np.ndarray) -> np.ndarray:
