@@ -119,8 +119,7 @@ xorshifts, 4 xors; the generator used before cost 6 multiplies, 9 xorshifts and
   mask, rank ``p = 6e-57`` on seeds one bit apart); PractRand 0.95 sees no
   anomaly to 32 GB on one mask's words, on the words of 1024 split keys
   interleaved and on the 65 interleaved seeds one bit apart (the previous
-  generator FAILs the latter at 256 MB), and on the rate-0.5 keep bits to
-  16 GB.
+  generator FAILs the latter at 256 MB), and on the rate-0.5 keep bits.
 * *Cost.* Per element 4 uint32 multiplies, 6 shifts and 10 XORs in XLA's
   optimized HLO (previously 6, 9 and 11). ``python
   benchmarks/generator_quality.py --cost`` (2**24 elements, jitted,
