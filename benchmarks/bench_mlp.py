@@ -69,6 +69,15 @@ STEP_CASES = [
 ]
 
 
+#: The step forms: no dropout, unfused ``dropout(key, tanh(h))``, fused
+#: ``dropout(key, h, activation="tanh")``.
+FORMS = {
+    "none": None,
+    "unfused": MLP_DROPOUTS["jaxreg.dropout"],
+    "fused": MLP_DROPOUTS[FUSED_TANH],
+}
+
+
 def _inputs(depth, width, batch, dtype):
     params = mlp_params(jax.random.key(0), depth, width, dtype)
     x = jax.random.normal(jax.random.key(1), (batch, width)).astype(dtype)
@@ -115,12 +124,7 @@ def step_rows(repeats: int, quick: bool) -> list[list[str]]:
     Each case gives two rows, from the same interleaved runs: wall time and
     process CPU time (the steadier figure on a shared machine).
     """
-    forms = {
-        "none": None,
-        "unfused": MLP_DROPOUTS["jaxreg.dropout"],
-        "fused": MLP_DROPOUTS[FUSED_TANH],
-        "scale": scale_probe,
-    }
+    forms = FORMS | {"scale": scale_probe}
     rows = []
     for label, depth, width, batch in STEP_CASES[1:] if quick else STEP_CASES:
         args = _inputs(depth, width, batch, jnp.float32)
@@ -250,12 +254,7 @@ def hlo_rows(depth=DEPTH, width=WIDTH, batch=BATCH) -> list[list[str]]:
     """
     per_hash = hash_multiplies()
     args = _inputs(depth, width, batch, jnp.float32)
-    forms = {
-        "none": None,
-        "unfused": MLP_DROPOUTS["jaxreg.dropout"],
-        "fused": MLP_DROPOUTS[FUSED_TANH],
-        "scale": scale_probe,
-    }
+    forms = FORMS
     rows = []
     for name, fn in forms.items():
         compiled = mlp_step(fn, reduce=jnp.sum).lower(*args).compile()
