@@ -18,8 +18,9 @@ Streams (each a sequence of 32-bit words; the generator is the library's own
 * ``related``: word ``j`` of the seed ``s`` and of the 64 seeds ``s ^ 2**b``
   (every bit ``b`` of both seed words), in turn;
 * ``bits50``: the keep decisions at rate 0.5, packed 32 a word;
-* ``bits10``: the keep decisions at rate 0.1 through a von Neumann extractor
-  (fair bits exactly when the decisions are independent Bernoulli draws).
+* ``bits10``: the keep decisions at rate 0.1 through Elias' extractor on blocks
+  of 16 (``_randomness.elias_table``: fair bits exactly when the decisions are
+  independent Bernoulli draws; 0.29 bits per decision).
 
 Each stream goes to the project's own tests (``tests/_randomness.py``, first
 ``--words`` words; the related-seed pairs also one by one), to Debian's
@@ -32,6 +33,7 @@ PASSED/WEAK/FAILED counts, and the length PractRand reached with its verdict.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import shutil
@@ -73,9 +75,45 @@ def _counters(j: int, n: int):
     )
 
 
+def _keep(word):
+    """``keep(seed, j, rate)``: the keep decisions of the ``8 * CHUNK`` counters
+    from ``j`` on (a chunk never crosses a multiple of ``2**32``), the counters
+    built inside the jitted function."""
+
+    @functools.partial(jax.jit, static_argnums=3)
+    def decide(seed, hi, lo, rate):
+        lo = lo + lax.iota(jnp.uint32, 8 * CHUNK)
+        return word(seed, hi, lo) >= np.uint32(_threshold(rate)[0])
+
+    def keep(seed, j, rate):
+        hi, lo = divmod(j, 2**32)
+        return decide(seed, None if hi == 0 else np.uint32(hi), np.uint32(lo), rate)
+
+    return keep
+
+
+def _elias(keep):
+    """``elias(seed, j)``: Elias' extractor on the rate-0.1 keep decisions of
+    counters ``j ..`` in blocks of 16, as ``(bits, used)``: the 16 bits of each
+    block's value, and which of them the block gives (its first ``length``)."""
+    values, lengths = map(jnp.asarray, R.elias_table(16))
+
+    @jax.jit
+    def extract(k):
+        k = k.reshape(-1, 16).astype(jnp.uint32)
+        block = (k << jnp.arange(16, dtype=jnp.uint32)).sum(1)
+        position = jnp.arange(16, dtype=jnp.uint32)
+        bits = (values[block, None] >> position) & 1
+        return bits.astype(jnp.bool_), position < lengths[block, None]
+
+    return lambda seed, j: extract(keep(seed, j, 0.1))
+
+
 def chunks(stream: str, which: str, seed: int = 0):
     """Endless iterator of uint32 numpy chunks of ``stream``."""
     word = _word(which)
+    keep = _keep(word)
+    elias = _elias(keep)
     one = jax.jit(word)
     many = jax.jit(jax.vmap(word, in_axes=(0, None, None)))
     base = _seed(jax.random.key(seed))
@@ -95,12 +133,13 @@ def chunks(stream: str, which: str, seed: int = 0):
             n = CHUNK // seeds.shape[0]
             out = many(seeds, *_counters(j, n)).T.ravel()
             j += n
-        else:
-            rate = 0.5 if stream == "bits50" else 0.1
-            t = np.uint32(_threshold(rate)[0])
-            keep = np.asarray(one(base, *_counters(j, 8 * CHUNK)) >= t)
+        elif stream == "bits50":
+            out = R.pack_bits(np.asarray(keep(base, j, 0.5)))
             j += 8 * CHUNK
-            out = R.pack_bits(keep) if rate == 0.5 else R.von_neumann(keep)
+        else:
+            bits, used = map(np.asarray, elias(base, j))
+            out = R.pack_bits(bits[used])
+            j += 8 * CHUNK
         yield np.asarray(out, np.uint32)
 
 

@@ -215,17 +215,51 @@ def pack_bits(mask: np.ndarray) -> np.ndarray:
     return packed.view("<u4").astype(np.uint32, copy=False)  # bytes 4j..4j+3: word j
 
 
-def von_neumann(mask: np.ndarray) -> np.ndarray:
-    """Unbiased bits from a biased mask (von Neumann 1951), packed into words.
+def elias_table(n: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Elias' extractor for blocks of ``n`` biased bits, as a lookup table.
 
-    Non-overlapping pairs ``(a, b)`` with ``a != b`` give the bit ``a``; equal
-    pairs are dropped. For independent Bernoulli(``p``) elements the output
-    bits are independent and exactly fair, whatever ``p``: any bias or
-    correlation left in them comes from dependence between mask elements.
+    Returns ``(values, lengths)`` indexed by the block's bits read as an
+    integer (bit ``k`` = element ``k``): the block gives the ``lengths[b]``
+    low bits of ``values[b]``. The ``C(n, w)`` blocks of weight ``w`` are
+    numbered ``r = 0 .. C(n, w) - 1`` in increasing order; writing
+    ``C(n, w)`` as a sum of distinct powers of two ``2**e`` (largest first), a
+    block whose number falls in the part ``2**e`` gives ``r`` minus the parts
+    before it, as ``e`` bits. The highest bit where ``r`` and ``C(n, w)``
+    differ is that ``e``, and the parts before it are the bits of ``C(n, w)``
+    above ``e``. For independent Bernoulli(``p``) elements every block of one
+    weight is equally likely, so given the lengths the output bits are
+    independent and exactly fair, whatever ``p``; any bias or correlation left
+    in them comes from dependence between the elements. At ``p = 0.1`` and
+    ``n = 16`` a block gives 0.29 bits per element (von Neumann's pairs: 0.09;
+    the entropy bound: 0.47).
+
+    References:
+      P. Elias, "The efficient construction of an unbiased random sequence",
+      Ann. Math. Statist. 43(3) (1972).
     """
+    blocks = np.arange(2**n, dtype=np.int64)
+    weight = np.unpackbits(blocks.astype("<u4").view(np.uint8)).reshape(-1, 32).sum(1)
+    order = np.argsort(weight, kind="stable")  # by weight, increasing within one
+    start = np.searchsorted(weight[order], np.arange(n + 1))
+    rank = np.empty_like(blocks)
+    rank[order] = blocks - start[weight[order]]
+    size = np.array([math.comb(n, w) for w in range(n + 1)], np.int64)[weight]
+    powers = 2 ** np.arange(n + 1, dtype=np.int64)
+    length = (size ^ rank)[:, None] >= powers  # size > rank, so size ^ rank >= 1
+    length = length.sum(1) - 1  # the highest bit of size ^ rank
+    return (rank & (powers[length] - 1)).astype(np.uint32), length.astype(np.uint8)
+
+
+def elias(mask: np.ndarray, n: int = 16) -> np.ndarray:
+    """Fair bits from a biased mask by :func:`elias_table` over consecutive
+    blocks of ``n`` elements, packed into words (a tail shorter than a block
+    is dropped)."""
     m = np.asarray(mask, bool).ravel()
-    a, b = m[0 : m.size // 2 * 2 : 2], m[1 : m.size // 2 * 2 : 2]
-    return pack_bits(a[a != b])
+    m = m[: m.size // n * n].reshape(-1, n)
+    index = (m.astype(np.int64) << np.arange(n)).sum(1)
+    values, lengths = elias_table(n)
+    bits = (values[index, None] >> np.arange(n)) & 1
+    return pack_bits(bits[np.arange(n) < lengths[index, None]])
 
 
 def pipe_to(command: list[str], chunks: Iterable[np.ndarray], limit_s: float) -> str:

@@ -16,7 +16,8 @@ tests check the words themselves, not only the masks:
   frequency, GF(2) rank of 32x32 and 128x128 bit matrices, adjacent xor,
   birthday collisions), each passing at ``p >= 1e-6`` (two-sided), on one mask's
   words, on words of split keys interleaved, on the interleaved words of seeds
-  one bit apart, and on keep bits at rates 0.5 and 0.1.
+  one bit apart, and on keep bits at rates 0.5 and 0.1 (rate 0.1 through Elias'
+  extractor, whose exact fairness is checked here too).
 
 Each bound fails for a correct generator with probability below ``2e-4`` (the
 family-wise rate is stated per test); the seeds are fixed, so the suite is
@@ -43,11 +44,12 @@ import pytest
 from _randomness import (
     battery,
     birthday,
+    elias,
+    elias_table,
     interleave,
     matrix_rank,
     pack_bits,
     previous_hash,
-    von_neumann,
 )
 from jax.test_util import check_grads
 from scipy import stats
@@ -227,14 +229,31 @@ def test_related_seed_control_fails_with_the_previous_generator():
 
 
 def test_keep_bits_at_rate_half_and_tenth():
-    # Rate 0.5: the keep bits packed 32 a word (2**18 words). Rate 0.1: the
-    # von Neumann extraction of the keep bits (independent fair bits exactly when
-    # the mask elements are independent Bernoulli draws), 2**25 mask elements.
+    # Rate 0.5: the keep bits packed 32 a word (2**18 words). Rate 0.1: Elias'
+    # extraction of the keep bits in blocks of 16 (independent fair bits exactly
+    # when the mask elements are independent Bernoulli draws), 2**25 elements.
     key = jax.random.key(24)
     half = pack_bits(np.asarray(keep_mask(key, (2**23,), 0.5)))
     _assert_battery(half, rank_sizes=(32,))
-    tenth = von_neumann(np.asarray(keep_mask(key, (2**25,), 0.1)))
+    tenth = elias(np.asarray(keep_mask(key, (2**25,), 0.1)))
     _assert_battery(tenth, rank_sizes=(32,))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16])
+def test_elias_extractor_is_exact(n):
+    # The extractor used on biased keep bits: among the C(n, w) blocks of weight
+    # w, those giving e bits give each e-bit value exactly once (so the output
+    # is fair given its length), and the lengths are the powers of two in the
+    # binary expansion of C(n, w), each once.
+    values, lengths = elias_table(n)
+    weight = np.array([bin(b).count("1") for b in range(2**n)])
+    for w in range(n + 1):
+        size = math.comb(n, w)
+        parts = [e for e in range(size.bit_length()) if size >> e & 1]
+        for e in range(n + 1):
+            got = np.sort(values[(weight == w) & (lengths == e)])
+            expected = np.arange(2**e) if e in parts else np.arange(0)
+            np.testing.assert_array_equal(got, expected, err_msg=f"w={w}, e={e}")
 
 
 @pytest.mark.parametrize("impl", ["threefry2x32", "rbg", "unsafe_rbg"])
