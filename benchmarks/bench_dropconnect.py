@@ -11,7 +11,11 @@ dense layer ``y = x @ w + b`` and its gradients w.r.t. ``(x, w, b)``:
 * ``dense``: the plain layer;
 * ``shared``: ``jaxreg.dropconnect_dense`` with one weight mask for the batch;
 * ``per-example``: ``jaxreg.dropconnect_dense(per_example=True)`` with an
-  independent mask per example (default chunking).
+  independent mask per example (default chunking);
+* ``no-hash probe``: the same step compiled with the generator's word replaced
+  by ``counter ^ seed`` (one XOR, no randomness): what the per-example step
+  costs without the generator, i.e. the masked kernels, products and ``dw``
+  accumulation alone. Its ratio is what no cheaper generator can go below.
 
 Times are medians of ``--repeats`` runs after warm-up, runs of the three steps
 interleaved in one process (see ``_harness.interleaved_medians``); the table gives
@@ -21,7 +25,7 @@ each DropConnect step time divided by the plain step time.
 from __future__ import annotations
 
 import argparse
-import functools
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -49,16 +53,25 @@ LAYERS = {
 }
 
 
+def _compiled(layer, args):
+    step = _loss(layer).lower(*args).compile()  # compiled now: no later retrace
+    return lambda: step(*args)
+
+
+def _no_hash(seed, lo, hi=None):
+    return lo ^ seed[0]
+
+
 def measure(batch: int, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
     kx, kw = jax.random.split(jax.random.key(0))
     x = jax.random.normal(kx, (batch, IN_FEATURES))
     w = jax.random.normal(kw, (IN_FEATURES, OUT_FEATURES)) * IN_FEATURES**-0.5
-    b = jnp.zeros((OUT_FEATURES,))
-    key = jax.random.key(1)
-    fns = {
-        name: functools.partial(_loss(layer), x, w, b, key)
-        for name, layer in LAYERS.items()
-    }
+    args = (x, w, jnp.zeros((OUT_FEATURES,)), jax.random.key(1))
+    fns = {name: _compiled(layer, args) for name, layer in LAYERS.items()}
+    with mock.patch.object(jaxreg._sampler, "_hash", _no_hash):
+        jax.clear_caches()  # retrace the library's jitted helpers with the probe
+        fns["no-hash probe"] = _compiled(LAYERS["per-example"], args)
+    jax.clear_caches()
     return interleaved_timings(fns, repeats=repeats, warmup=2)
 
 
@@ -83,6 +96,7 @@ def main() -> None:
                     f"{med['shared'] / base:.2f}x",
                     f"{med['per-example'] * 1e3:.2f} ms",
                     f"{med['per-example'] / base:.1f}x",
+                    f"{med['no-hash probe'] / base:.1f}x",
                 ]
             )
     print(
@@ -92,7 +106,7 @@ def main() -> None:
         "(the steadier one on a shared machine)\n"
     )
     header = ["batch (clock)", "dense", "shared", "shared ratio", "per-example"]
-    print(table(header + ["per-example ratio"], rows))
+    print(table(header + ["per-example ratio", "no-hash probe ratio"], rows))
     print(f"\n<!-- {load_note()} at end -->")
 
 
