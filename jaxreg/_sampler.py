@@ -119,7 +119,9 @@ xorshifts, 4 xors; the generator used before cost 6 multiplies, 9 xorshifts and
   mask, rank ``p = 6e-57`` on seeds one bit apart); PractRand 0.95 sees no
   anomaly to 32 GB on one mask's words, on the words of 1024 split keys
   interleaved and on the 65 interleaved seeds one bit apart (the previous
-  generator FAILs the latter at 256 MB), and on the rate-0.5 keep bits.
+  generator FAILs the latter at 256 MB), on the rate-0.5 keep bits, and on
+  the rate-0.1 keep bits through Elias' extractor (exactly fair bits from
+  independent decisions; Elias 1972).
 * *Cost.* Per element 4 uint32 multiplies, 6 shifts and 10 XORs in XLA's
   optimized HLO (previously 6, 9 and 11). ``python
   benchmarks/generator_quality.py --cost`` (2**24 elements, jitted,
@@ -138,6 +140,8 @@ References:
   M. Luby and C. Rackoff, "How to construct pseudorandom permutations from
   pseudorandom functions", SIAM J. Comput. 17(2), 1988.
   https://doi.org/10.1137/0217022
+  P. Elias, "The efficient construction of an unbiased random sequence",
+  Ann. Math. Statist. 43(3), 865-870, 1972.
 """
 
 from __future__ import annotations
