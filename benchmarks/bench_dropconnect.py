@@ -5,7 +5,7 @@ Usage::
     python benchmarks/bench_dropconnect.py              # batch 32 and 256, 512x512
     python benchmarks/bench_dropconnect.py --repeats 15
 
-For each batch size, three jitted steps compute the loss ``mean(y**2)`` of one
+For each batch size, four compiled steps compute the loss ``mean(y**2)`` of one
 dense layer ``y = x @ w + b`` and its gradients w.r.t. ``(x, w, b)``:
 
 * ``dense``: the plain layer;
@@ -17,8 +17,8 @@ dense layer ``y = x @ w + b`` and its gradients w.r.t. ``(x, w, b)``:
   costs without the generator, i.e. the masked kernels, products and ``dw``
   accumulation alone. Its ratio is what no cheaper generator can go below.
 
-Times are medians of ``--repeats`` runs after warm-up, runs of the three steps
-interleaved in one process (see ``_harness.interleaved_medians``); the table gives
+Times are medians of ``--repeats`` runs after warm-up, runs of the four steps
+interleaved in one process (see ``_harness.interleaved_timings``); the table gives
 each DropConnect step time divided by the plain step time.
 """
 
