@@ -33,7 +33,6 @@ PASSED/WEAK/FAILED counts, and the length PractRand reached with its verdict.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import re
 import shutil
@@ -68,79 +67,56 @@ def _word(which: str):
     return lambda seed, hi, lo: _hash(seed, lo, hi)
 
 
-def _counters(j: int, n: int):
+def _start(j: int):
+    """The counter ``j`` as ``(hi, lo)``, ``hi`` None where it is 0 (the
+    library's path for masks of at most ``2**32`` elements)."""
     hi, lo = divmod(j, 2**32)
-    return (None if hi == 0 else np.uint32(hi)), jnp.uint32(lo) + jnp.arange(
-        n, dtype=jnp.uint32
-    )
+    return (None if hi == 0 else np.uint32(hi)), np.uint32(lo)
 
 
-def _keep(word):
-    """``keep(seed, j, rate)``: the keep decisions of the ``8 * CHUNK`` counters
-    from ``j`` on (a chunk never crosses a multiple of ``2**32``), the counters
-    built inside the jitted function."""
-
-    @functools.partial(jax.jit, static_argnums=3)
-    def decide(seed, hi, lo, rate):
-        lo = lo + lax.iota(jnp.uint32, 8 * CHUNK)
-        return word(seed, hi, lo) >= np.uint32(_threshold(rate)[0])
-
-    def keep(seed, j, rate):
-        hi, lo = divmod(j, 2**32)
-        return decide(seed, None if hi == 0 else np.uint32(hi), np.uint32(lo), rate)
-
-    return keep
-
-
-def _elias(keep):
-    """``elias(seed, j)``: Elias' extractor on the rate-0.1 keep decisions of
-    counters ``j ..`` in blocks of 16, as ``(bits, used)``: the 16 bits of each
-    block's value, and which of them the block gives (its first ``length``)."""
-    values, lengths = map(jnp.asarray, R.elias_table(16))
-
-    @jax.jit
-    def extract(k):
-        k = k.reshape(-1, 16).astype(jnp.uint32)
-        block = (k << jnp.arange(16, dtype=jnp.uint32)).sum(1)
-        position = jnp.arange(16, dtype=jnp.uint32)
-        bits = (values[block, None] >> position) & 1
-        return bits.astype(jnp.bool_), position < lengths[block, None]
-
-    return lambda seed, j: extract(keep(seed, j, 0.1))
+def _span(word, n: int):
+    """``words(seed, hi, lo)``: the words of the ``n`` counters from ``(hi, lo)``
+    on (a span never crosses a multiple of ``2**32``), built where it is traced."""
+    return lambda seed, hi, lo: word(seed, hi, lo + lax.iota(jnp.uint32, n))
 
 
 def chunks(stream: str, which: str, seed: int = 0):
     """Endless iterator of uint32 numpy chunks of ``stream``."""
     word = _word(which)
-    keep = _keep(word)
-    elias = _elias(keep)
-    one = jax.jit(word)
-    many = jax.jit(jax.vmap(word, in_axes=(0, None, None)))
     base = _seed(jax.random.key(seed))
-    if stream == "split":
-        seeds = jax.vmap(_seed)(jax.random.split(jax.random.key(seed + 1), 1024))
-    else:  # related: s, then s ^ 2**b for every bit b of both seed words
-        flips = np.zeros((65, 2), np.uint32)
-        for b in range(64):
-            flips[b + 1, b // 32] = np.uint32(1 << (b % 32))
-        seeds = base[None, :] ^ jnp.asarray(flips)
-    j = 0
-    while True:
-        if stream == "mask":
-            out = one(base, *_counters(j, CHUNK))
-            j += CHUNK
-        elif stream in ("split", "related"):
-            n = CHUNK // seeds.shape[0]
-            out = many(seeds, *_counters(j, n)).T.ravel()
-            j += n
-        elif stream == "bits50":
-            out = R.pack_bits(np.asarray(keep(base, j, 0.5)))
-            j += 8 * CHUNK
-        else:
-            bits, used = map(np.asarray, elias(base, j))
-            out = R.pack_bits(bits[used])
-            j += 8 * CHUNK
-        yield np.asarray(out, np.uint32)
+    if stream == "mask":
+        one = jax.jit(_span(word, CHUNK))
+        for j in range(0, 2**64, CHUNK):
+            yield np.asarray(one(base, *_start(j)))
+    elif stream in ("split", "related"):
+        if stream == "split":
+            keys = jax.random.split(jax.random.key(seed + 1), 1024)
+            seeds = jax.vmap(_seed)(keys)
+        else:  # s, then s ^ 2**b for every bit b of both seed words
+            flips = np.zeros((65, 2), np.uint32)
+            for b in range(64):
+                flips[b + 1, b // 32] = np.uint32(1 << (b % 32))
+            seeds = base[None, :] ^ jnp.asarray(flips)
+        n = 1 << (CHUNK // seeds.shape[0]).bit_length() - 1  # a power of two
+        many = jax.jit(jax.vmap(_span(word, n), in_axes=(0, None, None)))
+        for j in range(0, 2**64, n):
+            yield np.asarray(many(seeds, *_start(j)).T.ravel())
+    else:  # keep decisions of 8 * CHUNK counters a chunk
+        rate = 0.5 if stream == "bits50" else 0.1
+        t = np.uint32(_threshold(rate)[0])
+        keep = _span(word, 8 * CHUNK)
+        if rate == 0.5:  # packed 32 a word
+            decide = jax.jit(lambda seed, hi, lo: keep(seed, hi, lo) >= t)
+            for j in range(0, 2**64, 8 * CHUNK):
+                yield R.pack_bits(np.asarray(decide(base, *_start(j))))
+        else:  # through Elias' extractor on blocks of 16
+            table = tuple(map(jnp.asarray, R.elias_table(16)))
+            extract = jax.jit(
+                lambda seed, hi, lo: R.elias_bits(keep(seed, hi, lo) >= t, *table, jnp)
+            )
+            for j in range(0, 2**64, 8 * CHUNK):
+                bits, used = map(np.asarray, extract(base, *_start(j)))
+                yield R.pack_bits(bits[used])
 
 
 def take(stream: str, which: str, n: int) -> np.ndarray:
@@ -313,7 +289,7 @@ def main() -> None:
             d = dieharder(stream, args.hash, args.dieharder_tests)
             cells.append(f"{d['PASSED']}/{d['WEAK']}/{d['FAILED']}")
         else:
-            cells.append("not installed")
+            cells.append("not run" if shutil.which("dieharder") else "not installed")
         if args.practrand:
             cells.append(
                 practrand(

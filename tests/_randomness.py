@@ -250,16 +250,26 @@ def elias_table(n: int = 16) -> tuple[np.ndarray, np.ndarray]:
     return (rank & (powers[length] - 1)).astype(np.uint32), length.astype(np.uint8)
 
 
+def elias_bits(mask, values, lengths, xp=np):
+    """The output of :func:`elias_table`'s ``(values, lengths)`` on consecutive
+    blocks of a mask whose size is a multiple of the block length, as
+    ``(bits, used)``: each block's value as bits (lowest first) and which of
+    them it gives (its first ``length``); ``bits[used]`` is the output. ``xp``
+    is ``numpy`` or ``jax.numpy`` (then inside a jitted function)."""
+    n = int(values.size).bit_length() - 1
+    position = xp.arange(n, dtype=xp.uint32)
+    block = (mask.reshape(-1, n).astype(xp.uint32) << position).sum(1)
+    bits = (values[block, None] >> position) & 1
+    return bits.astype(bool), position < lengths[block, None]
+
+
 def elias(mask: np.ndarray, n: int = 16) -> np.ndarray:
     """Fair bits from a biased mask by :func:`elias_table` over consecutive
     blocks of ``n`` elements, packed into words (a tail shorter than a block
     is dropped)."""
     m = np.asarray(mask, bool).ravel()
-    m = m[: m.size // n * n].reshape(-1, n)
-    index = (m.astype(np.int64) << np.arange(n)).sum(1)
-    values, lengths = elias_table(n)
-    bits = (values[index, None] >> np.arange(n)) & 1
-    return pack_bits(bits[np.arange(n) < lengths[index, None]])
+    bits, used = elias_bits(m[: m.size // n * n], *elias_table(n))
+    return pack_bits(bits[used])
 
 
 def pipe_to(command: list[str], chunks: Iterable[np.ndarray], limit_s: float) -> str:
